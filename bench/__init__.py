@@ -1,0 +1,1 @@
+"""Speed and memory sweeps against sequence resolution (tokens = T x H x W), CSV + matplotlib plots."""

@@ -1,0 +1,40 @@
+"""Test session set-up.
+
+Without a CUDA device the Triton kernels run under the Triton interpreter on CPU tensors. The variable must be set
+before ``triton`` is imported (``@triton.jit`` reads it at decoration time), hence here, at the top of conftest.
+Tests marked ``gpu`` need compiled kernels on a CUDA device and are skipped without one.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+HAS_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_GPU:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU with compiled Triton kernels (none here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where kernel tests run: the GPU when compiled kernels are available, else CPU under the interpreter."""
+    return torch.device("cuda") if HAS_GPU else torch.device("cpu")
