@@ -8,12 +8,22 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import assert_close
 
 import model
-from harness import assert_close
 from model import GLSMamba, get_config
 from model.backend import call_counts, reset_call_counts
 from model.blocks import GSMBlock, LRMBlock
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # these tensors are tiny: on a loaded 2-core machine intra-op threads only add contention (measured 7x slower
+    # for the overfit runs with 2 threads), so run single-threaded and restore afterwards
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _frames(b, t, h, w, seed=0):
@@ -296,8 +306,9 @@ def _op_calls(backend: str) -> dict[str, int]:
 
 
 def test_backend_switch_changes_what_a_built_model_runs():
-    net = GLSMamba("tiny").eval()  # 2 GSM (6 directions, STMM) + 1 LRM
-    frames = _frames(1, 5, 16, 12)
+    # 2 GSM (6 directions, STMM) + 1 LRM; narrow and small so the forwards under the interpreter stay short
+    net = GLSMamba("tiny", num_frames=3, dim=8).eval()
+    frames = _frames(1, 3, 8, 8)
     expected = {"ordered_selective_scan": 3, "deformable_aggregate": 4}
     try:
         for name in ("reference", "triton"):
@@ -335,9 +346,11 @@ def test_whole_network_reference_vs_triton_outputs_and_all_grads():
     from vhpe.commands.verify import perturb_for_check
 
     torch.manual_seed(0)
-    net = GLSMamba("tiny", num_frames=3).train()
+    # tiny's structure (STMM, windowed LRM with border windows) narrowed for the interpreter: 1 GSM + 1 LRM, D = 8,
+    # T = 3, 16 x 12 frames -> a 3 x 4 x 3 token grid, 3 x 2 windows
+    net = GLSMamba("tiny", num_frames=3, dim=8, num_gsm=1, num_lrm=1, window=(3, 2)).train()
     perturb_for_check(net, seed=0)  # non-zero offsets: exercise the deformable sampling off the integer grid
-    frames = _frames(2, 3, 24, 20)
+    frames = _frames(2, 3, 16, 12)
     state = {k: v.clone() for k, v in net.state_dict().items()}
     results = {}
     for backend in ("reference", "triton"):
@@ -346,13 +359,13 @@ def test_whole_network_reference_vs_triton_outputs_and_all_grads():
         reset_call_counts()
         with model.use_backend(backend):
             out = net(frames)
-        assert _op_calls(backend)["ordered_selective_scan"] == 3
+        assert _op_calls(backend) == {"ordered_selective_scan": 2, "deformable_aggregate": 2}
         cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
         (out * cot).sum().backward()
         results[backend] = (out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()})
     (ref_out, ref_g), (tri_out, tri_g) = results["reference"], results["triton"]
     assert_close("heatmaps", ref_out, tri_out)
-    assert ref_g.keys() == tri_g.keys() and len(ref_g) > 50
+    assert ref_g.keys() == tri_g.keys() and len(ref_g) > 40
     for name in ref_g:
         assert_close(f"grad {name}", ref_g[name], tri_g[name], kind="grad")
 
@@ -386,18 +399,19 @@ def _overfit(backend: str, frames_hw: tuple[int, int], steps: int, lr: float, **
 
 
 def test_tiny_overfits_one_clip_reference():
-    losses = _overfit("reference", (32, 24), steps=200, lr=3e-3)
+    losses = _overfit("reference", (16, 12), steps=60, lr=1e-2)
     assert min(losses[-5:]) <= losses[0] / 10, (losses[0], losses[-5:])
 
 
 def test_tiny_overfits_one_clip_triton_short():
-    # the interpreter runs every kernel program step by step on CPU: a 16 x 12 clip of 3 frames, 1 GSM block
-    losses = _overfit("triton", (16, 12), steps=60, lr=1e-2, num_frames=3, num_gsm=1, num_lrm=1)
+    # the CPU interpreter costs seconds per scan call: 8 x 8 frames (a 3 x 2 x 2 token grid), D = 8, one GSM block
+    # with the unified pair only; the full structure trains in the slow test below
+    losses = _overfit("triton", (8, 8), steps=20, lr=2e-2, num_frames=3, dim=8, num_gsm=1, num_lrm=0, directions=2)
     assert min(losses[-5:]) <= losses[0] / 10, (losses[0], losses[-5:])
 
 
 @pytest.mark.slow
 def test_tiny_overfits_one_clip_triton_long():
-    # slow: the same run as the reference one (200 steps, 32 x 24, full tiny) under the CPU interpreter
-    losses = _overfit("triton", (32, 24), steps=200, lr=3e-3)
+    # slow (~10 min on 2 CPU cores under the interpreter): the reference run above (tiny, T = 5, 16 x 12, 60 steps)
+    losses = _overfit("triton", (16, 12), steps=60, lr=1e-2)
     assert min(losses[-5:]) <= losses[0] / 10, (losses[0], losses[-5:])

@@ -152,6 +152,9 @@ def _rows_for_case(case: Case, device, dtype_name: str, seed: int) -> list[dict[
             rows.append({**common, "check": check, "max_abs": math.inf, "rel_err": math.inf, "passed": False,
                          "note": f"{which} failed: {msg}"[:300]})
         return rows
+    if len(ref[0]) != len(tri[0]):
+        return [{**common, "check": c, "max_abs": math.inf, "rel_err": math.inf, "passed": False,
+                 "note": f"triton returned {len(tri[0])} outputs, reference {len(ref[0])}"} for c in ("fwd", "bwd")]
     fwd = [compare(r, o, dtype_name, "fwd") for r, o in zip(ref[0], tri[0], strict=True)]
     worst = max(fwd, key=lambda s: (not s["passed"], s["rel_err"]))
     rows.append({**common, "check": "fwd", **worst, "passed": all(s["passed"] for s in fwd)})
@@ -302,7 +305,8 @@ def network_config(level: str, on_gpu: bool):
         return get_config("tiny", dim=64, d_state=16, num_gsm=4, num_lrm=2, window=(8, 6)), (2, 256, 192)
     if on_gpu and level == "default":
         return get_config("tiny"), (2, 64, 48)
-    return get_config("tiny", num_frames=3), (1, 24, 20)
+    # CPU interpreter: tiny's structure narrowed (1 GSM + 1 LRM, D = 8, T = 3, 3 x 4 x 3 tokens, 3 x 2 windows)
+    return get_config("tiny", num_frames=3, dim=8, num_gsm=1, num_lrm=1, window=(3, 2)), (2, 16, 12)
 
 
 def perturb_for_check(net, seed: int) -> None:
@@ -410,6 +414,26 @@ def run(args: argparse.Namespace) -> int:
         "tolerances": "tests/harness.py: |out - ref| <= atol + rtol * |ref|, grads x5",
     }
     rows: list[dict[str, Any]] = []
+    threads = torch.get_num_threads()
+    if not on_gpu:  # tiny CPU tensors: intra-op threads only add overhead (and contention on shared machines)
+        torch.set_num_threads(1)
+    try:
+        _run_checks(args, level, device, on_gpu, problem, rows)
+    finally:
+        torch.set_num_threads(threads)
+    header["seconds"] = round(time.time() - start, 1)
+    ok = all(r["passed"] for r in rows)
+    if args.json:
+        print(json.dumps(_jsonable({**header, "passed": ok, "rows": rows}), indent=2))
+    else:
+        print_table(header, rows)
+    return 0 if ok else 1
+
+
+def _run_checks(args: argparse.Namespace, level: str, device, on_gpu: bool, problem: str | None,
+                rows: list[dict[str, Any]]) -> None:
+    from model import backend as registry
+
     if problem is None:
         reason = registry.triton_unavailable_reason(device)
         problem = reason
@@ -424,13 +448,6 @@ def run(args: argparse.Namespace) -> int:
                 rows.extend(_rows_for_case(case, device, dt, args.seed))
         if not args.no_model:
             rows.extend(check_network(level, device, args.seed))
-    header["seconds"] = round(time.time() - start, 1)
-    ok = all(r["passed"] for r in rows)
-    if args.json:
-        print(json.dumps(_jsonable({**header, "passed": ok, "rows": rows}), indent=2))
-    else:
-        print_table(header, rows)
-    return 0 if ok else 1
 
 
 def _jsonable(o: Any) -> Any:
