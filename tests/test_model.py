@@ -8,12 +8,12 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from harness import assert_close
 
 import model
 from model import GLSMamba, get_config
 from model.backend import call_counts, reset_call_counts
 from model.blocks import GSMBlock, LRMBlock
+from tests.harness import assert_close
 
 
 @pytest.fixture(autouse=True)
