@@ -414,7 +414,7 @@ def test_tiny_overfits_one_clip_triton_short(device):
 
 @pytest.mark.slow
 def test_tiny_overfits_one_clip_triton_long(device):
-    # slow (~8 min on 2 shared CPU cores under the interpreter, ~12-15 s per step): tiny's full structure (T = 5, 2 GSM with
-    # STMM + 1 LRM) at D = 8 on a 16 x 12 clip, 30 steps
+    # slow (~8 min on 2 shared CPU cores under the interpreter, ~12-15 s per step): tiny's full structure
+    # (T = 5, 2 GSM with STMM + 1 LRM) at D = 8 on a 16 x 12 clip, 30 steps
     losses = _overfit("triton", (16, 12), steps=30, lr=1e-2, device=device, dim=8)
     assert min(losses[-5:]) <= losses[0] / 10, (losses[0], losses[-5:])
