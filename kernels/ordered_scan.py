@@ -322,7 +322,7 @@ class _Cfg:
             base = batch * K * self.NCB
             if device.type == "cuda":
                 # chunk the sequence only when (batch, direction, channel block) programs cannot fill the GPU
-                target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+                target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
                 if base < target:
                     tiles = max(8, cdiv(self.NT, cdiv(target, base)))
         self.TILES = max(1, min(tiles, self.NT))
