@@ -415,14 +415,58 @@ def _tables(orders: torch.Tensor, groups: tuple[int, ...]) -> tuple[torch.Tensor
     return hit
 
 
+def _is_identity(groups: Sequence[int]) -> bool:
+    return tuple(groups) == tuple(range(len(groups)))
+
+
+# ---- custom ops: opaque to torch.compile (dynamo traces OrderedScanFunction and keeps these as graph nodes)
+
+
+@torch.library.custom_op("glsmamba::ordered_scan_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            D: torch.Tensor | None, delta_bias: torch.Tensor | None, orders: torch.Tensor, reset: torch.Tensor | None,
+            groups: list[int], softplus: bool, save: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    y, ckpt = _fwd(x, delta, A, B, C, D, delta_bias, orders, reset, softplus, save)
+    if not _is_identity(groups):
+        # sum the directions of each group in natural order (fp32, fixed order: deterministic)
+        y = st_merge(y, _tables(orders, tuple(groups))[0], tuple(groups))
+    return y, ckpt
+
+
+@_fwd_op.register_fake
+def _(x, delta, A, B, C, D, delta_bias, orders, reset, groups, softplus, save):
+    Bsz, L, CH = x.shape
+    K, NS = A.shape[0], A.shape[2]
+    cfg = _Cfg(Bsz, K, CH, L, NS, x.device)
+    return (x.new_empty(Bsz, max(groups) + 1, L, CH),
+            x.new_empty(Bsz * K, cfg.NT if save else 0, CH, NS, dtype=torch.float32))
+
+
+@torch.library.custom_op("glsmamba::ordered_scan_bwd", mutates_args=())
+def _bwd_op(dout: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+            C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None, orders: torch.Tensor,
+            reset: torch.Tensor | None, grp: torch.Tensor, ckpt: torch.Tensor, softplus: bool) -> list[torch.Tensor]:
+    grads = _bwd(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softplus)
+    # absent optional gradients travel as empty 1-D tensors (a custom op returns tensors only)
+    return [x.new_empty(0) if g is None else g for g in grads]
+
+
+@_bwd_op.register_fake
+def _(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softplus):
+    def like(t):
+        return x.new_empty(0) if t is None else torch.empty_like(t)
+
+    return [like(x), like(delta), like(A), like(B), like(C), like(D), like(delta_bias)]
+
+
 class OrderedScanFunction(torch.autograd.Function):
+    """Forward and backward are the Triton kernels above (no autograd through a reference)."""
+
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D, delta_bias, orders, reset, groups, softplus):
         need_grad = any(ctx.needs_input_grad[:7])
-        y, ckpt = _fwd(x, delta, A, B, C, D, delta_bias, orders, reset, softplus, need_grad)
-        ident, grp = _tables(orders, groups)
-        # sum the directions of each group in natural order (fp32, fixed order); identity groups need no sum
-        out = y if groups == tuple(range(len(groups))) else st_merge(y, ident, groups)
+        out, ckpt = _fwd_op(x, delta, A, B, C, D, delta_bias, orders, reset, list(groups), softplus, need_grad)
+        grp = _tables(orders, tuple(groups))[1]
         ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt)
         ctx.softplus = softplus
         return out
@@ -430,7 +474,8 @@ class OrderedScanFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt = ctx.saved_tensors
-        grads = _bwd(dout.contiguous(), x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, ctx.softplus)
+        grads = _bwd_op(dout.contiguous(), x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, ctx.softplus)
+        grads = [None if t is None else g for g, t in zip(grads, (x, delta, A, B, C, D, delta_bias), strict=True)]
         return (*grads, None, None, None, None)
 
 

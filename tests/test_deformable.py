@@ -176,3 +176,11 @@ def test_bad_input(backend, device):
         fn(x, off, mask, w, SPATIAL_TAPS.float(), shape)
     with pytest.raises(ValueError, match="x must have 3 dims"):
         fn(x[0], off, mask, w, SPATIAL_TAPS, shape)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gpu_triton_matches_reference(dtype):
+    shape = (5, 16, 12)
+    inp = make_inputs(B=2, shape=shape, C=96, G=4, taps=SPATIAL_TAPS, off_scale=2.0, dtype=dtype, device="cuda")
+    check_triton_against_reference(inp, SPATIAL_TAPS, shape, dtype=dtype)

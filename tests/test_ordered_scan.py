@@ -249,3 +249,67 @@ def test_bench_script_runs_reference_row():
 
     rows = main(["--shape", "2", "3", "5", "--channels", "4", "--dstate", "2", "--impls", "reference", "--reps", "1"])
     assert [r["impl"] for r in rows] == ["reference"] and rows[0]["status"] == "ok" and rows[0]["ms"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ torch.compile
+
+
+class _SpaceTimeModule(torch.nn.Module):
+    """ordered scan -> deformable aggregation -> scan -> merge, every op through the registry."""
+
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+        self.A_log = torch.nn.Parameter(torch.zeros(2, 4, 2))
+        self.w = torch.nn.Parameter(torch.ones(9, 4))
+
+    def forward(self, x, delta, B, C, off, mask, orders, reset):
+        from model.backend import get_op
+        from reference.deformable import SPATIAL_TAPS
+
+        y = get_op("ordered_selective_scan", self.backend)(x, delta, -torch.exp(self.A_log), B, C, None, orders,
+                                                           (0, 0), reset)
+        z = get_op("deformable_aggregate", self.backend)(y[:, 0], off, mask, self.w, SPATIAL_TAPS, SHAPE)
+        s = get_op("space_time_scan", self.backend)(z, orders)
+        return get_op("space_time_merge", self.backend)(s, orders, (0, 1)) * 2.0
+
+
+def test_torch_compile_smoke_triton(device):
+    """The Triton ops are custom ops: a compiled module runs them and matches eager, forward and backward.
+    (The reference backend is plain PyTorch; compiling it only adds graph breaks, covered by the lead's test.)"""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    orders, reset = window_case(device)
+    args = [torch.randn(1, 30, 4, generator=g), torch.randn(1, 2, 30, 4, generator=g) * 0.5,
+            torch.randn(1, 2, 30, 2, generator=g), torch.randn(1, 2, 30, 2, generator=g),
+            torch.randn(1, 30, 1, 9, 2, generator=g), torch.rand(1, 30, 1, 9, generator=g)]
+    args = [a.to(device) for a in args] + [orders, reset]
+    mod = _SpaceTimeModule("triton").to(device)
+    eager = mod(*args)
+    eager.sum().backward()
+    grads = (mod.A_log.grad.clone(), mod.w.grad.clone())
+    mod.zero_grad()
+    out = torch.compile(mod, backend="aot_eager")(*args)
+    out.sum().backward()
+    assert_close("compiled", eager, out, torch.float32)
+    assert_close("compiled dA_log", grads[0], mod.A_log.grad, torch.float32, kind="grad")
+    assert_close("compiled dw", grads[1], mod.w.grad, torch.float32, kind="grad")
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", ["sts6d", "windows"])
+def test_gpu_triton_matches_reference_long(dtype, case, single_pass_knobs):
+    shape = (5, 16, 12)  # L = 960: many tiles; C = 70 spans several channel blocks
+    if case == "sts6d":
+        orders, reset, groups = scan_orders(shape, device="cuda"), None, STS6D_GROUPS
+    else:
+        (orders, reset), groups = window_case("cuda", shape, (8, 6)), (0, 0)
+    inp = make_inputs(orders.shape[0], shape=shape, C=70, N=16, dtype=dtype, device="cuda")
+    inp["delta"] = inp["delta"] - 2.0  # realistic small steps: softplus(-2) ~ 0.13
+    compare(inp, orders, groups, reset, dtype=dtype)
+    kos._TILES_PER_CHUNK[0] = 4  # the chunk-parallel forward as well
+    compare(inp, orders, groups, reset, dtype=dtype, grads=False)

@@ -253,3 +253,16 @@ def test_scan_merge_bad_input(backend, device):
     out_of_range[0, 0] = 30
     with pytest.raises(ValueError, match="permutations"):
         merge(ys, out_of_range, range(6))
+
+
+@pytest.mark.gpu
+def test_gpu_scan_merge_large():
+    shape, C = (5, 64, 48), 96
+    orders = scan_orders(shape, device="cuda")
+    x = rand_tokens(2, 15360, C, torch.bfloat16, "cuda")
+    scan = get_impl("space_time_scan", "triton")
+    merge = get_impl("space_time_merge", "triton")
+    ys = scan(x, orders)
+    assert torch.equal(ys, get_impl("space_time_scan", "reference")(x, orders))
+    assert_close("merge", get_impl("space_time_merge", "reference")(ys, orders, (0, 1, 2, 0, 1, 2)),
+                 merge(ys, orders, (0, 1, 2, 0, 1, 2)), torch.bfloat16)
