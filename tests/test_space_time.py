@@ -266,3 +266,11 @@ def test_gpu_scan_merge_large():
     assert torch.equal(ys, get_impl("space_time_scan", "reference")(x, orders))
     assert_close("merge", get_impl("space_time_merge", "reference")(ys, orders, (0, 1, 2, 0, 1, 2)),
                  merge(ys, orders, (0, 1, 2, 0, 1, 2)), torch.bfloat16)
+
+
+def test_triton_rejects_float64_like_the_other_kernels(device):
+    # float64 is for the reference's gradcheck; every Triton op refuses it with the same TypeError
+    x = rand_tokens(1, 30, 4, torch.float64, device)
+    with pytest.raises(TypeError, match="supports float16/bfloat16/float32"):
+        get_impl("space_time_scan", "triton")(x, scan_orders((2, 3, 5), device=device))
+    assert get_impl("space_time_scan", "reference")(x, scan_orders((2, 3, 5), device=device)).dtype == torch.float64
