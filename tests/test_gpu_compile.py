@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of the space-time kernels for sm_90, without a GPU.
+"""Ahead-of-time compilation of every Triton kernel (selective scan, space-time ops) for sm_90, without a GPU.
 
 The interpreter runs kernels through numpy and never lowers them, so a kernel can pass every CPU test and still
 fail to compile for a GPU. Here each kernel is compiled to a cubin (Triton's own ptxas) with the launch
@@ -29,6 +29,7 @@ SCRIPT = textwrap.dedent(
 
     import kernels.deformable as kdf
     import kernels.ordered_scan as kos
+    import kernels.selective_scan as kss
     import kernels.space_time as kst
 
     def build(jit, ptr_types, consts, ints64=()):
@@ -49,7 +50,18 @@ SCRIPT = textwrap.dedent(
     flags = dict(SOFTPLUS=True, HAS_D=True, HAS_BIAS=True, HAS_RESET=True)
     dfm = {"x_ptr": bf, "off_ptr": bf, "mask_ptr": bf, "w_ptr": bf, "out_ptr": bf, "dout_ptr": bf, "dx_ptr": bf,
            "taps_ptr": "*i64", "key_ptr": "*i64", "perm_ptr": "*i64", "segptr_ptr": "*i64"}
+    ss = {"u_ptr": bf, "delta_ptr": bf, "B_ptr": bf, "C_ptr": bf, "z_ptr": bf, "out_ptr": bf, "dout_ptr": bf,
+          "du_ptr": bf, "ddelta_ptr": bf, "dz_ptr": bf}
+    ss_flags = dict(BLOCK_T=32, BLOCK_D=4, NP=16, SOFTPLUS=True, HAS_D=True, HAS_Z=True, HAS_BIAS=True)
     cases = [
+        ("selective scan fwd pass 1", kss._ss_fwd_kernel, ss, dict(HAS_HIN=False, FINAL=False, SAVE_CKPT=False,
+                                                                    **ss_flags)),
+        ("selective scan fwd", kss._ss_fwd_kernel, ss, dict(HAS_HIN=True, FINAL=True, SAVE_CKPT=True, **ss_flags)),
+        ("selective scan carry", kss._ss_carry_kernel, ss, dict(BLOCK_D=64, NP=16, REVERSE=True, HAS_INIT=True)),
+        ("selective scan bwd pass 1", kss._ss_bwd_kernel, ss, dict(HAS_LAMIN=False, FINAL=False, **ss_flags)),
+        ("selective scan bwd", kss._ss_bwd_kernel, ss, dict(HAS_LAMIN=True, FINAL=True, **ss_flags)),
+        ("selective scan fwd N=1", kss._ss_fwd_kernel, ss,
+         dict(ss_flags, NP=1, BLOCK_D=64, HAS_HIN=True, FINAL=True, SAVE_CKPT=True)),
         ("ordered scan fwd", kos._oss_fwd_kernel, oss,
          dict(BLOCK_T=32, BLOCK_C=4, NP=16, HAS_HIN=True, FINAL=True, SAVE=True, **flags)),
         ("ordered scan fwd pass 1", kos._oss_fwd_kernel, oss,
