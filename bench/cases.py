@@ -158,10 +158,24 @@ def registry_impl(op: str, backend: str, device: torch.device) -> Callable[..., 
     except (ImportError, AttributeError) as e:
         pkg = "kernels" if impl_backend == "triton" else "reference"
         raise Skip(f"{pkg}.{registry.OPS[op]}.{op} is not importable yet ({type(e).__name__}: {e})") from None
-    if backend == "compile":
-        torch._dynamo.reset()  # fresh cache per case: no recompile limit hit, compile time lands in compile_ms
-        fn = torch.compile(fn, dynamic=False)
-    return fn
+    return compile_fresh(fn) if backend == "compile" else fn
+
+
+def compile_fresh(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(fn)`` with a fresh dynamo cache (one compile per case; its time lands in compile_ms).
+
+    Compiled backward graphs donate their buffers (torch >= 2.6) and then refuse ``retain_graph=True``, which the
+    ``bwd`` mode needs to repeat a backward: buffer donation is turned off for the benchmark process.
+    """
+    try:
+        import torch._functorch.config as functorch_config
+
+        if hasattr(functorch_config, "donated_buffer"):
+            functorch_config.donated_buffer = False
+    except ImportError:  # pragma: no cover - older torch
+        pass
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False)
 
 
 def _randn(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, scale: float = 1.0) -> torch.Tensor:
@@ -427,8 +441,7 @@ def build_glsmamba(preset: str):
         net = GLSMamba(cfg).to(device).eval()
         fwd = net
         if backend == "compile":
-            torch._dynamo.reset()
-            fwd = torch.compile(net, dynamic=False)
+            fwd = compile_fresh(net)
         x = _images(shape, device)
 
         def run():

@@ -49,7 +49,7 @@ COLUMNS = (
     "mem_peak_mb", "mem_delta_mb", "mem_kind",
     "bytes", "gbps", "pct_peak_bw", "mufu_ops", "mufu_per_s", "pct_peak_mufu",
     "roofline_ms", "pct_roofline", "bound", "flops", "tflops",
-    "device", "device_kind", "peak_bw_gbps", "peak_mufu_per_s",
+    "device", "device_kind", "threads", "peak_bw_gbps", "peak_mufu_per_s",
     "torch", "triton", "python", "commit",
 )  # fmt: skip
 
@@ -143,6 +143,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {
         "device": name,
         "device_kind": device.type,
+        "threads": torch.get_num_threads(),
         "peak_bw_gbps": "unknown" if peaks.bw is None else peaks.bw / 1e9,
         "peak_mufu_per_s": "unknown" if peaks.mufu is None else peaks.mufu,
         "torch": torch.__version__,

@@ -105,10 +105,32 @@ def _draw_oom(ax, rows: list[dict[str, str]], label: str, color: str | None) -> 
     return True
 
 
+def _human(v: float, _pos: int | None = None) -> str:
+    """Tick label: 200, 2k, 15k, 1.5M, 0.5, 0.02."""
+    if v <= 0:
+        return ""
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:g}{suffix}"
+    return f"{v:g}"
+
+
+def _log_ticks(axis, lo: float, hi: float) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    decades = math.log10(max(hi, lo * 1.0001) / lo) if lo > 0 else 99
+    subs = (1.0, 2.0, 5.0) if decades <= 3.5 else (1.0, 3.0) if decades <= 6 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(_human))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _finish(ax, title: str, ylabel: str, logy: bool = True) -> None:
     ax.set_xscale("log")
+    _log_ticks(ax.xaxis, *ax.get_xlim())
     if logy:
         ax.set_yscale("log")
+        _log_ticks(ax.yaxis, *ax.get_ylim())
     ax.set_xlabel(TOKENS_LABEL)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -223,7 +245,7 @@ def _pick_crossover(rows: list[dict[str, str]]) -> tuple[str, list[dict[str, str
     return None
 
 
-def _crossover_tokens(mine: list[dict[str, str]], theirs: list[dict[str, str]]) -> str:
+def _crossover_tokens(mine: list[dict[str, str]], theirs: list[dict[str, str]], name: str = "GLSMamba") -> str:
     a = {(int(r["tokens"]), r["T"]): _f(r, "ms_p50") for r in _ok(mine)}
     b = {(int(r["tokens"]), r["T"]): _f(r, "ms_p50") for r in _ok(theirs)}
     oom = {(int(r["tokens"]), r["T"]) for r in theirs if r["status"] == "oom"}
@@ -232,7 +254,7 @@ def _crossover_tokens(mine: list[dict[str, str]], theirs: list[dict[str, str]]) 
         return "no common sizes"
     faster = [k in oom or a[k] < b[k] for k in keys]
     if all(faster):
-        return f"GLSMamba faster at every common size ({keys[0][0]}-{keys[-1][0]} tokens)"
+        return f"{name} faster at every common size ({keys[0][0]}-{keys[-1][0]} tokens)"
     if not any(faster):
         return f"attention faster at every common size ({keys[0][0]}-{keys[-1][0]} tokens)"
     i = len(faster)
@@ -240,7 +262,7 @@ def _crossover_tokens(mine: list[dict[str, str]], theirs: list[dict[str, str]]) 
         i -= 1
     if i == len(faster):
         return "attention faster at the largest size"
-    return f"GLSMamba faster from {keys[i][0]} tokens on"
+    return f"{name} faster from {keys[i][0]} tokens on"
 
 
 def plot_crossover(rows: list[dict[str, str]], out: Path, written: list[Path]) -> None:
@@ -267,9 +289,11 @@ def plot_crossover(rows: list[dict[str, str]], out: Path, written: list[Path]) -
     for ax in axes:
         for label, rs, color in series:
             _draw_oom(ax, rs, label, color)
-    verdict = _crossover_tokens(mine, [r for r in att if r["backend"] == "sdpa"] or att)
+    name = "GLSMamba" if level == "network" else mine[0]["op"]
+    verdict = _crossover_tokens(mine, [r for r in att if r["backend"] == "sdpa"] or att, name)
     ctx = f"{_context(_ok(mine))}, {mode}, {_shape_note(_ok(mine))}"
-    _finish(axes[0], f"GLSMamba vs full attention ({level})\n{verdict}", "time per call [ms] (band p20-p80)")
+    what = "GLSMamba network vs attention network" if level == "network" else "scan vs full attention (ops)"
+    _finish(axes[0], f"{what}\n{verdict}", "time per call [ms] (band p20-p80)")
     _finish(axes[1], f"time per token (flat = linear cost)\n{ctx}", "time per token [us]")
     _finish(axes[2], f"memory ({level})\n{ctx}", f"peak memory above inputs [MiB] ({_ok(mine)[0]['mem_kind']})")
     _save(fig, out / "crossover.png", written)

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -109,13 +109,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--dtype", default="auto", choices=("auto", *DTYPES), help="auto: bf16 on CUDA, fp32 on CPU")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; quick on CPU: 1, steadier on a shared host)",
+    )
     g = parser.add_argument_group("limits")
     g.add_argument(
         "--time-budget",
         type=float,
         default=None,
         metavar="S",
-        help="stop measuring after S seconds (remaining points are recorded as skip); quick default 100",
+        help="stop measuring after S seconds (remaining points are recorded as skip); quick default 75",
     )
     g.add_argument(
         "--max-call-s",
@@ -123,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="S",
         help="skip a point whose single call is predicted (from the previous size) to take > S seconds "
-        "(default 5 on CUDA, 2 on CPU)",
+        "(default 5 on CUDA, 2 on CPU, 0.5 with --quick on CPU)",
     )
     g.add_argument(
         "--compile-max-tokens",
@@ -184,6 +190,9 @@ class Sweep:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device here")
         cuda = self.device.type == "cuda"
+        threads = args.threads or (1 if args.quick and not cuda else None)
+        if threads:
+            torch.set_num_threads(threads)
         self.dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if cuda else torch.float32)
         q = args.quick
         self.Ts = tuple(args.T or (QUICK_T if q else FULL_T))
@@ -195,9 +204,10 @@ class Sweep:
         width, d_state = cases.model_dims(self.preset)
         self.net_width = args.net_width or width or (64 if q else 192)
         self.net_N = d_state or self.N
-        self.time_budget = args.time_budget if args.time_budget is not None else (100.0 if q else None)
-        self.max_call_s = args.max_call_s if args.max_call_s is not None else (5.0 if cuda else 2.0)
-        self.cpu_budget_s = args.cpu_budget_s if args.cpu_budget_s is not None else (0.15 if q else 1.0)
+        self.time_budget = args.time_budget if args.time_budget is not None else (75.0 if q else None)
+        default_max_call = 5.0 if cuda else (0.5 if q else 2.0)
+        self.max_call_s = args.max_call_s if args.max_call_s is not None else default_max_call
+        self.cpu_budget_s = args.cpu_budget_s if args.cpu_budget_s is not None else (0.1 if q else 1.0)
         self.targets = _select(cases.targets(self.preset), args.ops)
         self.backends = set(args.backends) if args.backends else None
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -260,47 +270,13 @@ class Sweep:
     def measure(self, case: Case, mode: str) -> dict[str, Any]:
         dev = self.device
         grads = case.grad_inputs
-        state: dict[str, Any] = {}
-
-        def backward(out: Any, retain: bool) -> None:
-            t = _first_tensor(out)
-            if "dy" not in state:
-                state["dy"] = torch.randn_like(t)
-            t.backward(state["dy"], retain_graph=retain)
-
-        if mode == "fwd":
-
-            def run() -> None:
-                with torch.no_grad(), case.context(dev):
-                    case.fn()
-
-        elif mode == "fwd+bwd":
-
-            def run() -> None:
-                with case.context(dev):
-                    out = case.fn()
-                backward(out, retain=False)
-
-        else:  # bwd: one forward with a graph outside the timed region, then time backward on it
-            if _compiled_backward_needs_retain_flag():
-                import torch._functorch.config as fconf
-
-                fconf.donated_buffer = False
-            with case.context(dev):
-                state["out"] = case.fn()
-
-            def run() -> None:
-                backward(state["out"], retain=True)
-
+        run, state = make_runner(case, mode, dev)
         for g in grads:
             g.grad = None
-        compile_ms = time_first_call(run, dev)
+        compile_ms = time_first_call(run, dev)  # compile / autotune / first-touch happen here
         for g in grads:
             g.grad = None
-        run()  # second warm-up (autotune caches, allocator)
-        for g in grads:
-            g.grad = None
-        mem_peak, mem_delta, mem_kind = measure_memory(run, dev)
+        mem_peak, mem_delta, mem_kind = measure_memory(run, dev)  # second call: also the warm-up of the timer
         if dev.type == "cuda":
             timing = time_cuda(run, grads, rep_ms=self.args.rep_ms)
         else:
@@ -332,7 +308,8 @@ class Sweep:
 
     def run_backend(self, target: Target, backend: str, shape: Shape) -> None:
         reason = self.planned_skip(target, backend, shape)
-        modes = list(self.args.modes)
+        # fwd+bwd before bwd: its first call then carries the whole training compile (bwd's setup forward is untimed)
+        modes = [m for m in ("fwd", "fwd+bwd", "bwd") if m in self.args.modes]
         if reason is not None:
             for mode in modes:
                 self.emit({**self.row(target, backend, mode, shape), "status": "skip", "note": reason})
@@ -430,6 +407,46 @@ class Sweep:
         return self.csv
 
 
+def make_runner(case: Case, mode: str, device: torch.device) -> tuple[Callable[[], None], dict[str, Any]]:
+    """A zero-argument closure running ``case`` in ``mode``, and its state dict (clear it to free the graph).
+
+    ``fwd`` runs under ``torch.no_grad`` (inference); ``fwd+bwd`` runs forward and ``backward(dy)`` with a fixed
+    random ``dy``; ``bwd`` runs one forward now (not timed) and the closure repeats ``backward`` on its retained
+    graph.
+    """
+    state: dict[str, Any] = {}
+
+    def backward(out: Any, retain: bool) -> None:
+        t = _first_tensor(out)
+        if "dy" not in state:
+            state["dy"] = torch.randn_like(t)
+        t.backward(state["dy"], retain_graph=retain)
+
+    if mode == "fwd":
+
+        def run() -> None:
+            with torch.no_grad(), case.context(device):
+                case.fn()
+
+    elif mode == "fwd+bwd":
+
+        def run() -> None:
+            with case.context(device):
+                out = case.fn()
+            backward(out, retain=False)
+
+    elif mode == "bwd":
+        with case.context(device):
+            state["out"] = case.fn()
+
+        def run() -> None:
+            backward(state["out"], retain=True)
+
+    else:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return run, state
+
+
 def _first_tensor(out: Any) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
@@ -443,15 +460,6 @@ def _first_tensor(out: Any) -> torch.Tensor:
             if isinstance(o, torch.Tensor):
                 return o
     raise TypeError(f"the benchmarked function returned no tensor (got {type(out).__name__})")
-
-
-def _compiled_backward_needs_retain_flag() -> bool:
-    # torch.compile's backward donates buffers (torch >= 2.6) and then refuses retain_graph=True.
-    try:
-        import torch._functorch.config as fconf
-    except ImportError:  # pragma: no cover
-        return False
-    return hasattr(fconf, "donated_buffer")
 
 
 def run(args: argparse.Namespace) -> int:
