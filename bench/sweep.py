@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from bench.harness import (
     is_oom,
     measure_memory,
     now_iso,
+    read_rows,
     roofline,
     time_cpu,
     time_cuda,
@@ -149,6 +151,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default=None, help="output folder (default bench/results/local/<timestamp>)")
     g.add_argument("--no-plot", action="store_true", help="write the CSV only")
     g.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="append to DIR/results.csv, skipping points it already has as ok or oom (resume / combine)",
+    )
+    g.add_argument(
         "--plot-only", default=None, metavar="DIR", help="only (re)draw plots + summary from DIR/results.csv"
     )
     g.add_argument("-q", "--quiet", action="store_true", help="print only skip reasons and the output paths")
@@ -214,15 +221,20 @@ class Sweep:
         self.out = Path(args.out) if args.out else Path(__file__).parent / "results" / "local" / stamp
         self.out.mkdir(parents=True, exist_ok=True)
         self.csv = self.out / CSV_NAME
+        self.done: set[tuple[str, ...]] = set()
+        if args.skip_existing and self.csv.exists():
+            self.done = {_row_key(r["op"], r["variant"], r["backend"], r["mode"], r, r["dtype"])
+                         for r in read_rows(self.csv) if r["status"] in ("ok", "oom")}  # fmt: skip
         self.writer = CsvWriter(self.csv)
         self.env = environment(self.device)
         self.peaks = self.env.pop("_peaks")
-        self.run_id = f"{stamp}-{os.getpid()}"
+        self.run_id = f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.t0 = time.perf_counter()
         self.last_ok: dict[tuple[str, str], tuple[int, float]] = {}
         self.oom_at: dict[tuple[str, str, str], int] = {}
         self.reasons: dict[str, str] = {}
         self.counts = {"ok": 0, "oom": 0, "skip": 0, "error": 0}
+        self.not_run = 0
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -295,8 +307,6 @@ class Sweep:
     # ---- the loop --------------------------------------------------------------------------------------------
     def planned_skip(self, target: Target, backend: str, shape: Shape) -> str | None:
         """A reason to skip (target, backend) at ``shape`` before building it, or None."""
-        if self.time_budget is not None and time.perf_counter() - self.t0 > self.time_budget:
-            return f"time budget of {self.time_budget:.0f} s exhausted"
         if backend == "compile" and shape.tokens > self.args.compile_max_tokens:
             return f"torch.compile limited to <= {self.args.compile_max_tokens} tokens (--compile-max-tokens)"
         last = self.last_ok.get((target.key, backend))
@@ -307,9 +317,17 @@ class Sweep:
         return None
 
     def run_backend(self, target: Target, backend: str, shape: Shape) -> None:
-        reason = self.planned_skip(target, backend, shape)
         # fwd+bwd before bwd: its first call then carries the whole training compile (bwd's setup forward is untimed)
         modes = [m for m in ("fwd", "fwd+bwd", "bwd") if m in self.args.modes]
+        if self.done:
+            dt = str(self.dtype).replace("torch.", "")
+            modes = [m for m in modes if _row_key(target.op, target.variant, backend, m, shape, dt) not in self.done]
+            if not modes:
+                return
+        if self.time_budget is not None and time.perf_counter() - self.t0 > self.time_budget:
+            self.not_run += len(modes)  # counted and reported once at the end, not one row each
+            return
+        reason = self.planned_skip(target, backend, shape)
         if reason is not None:
             for mode in modes:
                 self.emit({**self.row(target, backend, mode, shape), "status": "skip", "note": reason})
@@ -339,12 +357,12 @@ class Sweep:
             self.skip_once(target, backend, str(e))
             return
         except Exception as e:
-            status = "oom" if is_oom(e) else "error"
+            status, note = ("oom" if is_oom(e) else "error"), "build: " + first_line(e)
+            case = None
+        if case is None:  # outside the except block, so the failed frames' tensors can be freed
             free_memory(self.device)
             for mode in todo:
-                self.emit(
-                    {**self.row(target, backend, mode, shape), "status": status, "note": "build: " + first_line(e)}
-                )
+                self.emit({**self.row(target, backend, mode, shape), "status": status, "note": note})
                 if status == "oom":
                     self.oom_at[(target.key, backend, mode)] = shape.tokens
             return
@@ -355,11 +373,11 @@ class Sweep:
             try:
                 res = self.measure(case, mode)
             except Exception as e:
-                status = "oom" if is_oom(e) else "error"
-                res = {"status": status, "note": first_line(e)}
-                if status == "oom":
-                    self.oom_at[(target.key, backend, mode)] = shape.tokens
+                res = {"status": "oom" if is_oom(e) else "error", "note": first_line(e)}
+            if res["status"] != "ok":
                 free_memory(self.device)
+                if res["status"] == "oom":
+                    self.oom_at[(target.key, backend, mode)] = shape.tokens
             self.emit({**base, **res})
             if res["status"] == "ok":
                 key = (target.key, backend)
@@ -398,13 +416,22 @@ class Sweep:
         elapsed = time.perf_counter() - self.t0
         meta = {
             "run_id": self.run_id, "elapsed_s": elapsed, "argv": sys.argv, "counts": self.counts,
-            "skipped": self.reasons, "device": self.env["device"], "dtype": dt,
+            "not_run": self.not_run, "skipped": self.reasons, "device": self.env["device"], "dtype": dt,
             "shapes": {"T": self.Ts, "hw": self.hws, "B": self.B, "C": self.C, "N": self.N,
                        "net_batch": self.args.net_batch, "net_width": self.net_width, "preset": self.preset},
         }  # fmt: skip
-        (self.out / "sweep.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        (self.out / f"sweep-{self.run_id}.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if self.not_run:
+            print(f"bench: time budget of {self.time_budget:.0f} s exhausted: {self.not_run} measurements not run "
+                  "(no rows written for them)", flush=True)  # fmt: skip
         print(f"bench: {self.counts} in {elapsed:.1f} s -> {self.csv}", flush=True)
         return self.csv
+
+
+def _row_key(op: str, variant: str, backend: str, mode: str, shape: Any, dtype: str) -> tuple[str, ...]:
+    dims = (shape["B"], shape["T"], shape["H"], shape["W"], shape["C"], shape["N"]) if isinstance(shape, dict) else (
+        shape.B, shape.T, shape.H, shape.W, shape.C, shape.N)  # fmt: skip
+    return (op, variant, backend, mode, *(str(d) for d in dims), dtype)
 
 
 def make_runner(case: Case, mode: str, device: torch.device) -> tuple[Callable[[], None], dict[str, Any]]:

@@ -153,10 +153,12 @@ def test_failures_become_rows_not_crashes(tmp_path):
         Target("fake_oom", "", ("reference",), raising(torch.OutOfMemoryError("CUDA out of memory."))),
         Target("fake_error", "", ("reference",), raising(ValueError("bad shape"))),
         Target("fake_missing", "", ("reference",), lambda *a: (_ for _ in ()).throw(harness.Skip("not landed"))),
+        Target("fake_build_oom", "", ("reference",), lambda *a: (_ for _ in ()).throw(MemoryError())),
     ]
     s.run()
     rows = {r["op"]: r for r in harness.read_rows(s.csv)}
     assert rows["fake_oom"]["status"] == "oom"
+    assert rows["fake_build_oom"]["status"] == "oom" and rows["fake_build_oom"]["note"].startswith("build:")
     assert rows["fake_error"]["status"] == "error" and "bad shape" in rows["fake_error"]["note"]
     assert "fake_missing" not in rows and "not landed" in s.reasons["fake_missing / reference"]
 
@@ -192,3 +194,9 @@ def test_measurement_row_fields(tmp_path):
         one = 2 * 12 * 64 * 4 + 8 * 12  # read x, write one copy (K=1), int64 index
         assert float(r["bytes"]) == (2 * one if r["mode"] == "fwd+bwd" else one)
         assert r["pct_roofline"] == ""  # CPU: no device peaks
+
+
+def test_time_budget_stops_without_rows(tmp_path):
+    s = _sweep(tmp_path, ["--ops", "attention", "--time-budget", "0"])
+    s.run()
+    assert harness.read_rows(s.csv) == [] and s.not_run == 2 * 3  # sdpa, sdpa_math x 3 modes

@@ -49,8 +49,20 @@ def test_quick_sweep_writes_csv_and_plots(tmp_path, capsys):
         assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     md = (out / "summary.md").read_text()
     assert "## Targets" in md and "| n/a |" in md  # no CUDA rows: the GPU targets are n/a, not PASS/FAIL
-    meta = json.loads((out / "sweep.json").read_text())
+    (meta_path,) = out.glob("sweep-*.json")
+    meta = json.loads(meta_path.read_text())
     assert meta["counts"]["error"] == 0
+
+
+def test_skip_existing_resumes_without_duplicates(tmp_path):
+    out = tmp_path / "r"
+    base = ["bench", "--quick", "--device", "cpu", "--out", str(out), "--T", "1", "--ops", "attention",
+            "--backends", "sdpa", "--modes", "fwd", "--no-plot"]  # fmt: skip
+    assert cli.main([*base, "--hw", "8x6"]) == 0
+    assert cli.main([*base, "--hw", "8x6", "16x12", "--skip-existing"]) == 0
+    rows = harness.read_rows(out / "results.csv")
+    assert sorted(int(r["tokens"]) for r in rows) == [48, 192]
+    assert len({r["run_id"] for r in rows}) == 2
 
 
 def test_plot_only_redraws(tmp_path):
