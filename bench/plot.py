@@ -69,7 +69,8 @@ def _context(rows: list[dict[str, str]]) -> str:
 
 def _shape_note(rows: list[dict[str, str]]) -> str:
     r = rows[0]
-    return f"B={r['B']} C={r['C']} N={r['N']}"
+    n = "" if r["op"].startswith("attention") else f" N={r['N']}"
+    return f"B={r['B']} C={r['C']}{n}"
 
 
 def _color(backend: str) -> str | None:
@@ -96,12 +97,13 @@ def _draw_series(
 
 
 def _draw_oom(ax, rows: list[dict[str, str]], label: str, color: str | None) -> bool:
+    """Crosses on the top edge of the axes at the token counts that ran out of memory."""
     xs = sorted({int(r["tokens"]) for r in rows if r["status"] == "oom"})
     if not xs:
         return False
-    top = ax.get_ylim()[1]
-    ax.scatter(xs, [top] * len(xs), marker="x", s=60, color=color, label=f"{label}: out of memory", clip_on=False)
-    ax.set_ylim(top=top)
+    # x in data coordinates, y in axes coordinates (1 = top edge): independent of the y scale and limits
+    ax.scatter(xs, [1.0] * len(xs), marker="x", s=60, color=color, label=f"{label}: out of memory",
+               transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)  # fmt: skip
     return True
 
 
@@ -245,24 +247,26 @@ def _pick_crossover(rows: list[dict[str, str]]) -> tuple[str, list[dict[str, str
     return None
 
 
-def _crossover_tokens(mine: list[dict[str, str]], theirs: list[dict[str, str]], name: str = "GLSMamba") -> str:
+def _crossover_tokens(
+    mine: list[dict[str, str]], theirs: list[dict[str, str]], name: str = "GLSMamba"
+) -> tuple[str, int | None]:
+    """(verdict text, token count from which ``mine`` stays faster, or None) over the sizes both measured."""
     a = {(int(r["tokens"]), r["T"]): _f(r, "ms_p50") for r in _ok(mine)}
     b = {(int(r["tokens"]), r["T"]): _f(r, "ms_p50") for r in _ok(theirs)}
     oom = {(int(r["tokens"]), r["T"]) for r in theirs if r["status"] == "oom"}
     keys = sorted(k for k in a if k in b or k in oom)
     if not keys:
-        return "no common sizes"
+        return "no common sizes", None
     faster = [k in oom or a[k] < b[k] for k in keys]
+    span = f"{keys[0][0]}-{keys[-1][0]} tokens"
     if all(faster):
-        return f"{name} faster at every common size ({keys[0][0]}-{keys[-1][0]} tokens)"
-    if not any(faster):
-        return f"attention faster at every common size ({keys[0][0]}-{keys[-1][0]} tokens)"
+        return f"{name} faster at every common size ({span})", None
+    if not faster[-1]:
+        return f"attention faster at the largest common size ({span})", None
     i = len(faster)
     while i > 0 and faster[i - 1]:
         i -= 1
-    if i == len(faster):
-        return "attention faster at the largest size"
-    return f"{name} faster from {keys[i][0]} tokens on"
+    return f"{name} faster from {keys[i][0]} tokens on", keys[i][0]
 
 
 def plot_crossover(rows: list[dict[str, str]], out: Path, written: list[Path]) -> None:
@@ -290,7 +294,10 @@ def plot_crossover(rows: list[dict[str, str]], out: Path, written: list[Path]) -
         for label, rs, color in series:
             _draw_oom(ax, rs, label, color)
     name = "GLSMamba" if level == "network" else mine[0]["op"]
-    verdict = _crossover_tokens(mine, [r for r in att if r["backend"] == "sdpa"] or att, name)
+    verdict, cross = _crossover_tokens(mine, [r for r in att if r["backend"] == "sdpa"] or att, name)
+    if cross is not None:
+        for ax in axes[:2]:
+            ax.axvline(cross, color="grey", ls=":", lw=1.2)
     ctx = f"{_context(_ok(mine))}, {mode}, {_shape_note(_ok(mine))}"
     what = "GLSMamba network vs attention network" if level == "network" else "scan vs full attention (ops)"
     _finish(axes[0], f"{what}\n{verdict}", "time per call [ms] (band p20-p80)")

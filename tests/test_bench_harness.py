@@ -200,3 +200,50 @@ def test_time_budget_stops_without_rows(tmp_path):
     s = _sweep(tmp_path, ["--ops", "attention", "--time-budget", "0"])
     s.run()
     assert harness.read_rows(s.csv) == [] and s.not_run == 2 * 3  # sdpa, sdpa_math x 3 modes
+
+
+def _rows(tmp_path, specs: list[dict]) -> list[dict[str, str]]:
+    w = harness.CsvWriter(tmp_path / "s.csv")
+    for spec in specs:
+        w.write({"status": "ok", "variant": "", "dtype": "bfloat16", "B": 1, "C": 192, "N": 16, "T": 5, "H": 64,
+                 "W": 48, "tokens": 15360, **spec})  # fmt: skip
+    return harness.read_rows(tmp_path / "s.csv")
+
+
+def test_summary_target_checks(tmp_path):
+    scan = dict(op="selective_scan", backend="triton", B=2, C=384, N=16, tokens=15360)
+    rows = _rows(tmp_path, [
+        {**scan, "mode": "fwd", "ms_p50": 0.07, "roofline_ms": 0.0525, "pct_roofline": 75.0, "bound": "exp"},
+        {**scan, "mode": "fwd+bwd", "ms_p50": 1.0},
+        {**scan, "backend": "compile", "mode": "fwd+bwd", "ms_p50": 12.0},
+        dict(op="glsmamba", backend="triton", mode="fwd", T=16, H=16, W=12, tokens=3072, ms_p50=3.072),
+        dict(op="glsmamba", backend="triton", mode="fwd", T=16, H=128, W=96, tokens=196608, ms_p50=300.0),
+        dict(op="glsmamba", backend="triton", mode="fwd", ms_p50=18.0, mem_delta_mb=100.0),
+        dict(op="attention_net", backend="sdpa", mode="fwd", ms_p50=20.0, mem_delta_mb=200.0),
+        dict(op="attention_net", backend="sdpa_math", mode="fwd", status="oom"),
+    ])  # fmt: skip
+    assert summary.check_scan_roofline(rows)[0] == "PASS"
+    verdict, detail = summary.check_scan_vs_compile(rows)
+    assert verdict == "PASS" and "12.0x" in detail
+    verdict, detail = summary.check_linear(rows)  # 1.0 -> 1.53 us per token over 3k-197k tokens
+    assert verdict == "PASS" and "1.53x" in detail
+    assert summary.check_headline(rows)[0] == "PASS"
+    slow = [dict(r, ms_p50="25.0") if r["op"] == "glsmamba" and r["tokens"] == "15360" else r for r in rows]
+    assert summary.check_headline(slow)[0] == "FAIL"  # 25 ms vs attention's 20 ms
+    low = [dict(r, pct_roofline="60.0") if r["backend"] == "triton" and r["mode"] == "fwd" else r for r in rows]
+    assert summary.check_scan_roofline(low)[0] == "FAIL"
+    assert summary.check_scan_roofline([])[0] == "n/a"
+
+
+def test_crossover_verdict():
+    from bench.plot import _crossover_tokens
+
+    def rows(op, pts, oom=()):
+        out = [{"op": op, "status": "ok", "tokens": str(n), "T": "1", "ms_p50": str(ms)} for n, ms in pts]
+        return out + [{"op": op, "status": "oom", "tokens": str(n), "T": "1"} for n in oom]
+
+    mine = rows("glsmamba", [(100, 5.0), (1000, 10.0), (10000, 100.0), (100000, 1000.0)])
+    theirs = rows("attention_net", [(100, 1.0), (1000, 20.0), (10000, 50.0)], oom=[100000])
+    # faster at 1000, slower at 10000, faster (attention OOM) at 100000: stays faster from 100000 on
+    assert _crossover_tokens(mine, theirs)[1] == 100000
+    assert _crossover_tokens(mine[:2], theirs[:2])[1] == 1000
