@@ -311,7 +311,7 @@ class _Cfg:
 
 
 # tests set this to exercise several chunks on tiny inputs; None = the heuristic above
-_TILES_PER_CHUNK: list[int | None] = [None]
+TILES_PER_CHUNK: int | None = None
 
 
 def _as_bgln(B: torch.Tensor, channel_last: bool) -> torch.Tensor:
@@ -330,7 +330,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, channel_last: bool
     dims = check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, channel_last=channel_last)
     check_runnable(u, delta, A, B, C, D, z, delta_bias, op="selective_scan")
     batch, dim, length, dstate = dims.batch, dims.dim, dims.length, dims.dstate
-    cfg = _Cfg(batch, dim, length, dstate, dims.groups, _TILES_PER_CHUNK[0])
+    cfg = _Cfg(batch, dim, length, dstate, dims.groups, TILES_PER_CHUNK)
     dev = u.device
     out = torch.empty_like(u, memory_format=torch.contiguous_format)
     Bv, Cv = _as_bgln(B, channel_last), _as_bgln(C, channel_last)
@@ -368,7 +368,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, channel_last: bool
 def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus: bool, channel_last: bool):
     dims = check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, channel_last=channel_last)
     batch, dim, length, dstate, groups = dims.batch, dims.dim, dims.length, dims.dstate, dims.groups
-    cfg = _Cfg(batch, dim, length, dstate, groups, _TILES_PER_CHUNK[0])
+    cfg = _Cfg(batch, dim, length, dstate, groups, TILES_PER_CHUNK)
     dev = u.device
     f32 = dict(dtype=torch.float32, device=dev)
     du = torch.empty_like(u, memory_format=torch.contiguous_format)
@@ -433,11 +433,51 @@ def _from_bgln(g: torch.Tensor, like: torch.Tensor, channel_last: bool) -> torch
     return g.contiguous().to(like.dtype)
 
 
+# ---- custom ops: opaque to torch.compile (dynamo traces SelectiveScanFunction and keeps these as graph nodes)
+
+@torch.library.custom_op("glsmamba::selective_scan_fwd", mutates_args=())
+def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None, softplus: bool,
+            channel_last: bool, save_ckpt: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, last, ckpt = _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, channel_last, save_ckpt)
+    return out, last.contiguous(), ckpt
+
+
+@_fwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, channel_last, save_ckpt):
+    batch, dim, length = (u.shape[0], u.shape[2], u.shape[1]) if channel_last else u.shape
+    groups = (1 if B.dim() == 3 else B.shape[2 if channel_last else 1])
+    cfg = _Cfg(batch, dim, length, A.shape[1], groups, TILES_PER_CHUNK)
+    f32 = dict(dtype=torch.float32, device=u.device)
+    return (torch.empty_like(u, memory_format=torch.contiguous_format), u.new_empty(batch, dim, A.shape[1], **f32),
+            u.new_empty(batch, cfg.n_tiles if save_ckpt else 0, dim, A.shape[1], **f32))
+
+
+@torch.library.custom_op("glsmamba::selective_scan_bwd", mutates_args=())
+def _bwd_op(dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+            B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+            delta_bias: torch.Tensor | None, ckpt: torch.Tensor, softplus: bool,
+            channel_last: bool) -> list[torch.Tensor]:
+    grads = _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, channel_last)
+    # absent optional gradients travel as empty 1-D tensors (a custom op returns tensors only)
+    return [u.new_empty(0) if g is None else g for g in grads]
+
+
+@_bwd_op.register_fake
+def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, channel_last):
+    def like(t):
+        return u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+
+    return [like(u), like(delta), torch.empty_like(A), like(B), like(C), like(D), like(z), like(delta_bias)]
+
+
 class SelectiveScanFunction(torch.autograd.Function):
+    """Forward and backward are the Triton kernels above (no autograd through a reference)."""
+
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, channel_last):
         need_grad = any(ctx.needs_input_grad[:8])
-        out, last, ckpt = _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, channel_last, need_grad)
+        out, last, ckpt = _fwd_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, channel_last, need_grad)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
         ctx.flags = (delta_softplus, channel_last)
         if not return_last_state:
@@ -448,7 +488,8 @@ class SelectiveScanFunction(torch.autograd.Function):
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
         softplus, channel_last = ctx.flags
-        grads = _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, channel_last)
+        grads = _bwd_op(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, channel_last)
+        grads = [None if t is None else g for g, t in zip(grads, (u, delta, A, B, C, D, z, delta_bias), strict=True)]
         return (*grads, None, None, None)
 
 
