@@ -383,14 +383,17 @@ _FRAMES_FIELDS = ("num_frames", "frames", "clip_len", "T")
 _STATE_FIELDS = ("d_state", "state_dim", "N")
 
 
-def _load_model_api() -> tuple[Any, Any]:
-    """(the network class, its config class): ``model.GLSMamba`` and ``model.config.GLSMambaConfig``."""
+def _load_model_api() -> tuple[Any, Callable[[str], Any]]:
+    """(the network class ``model.GLSMamba``, preset name -> config): ``model.get_config`` or ``from_name``."""
     try:
-        net = importlib.import_module("model").GLSMamba
-        config = importlib.import_module("model.config").GLSMambaConfig
+        mod = importlib.import_module("model")
+        net = mod.GLSMamba
+        get_config = (
+            getattr(mod, "get_config", None) or importlib.import_module("model.config").GLSMambaConfig.from_name
+        )
     except (ImportError, AttributeError) as e:
-        raise Skip(f"the network is not importable yet (model.GLSMamba / model.config.GLSMambaConfig: {e})") from None
-    return net, config
+        raise Skip(f"the network is not importable yet (model.GLSMamba, model.get_config: {e})") from None
+    return net, get_config
 
 
 def _first_field(cfg: Any, names: tuple[str, ...]) -> str | None:
@@ -402,8 +405,8 @@ def _first_field(cfg: Any, names: tuple[str, ...]) -> str | None:
 def model_dims(preset: str) -> tuple[int | None, int | None]:
     """(width, d_state) of a GLSMamba preset, or (None, None) when the network is not importable."""
     try:
-        _, Config = _load_model_api()
-        cfg = Config.from_name(preset)
+        _, get_config = _load_model_api()
+        cfg = get_config(preset)
     except Exception:
         return None, None
     wf, sf = _first_field(cfg, _WIDTH_FIELDS), _first_field(cfg, _STATE_FIELDS)
@@ -424,16 +427,18 @@ def _net_case(net: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Case
 
 def build_glsmamba(preset: str):
     def build(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
-        GLSMamba, Config = _load_model_api()
+        GLSMamba, get_config = _load_model_api()
         from model.backend import use_backend
 
         if backend == "triton" and device.type != "cuda":
             raise Skip("triton is benched on CUDA only (on CPU it runs under the interpreter, far too slow)")
         impl_backend = "reference" if backend == "compile" else backend
-        cfg = Config.from_name(preset)
-        updates = {}
+        cfg = get_config(preset)
+        updates: dict[str, Any] = {}
         if _first_field(cfg, ("backend",)):
             updates["backend"] = impl_backend
+        if _first_field(cfg, ("image_size",)):
+            updates["image_size"] = (4 * shape.H, 4 * shape.W)
         frames = _first_field(cfg, _FRAMES_FIELDS)
         if frames:
             updates[frames] = shape.T

@@ -5,12 +5,15 @@
 #     python -m bench.store OUT_DIR          # copies CSV, PNGs, summary.md, logs to bench/results/<device>/
 # Each stage has a hard time limit, so a slow stage cannot eat the others' time; the sweeps write their CSV row by
 # row, so a stage cut short keeps what it measured. Limits can be changed through the environment (seconds):
-#     TESTS_S=150 VERIFY_S=60 HEADLINE_S=80 NET_S=100 OPS_S=90
+#     TESTS_S=120 VERIFY_S=45 HEADLINE_S=75 NET_S=70 OPS_S=70 (sweeps get GRACE_S=20 more to finish a measurement)
+# torch.compile is measured at the headline size only (one compile per op and size takes tens of seconds to
+# minutes); for compile curves run e.g. `python -m bench --backends reference compile --T 5 8 --hw 32x24 64x48`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-bench/results/local/gpu-$(date +%Y%m%d-%H%M%S)}}"
 mkdir -p "$OUT_DIR"
-TESTS_S=${TESTS_S:-150}; VERIFY_S=${VERIFY_S:-60}; HEADLINE_S=${HEADLINE_S:-80}; NET_S=${NET_S:-100}; OPS_S=${OPS_S:-90}
+TESTS_S=${TESTS_S:-120}; VERIFY_S=${VERIFY_S:-45}; HEADLINE_S=${HEADLINE_S:-75}; NET_S=${NET_S:-70}; OPS_S=${OPS_S:-70}
+GRACE_S=${GRACE_S:-20}
 PY=${PYTHON:-python3}
 t0=$SECONDS
 stage() { echo "== [$((SECONDS - t0)) s] $*"; }
@@ -34,13 +37,13 @@ fi
 # Sweeps append to one results.csv (--skip-existing: no point measured twice). Headline first: it holds the targets.
 SWEEP=($PY -m bench --out "$OUT_DIR" --skip-existing --rep-ms 50 --no-plot -q)
 stage "sweep 1/3: every op and network at T=5 x 64 x 48 (limit ${HEADLINE_S} s)"
-timeout $((HEADLINE_S + 60)) "${SWEEP[@]}" --T 5 --hw 64x48 --time-budget "$HEADLINE_S" > "$OUT_DIR/sweep_headline.log" 2>&1
+timeout $((HEADLINE_S + GRACE_S)) "${SWEEP[@]}" --T 5 --hw 64x48 --time-budget "$HEADLINE_S" > "$OUT_DIR/sweep_headline.log" 2>&1
 echo "exit $?"; tail -n 1 "$OUT_DIR/sweep_headline.log"
 stage "sweep 2/3: networks vs resolution (limit ${NET_S} s)"
-timeout $((NET_S + 60)) "${SWEEP[@]}" --ops net --modes fwd fwd+bwd --time-budget "$NET_S" > "$OUT_DIR/sweep_net.log" 2>&1
+timeout $((NET_S + GRACE_S)) "${SWEEP[@]}" --ops net --backends triton sdpa sdpa_math --modes fwd fwd+bwd --time-budget "$NET_S" > "$OUT_DIR/sweep_net.log" 2>&1
 echo "exit $?"; tail -n 1 "$OUT_DIR/sweep_net.log"
 stage "sweep 3/3: ops vs resolution (limit ${OPS_S} s)"
-timeout $((OPS_S + 60)) "${SWEEP[@]}" --ops ops attention --time-budget "$OPS_S" > "$OUT_DIR/sweep_ops.log" 2>&1
+timeout $((OPS_S + GRACE_S)) "${SWEEP[@]}" --ops ops attention --backends reference triton mambapy sdpa sdpa_math --time-budget "$OPS_S" > "$OUT_DIR/sweep_ops.log" 2>&1
 echo "exit $?"; tail -n 1 "$OUT_DIR/sweep_ops.log"
 
 stage "plots and summary"

@@ -84,7 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="backends to run: reference triton compile sdpa sdpa_math mambapy (default: all)",
     )
-    g.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    g.add_argument(
+        "--modes",
+        nargs="+",
+        default=None,
+        choices=MODES,
+        help="modes to time (default: all three; --quick: fwd and fwd+bwd)",
+    )
     g.add_argument("--T", nargs="+", type=int, default=None, help=f"frames (default {FULL_T}, quick {QUICK_T})")
     g.add_argument(
         "--hw",
@@ -131,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="S",
         help="skip a point whose single call is predicted (from the previous size) to take > S seconds "
-        "(default 5 on CUDA, 2 on CPU, 0.5 with --quick on CPU)",
+        "(default 5 on CUDA, 2 on CPU, 1 with --quick on CPU)",
     )
     g.add_argument(
         "--compile-max-tokens",
@@ -212,7 +218,8 @@ class Sweep:
         self.net_width = args.net_width or width or (64 if q else 192)
         self.net_N = d_state or self.N
         self.time_budget = args.time_budget if args.time_budget is not None else (75.0 if q else None)
-        default_max_call = 5.0 if cuda else (0.5 if q else 2.0)
+        default_max_call = 5.0 if cuda else (1.0 if q else 2.0)
+        self.modes = tuple(args.modes or (("fwd", "fwd+bwd") if q else MODES))
         self.max_call_s = args.max_call_s if args.max_call_s is not None else default_max_call
         self.cpu_budget_s = args.cpu_budget_s if args.cpu_budget_s is not None else (0.1 if q else 1.0)
         self.targets = _select(cases.targets(self.preset), args.ops)
@@ -318,7 +325,7 @@ class Sweep:
 
     def run_backend(self, target: Target, backend: str, shape: Shape) -> None:
         # fwd+bwd before bwd: its first call then carries the whole training compile (bwd's setup forward is untimed)
-        modes = [m for m in ("fwd", "fwd+bwd", "bwd") if m in self.args.modes]
+        modes = [m for m in ("fwd", "fwd+bwd", "bwd") if m in self.modes]
         if self.done:
             dt = str(self.dtype).replace("torch.", "")
             modes = [m for m in modes if _row_key(target.op, target.variant, backend, m, shape, dt) not in self.done]
@@ -407,12 +414,11 @@ class Sweep:
         for shape in self.shapes():
             self.say(f"[{time.perf_counter() - self.t0:7.1f} s] T={shape.T} H={shape.H} W={shape.W} "
                      f"({shape.tokens} tokens)")  # fmt: skip
-            for target in self.targets:
-                s = self.shape_for(target, shape)
-                for backend in self.backends_for(target):
-                    if f"{target.key} / {backend}" in self.reasons:
-                        continue
-                    self.run_backend(target, backend, s)
+            # torch.compile last at each size: its first call can take minutes, the others' seconds
+            pairs = [(t, b) for t in self.targets for b in self.backends_for(t)]
+            for target, backend in sorted(pairs, key=lambda p: p[1] == "compile"):
+                if f"{target.key} / {backend}" not in self.reasons:
+                    self.run_backend(target, backend, self.shape_for(target, shape))
         elapsed = time.perf_counter() - self.t0
         meta = {
             "run_id": self.run_id, "elapsed_s": elapsed, "argv": sys.argv, "counts": self.counts,

@@ -180,7 +180,7 @@ def test_measurement_row_fields(tmp_path):
         calls.append(shape)
         return Case(lambda: (x * 2).sum(-1), [x], cases.scan_traffic(shape.B, shape.C, shape.tokens, 1, 4), K=1)
 
-    s = _sweep(tmp_path, [])
+    s = _sweep(tmp_path, ["--modes", "bwd", "fwd", "fwd+bwd"])
     s.targets = [Target("double", "v", ("reference",), build)]
     s.run()
     rows = harness.read_rows(s.csv)
@@ -199,7 +199,7 @@ def test_measurement_row_fields(tmp_path):
 def test_time_budget_stops_without_rows(tmp_path):
     s = _sweep(tmp_path, ["--ops", "attention", "--time-budget", "0"])
     s.run()
-    assert harness.read_rows(s.csv) == [] and s.not_run == 2 * 3  # sdpa, sdpa_math x 3 modes
+    assert harness.read_rows(s.csv) == [] and s.not_run == 2 * 2  # sdpa, sdpa_math x quick's fwd, fwd+bwd
 
 
 def _rows(tmp_path, specs: list[dict]) -> list[dict[str, str]]:
