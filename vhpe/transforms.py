@@ -152,24 +152,25 @@ def warp_affine(image, mat, output_size, border_value: float = 0.0) -> np.ndarra
     squeeze = img.ndim == 2
     if squeeze:
         img = img[:, :, None]
-    h, w = img.shape[:2]
+    h, w, c = img.shape
     out_w, out_h = (int(v) for v in _vec2(output_size, "output_size"))
     inv = invert_affine(mat)
-    u, v = np.meshgrid(np.arange(out_w, dtype=np.float64), np.arange(out_h, dtype=np.float64))
-    sx = inv[0, 0] * u + inv[0, 1] * v + inv[0, 2]
-    sy = inv[1, 0] * u + inv[1, 1] * v + inv[1, 2]
+    u = np.arange(out_w, dtype=np.float64)[None, :]
+    v = np.arange(out_h, dtype=np.float64)[:, None]
+    # source coordinates, clamped to [-1, w] x [-1, h]: beyond that both neighbours are border pixels
+    sx = np.clip(inv[0, 0] * u + inv[0, 1] * v + inv[0, 2], -1.0, float(w)).reshape(-1)
+    sy = np.clip(inv[1, 0] * u + inv[1, 1] * v + inv[1, 2], -1.0, float(h)).reshape(-1)
     x0, y0 = np.floor(sx), np.floor(sy)
-    fx, fy = (sx - x0).astype(np.float32)[..., None], (sy - y0).astype(np.float32)[..., None]
-    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
-    src = img.astype(np.float32, copy=False)
-    out = np.zeros((out_h, out_w, img.shape[2]), dtype=np.float32)
-    for dy, wy in ((0, 1.0 - fy), (1, fy)):
-        for dx, wx in ((0, 1.0 - fx), (1, fx)):
-            xi, yi = x0 + dx, y0 + dy
-            inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-            vals = np.full((out_h, out_w, img.shape[2]), border_value, dtype=np.float32)
-            vals[inside] = src[yi[inside], xi[inside]]
-            out += wx * wy * vals
+    fx, fy = (sx - x0).astype(np.float32)[:, None], (sy - y0).astype(np.float32)[:, None]
+    # image padded with the border value: 1 pixel before, 2 after, so indices -1..w+1 are valid
+    pw = w + 3
+    pad = np.full((h + 3, pw, c), border_value, dtype=np.float32)
+    pad[1:h + 1, 1:w + 1] = img
+    flat = pad.reshape(-1, c)
+    i00 = (y0.astype(np.int64) + 1) * pw + (x0.astype(np.int64) + 1)
+    out = ((1 - fy) * ((1 - fx) * flat[i00] + fx * flat[i00 + 1])
+           + fy * ((1 - fx) * flat[i00 + pw] + fx * flat[i00 + pw + 1]))
+    out = out.reshape(out_h, out_w, c)
     return out[:, :, 0] if squeeze else out
 
 
