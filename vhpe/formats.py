@@ -662,8 +662,10 @@ def _video_key(f: Frame) -> str:
     return f.vid_id if f.vid_id is not None else os.path.dirname(f.file_name)
 
 
-def coco_from_dict(data: Any, path: str | os.PathLike | None = None, one_based: bool | None = None) -> list[Video]:
-    """Parse a COCO keypoints ground-truth dict into videos (see :func:`read_coco`)."""
+def coco_from_dict(data: Any, path: str | os.PathLike | None = None, one_based: bool | None = None,
+                   default_skeleton: str | None = None) -> list[Video]:
+    """Parse a COCO keypoints ground-truth dict into videos (see :func:`read_coco`); ``default_skeleton`` is
+    used when the file has no ``categories``."""
     ctx = _Ctx(path)
     if not isinstance(data, dict):
         raise ctx.err("top level", f"expected an object with 'images' and 'annotations', got {type(data).__name__}")
@@ -671,7 +673,7 @@ def coco_from_dict(data: Any, path: str | os.PathLike | None = None, one_based: 
     anns = ctx.req(data, "annotations", "top level")
     if not isinstance(images, list) or not isinstance(anns, list):
         raise ctx.err("top level", "'images' and 'annotations' must be lists")
-    skel, slot_map, cats = _categories(ctx, data, None)
+    skel, slot_map, cats = _categories(ctx, data, default_skeleton)
     if one_based is None:
         one_based = skel == "jhmdb"
     k = get_skeleton(skel).num_joints
@@ -897,7 +899,8 @@ def detect_format(path: str | os.PathLike) -> str:
 
     A folder is per-video files (``posetrack18`` or ``annolist``, told by its first JSON) or a JHMDB
     ``joint_positions`` tree. A file with ``annolist`` is annolist; a COCO-like file with one video folder is
-    ``posetrack18``, with several ``coco``; JHMDB joint names give ``jhmdb-json``.
+    ``posetrack18``, with several ``coco``; JHMDB joint names give ``jhmdb-json``. (A single COCO-like file is
+    read the same way either way: its videos are named after their image folders.)
     """
     path = Path(path)
     if path.is_dir():
@@ -940,7 +943,8 @@ def read_videos(path: str | os.PathLike, fmt: str | None = None) -> list[Video]:
         fmt: one of :data:`FORMATS`, or ``None`` to detect.
 
     Returns:
-        the videos (per-video files in sorted file-name order).
+        the videos. Per-video files in a folder are read in sorted order and named after the file stems; the
+        videos of a single COCO-like file are named after their image folders.
     """
     path = Path(path)
     if not path.exists():
@@ -953,8 +957,9 @@ def read_videos(path: str | os.PathLike, fmt: str | None = None) -> list[Video]:
         return [read_jhmdb_mat(m) for m in mats]
     if fmt == "jhmdb-json":
         return read_jhmdb_json(path)
-    if fmt == "coco":
-        return read_coco(path)
+    if fmt == "coco" or (fmt == "posetrack18" and path.is_file()):
+        # a single file: videos named after their image folders (PoseTrack: equal to the per-video file stem)
+        return coco_from_dict(load_json(path), path, default_skeleton="posetrack18")
     reader = read_posetrack18 if fmt == "posetrack18" else read_annolist
     if path.is_dir():
         return [reader(p) for p in _sorted_jsons(path)]
