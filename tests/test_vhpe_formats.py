@@ -55,12 +55,14 @@ def pt18_doc() -> dict:
             d["ignore_regions_y"] = [[10.0, 10.0, 40.0, 40.0], [5.0, 5.0, 30.0]]
         img.append(d)
     anns = [
-        {"id": 1000342000000, "image_id": 10003420000, "category_id": 1, "track_id": 0, "bbox": [10.0, 20.0, 80.0, 160.0],
-         "bbox_head": [30.0, 22.0, 20.0, 24.0], "keypoints": _kp(1), "scores": [], "person_id": 7},
-        {"id": 1000342000001, "image_id": 10003420000, "category_id": 1, "track_id": 3, "bbox": [100.0, 20.0, 60.0, 150.0],
-         "bbox_head": [120.0, 25.0, 18.0, 20.0], "keypoints": _kp(2, missing=(15, 16)), "scores": []},
-        {"id": 1000342000200, "image_id": 10003420002, "category_id": 1, "track_id": 0, "bbox": [12.0, 21.0, 80.0, 158.0],
-         "bbox_head": [31.0, 22.0, 20.0, 24.0], "keypoints": _kp(3), "scores": [],
+        {"id": 1000342000000, "image_id": 10003420000, "category_id": 1, "track_id": 0,
+         "bbox": [10.0, 20.0, 80.0, 160.0], "bbox_head": [30.0, 22.0, 20.0, 24.0],
+         "keypoints": _kp(1), "scores": [], "person_id": 7},
+        {"id": 1000342000001, "image_id": 10003420000, "category_id": 1, "track_id": 3,
+         "bbox": [100.0, 20.0, 60.0, 150.0], "bbox_head": [120.0, 25.0, 18.0, 20.0],
+         "keypoints": _kp(2, missing=(15, 16)), "scores": []},
+        {"id": 1000342000200, "image_id": 10003420002, "category_id": 1, "track_id": 0,
+         "bbox": [12.0, 21.0, 80.0, 158.0], "bbox_head": [31.0, 22.0, 20.0, 24.0], "keypoints": _kp(3), "scores": [],
          "occluded": [0] * 16 + [1]},
     ]
     cats = [{"supercategory": "person", "id": 1, "name": "person", "keypoints": PT18_NAMES,
