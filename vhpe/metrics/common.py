@@ -64,10 +64,11 @@ def pair_frames(gt: Video, pred: Video, required: list[int] | None = None) -> li
 
 
 def clean_number(x: float) -> float | None:
-    """NaN -> None (JSON null); other values rounded to 1e-10 noise-free floats."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    """NaN -> None (JSON null); other values rounded to 10 decimals (drops 1e-14 noise such as pycocotools'
+    ``tp / (tp + fp + eps)``, so a perfect score reads 100.0)."""
+    if x is None or math.isnan(float(x)):
         return None
-    return float(x)
+    return round(float(x), 10)
 
 
 def format_table(title: str, columns: list[str], values: dict[str, float | None], width: int = 7) -> str:
