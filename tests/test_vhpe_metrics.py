@@ -129,6 +129,146 @@ def test_posetrack_unlabelled_frames_and_joints():
     assert res.as_dict()["Head"] is None
 
 
+def _poseval_oracle(gt_docs: list[dict], pr_docs: list[dict], thr: float = 0.5) -> np.ndarray:
+    """A plain-loop restatement of poseval's evaluateAP on annolist documents (frames paired by index), used as
+    an independent oracle for the vectorised implementation. Returns the 15 joint APs (percent)."""
+
+    def inside(x, y, poly):  # even-odd ray casting; points on an edge are outside (shapely ``contains``)
+        n, res = len(poly), False
+        for i in range(n):
+            (ax, ay), (bx, by) = poly[i], poly[(i + 1) % n]
+            if (bx - ax) * (y - ay) - (by - ay) * (x - ax) == 0 and min(ax, bx) <= x <= max(ax, bx) \
+                    and min(ay, by) <= y <= max(ay, by):
+                return False
+            if (ay > y) != (by > y) and x < ax + (y - ay) * (bx - ax) / (by - ay):
+                res = not res
+        return res and n >= 3
+
+    def points(rect):
+        return {p["id"][0]: (p["x"][0], p["y"][0], p["score"][0] if "score" in p else MIN_SCORE)
+                for p in rect["annopoints"][0]["point"]}
+
+    gts, prs = [], []
+    for g, p in zip(gt_docs, pr_docs, strict=True):
+        assert len(g["annolist"]) == len(p["annolist"])
+        for fg, fp in zip(g["annolist"], p["annolist"], strict=True):
+            if not fg["annorect"]:
+                continue
+            polys = [[(q["x"][0], q["y"][0]) for q in r["point"]] for r in fg.get("ignore_regions", [])]
+            frame = []
+            for rects in (fg["annorect"], fp["annorect"]):
+                people = []
+                for r in rects:
+                    pts = points(r)
+                    if polys:
+                        pts = {k: v for k, v in pts.items() if not any(inside(v[0], v[1], q) for q in polys)}
+                        if not pts:
+                            continue
+                    head = 0.6 * math.hypot(r["x2"][0] - r["x1"][0], r["y2"][0] - r["y1"][0]) if "x1" in r else 0
+                    people.append((pts, head))
+                frame.append(people)
+            gts.append(frame[0])
+            prs.append(frame[1])
+    scores = {j: [] for j in range(15)}
+    labels = {j: [] for j in range(15)}
+    ngt = np.zeros(15)
+    for g_people, p_people in zip(gts, prs, strict=True):
+        for pts, _ in g_people:
+            for j in pts:
+                ngt[j] += 1
+        if not p_people:
+            continue
+        match = {}
+        pck = np.zeros((len(p_people), len(g_people)))
+        for a, (pp, _) in enumerate(p_people):
+            for b, (gp, head) in enumerate(g_people):
+                for j in range(15):
+                    ok = j in pp and j in gp and math.dist(pp[j][:2], gp[j][:2]) / head <= thr
+                    match[a, b, j] = ok
+                    pck[a, b] += ok
+                if gp:
+                    pck[a, b] /= len(gp)
+        owner = {}
+        for a in range(len(p_people)):
+            b = int(np.argmax(pck[a])) if len(g_people) else -1
+            for b2 in range(len(g_people)):
+                if b2 != b:
+                    pck[a, b2] = 0
+        for b in range(len(g_people)):
+            a = int(np.argmax(pck[:, b]))
+            if pck[a, b] > 0:
+                owner[a] = b
+        for a, (pp, _) in enumerate(p_people):
+            for j, (_, _, sc) in pp.items():
+                scores[j].append(sc)
+                labels[j].append(a in owner and match[a, owner[a], j])
+    ap = np.zeros(15)
+    for j in range(15):
+        if not scores[j]:
+            continue
+        order = sorted(range(len(scores[j])), key=lambda i: -scores[j][i])  # stable
+        tp, rec, prec = 0, [], []
+        for rank, i in enumerate(order):
+            tp += labels[j][i]
+            rec.append(tp / ngt[j] if ngt[j] else float("nan"))
+            prec.append(tp / (rank + 1))
+        if not ngt[j]:
+            ap[j] = float("nan")
+            continue
+        mrec, mpre = [0.0] + rec + [1.0], [0.0] + prec + [0.0]
+        for i in range(len(mpre) - 2, -1, -1):
+            mpre[i] = max(mpre[i], mpre[i + 1])
+        ap[j] = 100 * sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
+    return ap
+
+
+def _random_videos(seed: int):
+    """Random GT / prediction videos: missing joints, unlabelled frames, ignore regions, extra, missing and
+    noisy people, tied scores."""
+    rng = np.random.default_rng(seed)
+    gts, prs = [], []
+    for vi in range(3):
+        gf, pf = [], []
+        for _ in range(int(rng.integers(2, 6))):
+            g_people, p_people = [], []
+            n = int(rng.integers(0, 4)) if rng.random() < 0.8 else 0
+            for t in range(n):
+                xy = rng.uniform(0, 300, 2) + rng.normal(0, 25, (15, 2))
+                head = (*rng.uniform(0, 300, 2), *rng.uniform(15, 45, 2))
+                p = person15(xy, head=head, track=t)
+                p.keypoints[np.flatnonzero(rng.random(17) < 0.15)] = 0
+                g_people.append(p)
+                if rng.random() < 0.85:
+                    noisy = xy + rng.normal(0, rng.uniform(1, 12), (15, 2))
+                    sc = np.round(rng.uniform(0, 1, 15), 1)  # ties
+                    q = person15(noisy, scores=sc, track=t)
+                    q.keypoints[np.flatnonzero(rng.random(17) < 0.1)] = 0
+                    p_people.append(q)
+            for t in range(int(rng.integers(0, 2))):  # false positives
+                p_people.append(person15(rng.uniform(0, 300, (15, 2)), scores=np.round(rng.uniform(0, 1, 15), 1),
+                                         track=10 + t))
+            regions = []  # a random (possibly self-intersecting) polygon
+            if rng.random() < 0.4:  # centred on a GT joint when there is one
+                c = g_people[0].keypoints[5, :2] if g_people else rng.uniform(0, 300, 2)
+                regions.append(c + rng.uniform(-60, 60, (int(rng.integers(3, 7)), 2)))
+            gf.append((g_people, regions))
+            pf.append(p_people)
+        name = f"{vi + 1:06d}_mpii_val"
+        gts.append(video([g for g, _ in gf], name, regions={t: r for t, (_, r) in enumerate(gf)}))
+        prs.append(video(pf, name))
+    return gts, prs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_posetrack_matches_loop_oracle_on_random_fixtures(seed):
+    from vhpe.formats import annolist_to_dict
+
+    gts, prs = _random_videos(seed)
+    ours = evaluate_posetrack(gts, prs).ap
+    oracle = _poseval_oracle([annolist_to_dict(v) for v in gts], [annolist_to_dict(v) for v in prs])
+    np.testing.assert_allclose(ours, oracle, atol=1e-9, equal_nan=True)
+
+
 def test_voc_ap_and_polygon_hand_values():
     assert voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) == pytest.approx(0.5 + 0.5 * 2 / 3)
     sq = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], dtype=float)
@@ -294,3 +434,15 @@ def test_pck_missing_prediction_and_frames():
     p2[JHMDB15.index("head")] += [0, 10.5]
     res = evaluate_pck([jhmdb_video([[jperson(g2)]])], [jhmdb_video([[jperson(p2)]])], norm="torso")
     assert res.summary()["Head"] == 0.0
+
+
+def test_pck_pairs_people_without_track_ids_by_distance():
+    """COCO results carry no track ids: predictions pair with GT people by joint distance, in any order."""
+    g1, g2 = base_pose(), base_pose((300.0, 50.0))
+    gt = video([[person15(g1, bbox=[90, 90, 100, 100]), person15(g2, track=1, bbox=[290, 40, 100, 100])]])
+    p2, p1 = person15(g2), person15(g1)
+    p1.track_id = p2.track_id = None
+    res = evaluate_pck([gt], [video([[p2, p1]])])
+    assert res.summary()["Mean"] == 100.0 and res.summary()["Head"] == 100.0
+    p1.keypoints[5, 0] += 25.0  # left shoulder 25 px off, norm 100 -> thr 20: wrong on one of two instances
+    assert evaluate_pck([gt], [video([[p2, p1]])]).summary()["Sho"] == pytest.approx(75.0, abs=EPS)

@@ -197,7 +197,8 @@ def half_body_center_scale(joints, visible, upper_ids, lower_ids, rng: np.random
         joints: ``(K, >=2)`` joints in image pixels.
         visible: ``(K,)`` bool.
         upper_ids, lower_ids: joint indices of the two halves.
-        rng: random generator (picks the upper half with probability 0.5 when it has >= 2 visible joints).
+        rng: random generator. As HRNet, the upper half is taken when ``N(0, 1) < 0.5`` (probability ~0.69)
+            and it has more than 2 visible joints, else the lower half if it has more than 2, else the upper.
         factor: box enlargement (1.5).
 
     Returns:
@@ -206,7 +207,7 @@ def half_body_center_scale(joints, visible, upper_ids, lower_ids, rng: np.random
     vis = np.asarray(visible, dtype=bool)
     upper = [i for i in upper_ids if vis[i]]
     lower = [i for i in lower_ids if vis[i]]
-    sel = upper if (rng.random() < 0.5 and len(upper) > 2) else (lower if len(lower) > 2 else upper)
+    sel = upper if (rng.standard_normal() < 0.5 and len(upper) > 2) else (lower if len(lower) > 2 else upper)
     if len(sel) < 2:
         return None
     pts = np.asarray(joints, dtype=np.float64)[sel, :2]

@@ -3,8 +3,9 @@
 * Normaliser per GT person: ``max(w, h)`` of its GT box (``norm="bbox"``; a person without a box uses its
   labelled keypoints' extent), or the torso ``||left_shoulder - right_hip||`` (``norm="torso"``, tPCK).
 * A labelled GT joint (``v > 0``) is correct when ``||pred - gt|| / norm < thr`` (strict, thr = 0.2).
-* Predictions are paired with GT people of the same frame by ``track_id`` (by order when neither side has
-  track ids); a GT person without a prediction scores 0 on its joints. Extra predictions are ignored.
+* Predictions are paired with GT people of the same frame by ``track_id`` (when every person has one), else
+  greedily by mean joint distance; a GT person without a prediction scores 0 on its joints. Extra
+  predictions are ignored.
 * Per-joint accuracy over all labelled instances; Mean = mean of the per-joint accuracies of joints with at
   least one labelled instance (Sub-JHMDB: all 15, neck and belly included). The PoseTrack17-style table:
   Head (JHMDB: the ``head`` joint; PoseTrack: mean of nose, head_bottom, head_top), Sho, Elb, Wri, Hip, Knee,
@@ -76,16 +77,31 @@ def _norm(p: Person, skeleton: str, norm: str, where: str) -> float:
 
 
 def _pair_people(gts: list[Person], prs: list[Person], where: str) -> list[Person | None]:
-    if all(p.track_id is None for p in gts) and all(p.track_id is None for p in prs):
-        return [prs[i] if i < len(prs) else None for i in range(len(gts))]
-    by_track: dict[int, Person] = {}
-    for p in prs:
-        if p.track_id is None:
-            continue
-        if p.track_id in by_track:
-            raise ValueError(f"{where}: track_id {p.track_id} appears twice among the predictions")
-        by_track[p.track_id] = p
-    return [by_track.get(g.track_id) if g.track_id is not None else None for g in gts]
+    """By ``track_id`` when every person on both sides has one; else greedily by mean distance over the GT's
+    labelled joints (closest pair first) - e.g. for COCO results lists, which carry no track ids."""
+    if all(p.track_id is not None for p in gts + prs) and prs:
+        by_track: dict[int, Person] = {}
+        for p in prs:
+            if p.track_id in by_track:
+                raise ValueError(f"{where}: track_id {p.track_id} appears twice among the predictions")
+            by_track[p.track_id] = p
+        return [by_track.get(g.track_id) for g in gts]
+    out: list[Person | None] = [None] * len(gts)
+    if not prs:
+        return out
+    cost = np.full((len(gts), len(prs)), np.inf)
+    for i, g in enumerate(gts):
+        lab = g.keypoints[:, 2] > 0
+        if lab.any():
+            for j, p in enumerate(prs):
+                cost[i, j] = np.linalg.norm(p.keypoints[lab, :2] - g.keypoints[lab, :2], axis=1).mean()
+    for flat in np.argsort(cost, axis=None, kind="stable"):
+        i, j = divmod(int(flat), len(prs))
+        if not np.isfinite(cost[i, j]):
+            break
+        if out[i] is None and all(q is not prs[j] for q in out):
+            out[i] = prs[j]
+    return out
 
 
 def evaluate_pck(gt: list[Video], pred: list[Video], thr: float = 0.2, norm: str = "bbox") -> PCKResult:
