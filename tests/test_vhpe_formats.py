@@ -139,6 +139,17 @@ def test_plain_annolist_without_extensions():
     # poseval derives imgnum = int(stem) + 1 = 2 for 00000001.jpg; the file says 1, so it is kept verbatim
     assert v.frames[0].extra == {"imgnum": [1]}
     assert annolist_to_dict(v)["annolist"][0]["imgnum"] == [1]
+    # annolist -> PoseTrack18 -> annolist keeps every original key; PoseTrack18's frame ids and nframes (assigned
+    # on the way) come back as extension keys
+    back = annolist_to_dict(posetrack18_from_dict(posetrack18_to_dict(v), v.name))["annolist"][0]
+    orig = doc["annolist"][0]
+    assert back["image"] == orig["image"] and back["imgnum"] == orig["imgnum"]
+    rect, orect = back["annorect"][0], orig["annorect"][0]
+    assert all(rect[k] == orect[k] for k in ("x1", "y1", "x2", "y2", "track_id"))
+    got = sorted((q["id"], q["x"], q["y"]) for q in rect["annopoints"][0]["point"])
+    assert got == sorted((q["id"], q["x"], q["y"]) for q in orect["annopoints"][0]["point"])
+    assert all(q["is_visible"] == [1] for q in rect["annopoints"][0]["point"])  # poseval's default made explicit
+    assert (back["id"], back["frame_id"], back["nframes"], rect["id"]) == (0, 0, 1, 0)
 
 
 def test_coco_roundtrip_several_videos():

@@ -218,3 +218,24 @@ def test_synth_then_eval_gt_as_prediction_is_100(tmp_path, capsys):
     write_posetrack18(v, pred / f"{v.name}.json")
     assert main(["eval", "--metric", "posetrack", "--gt", val, "--pred", str(pred)]) == 1
     assert "missing: images/val/000002_mpii_val/000002.jpg" in capsys.readouterr().err
+
+
+def test_eval_accepts_annolist_predictions_without_ids(synth_root, tmp_path, capsys):
+    """Predictions from other tools: annolist files without image ids pair with the GT by file name."""
+    from vhpe.formats import annolist_to_dict, save_json
+
+    val = synth_root / "annotations" / "val"
+    for v in read_videos(val):
+        doc = annolist_to_dict(v)
+        for el in doc["annolist"]:
+            for key in ("id", "frame_id", "vid_id", "nframes", "width", "height"):
+                el.pop(key, None)
+            for r in el["annorect"]:
+                r.pop("id", None)
+                for q in r["annopoints"][0]["point"]:
+                    q["score"] = [0.9]
+        save_json(doc, tmp_path / "al" / f"{v.name}.json")
+    for metric, key in (("posetrack", "Total"), ("coco", "AP"), ("pck", "Mean")):
+        assert main(["eval", "--metric", metric, "--gt", str(val), "--pred", str(tmp_path / "al"),
+                     "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)[key] == 100.0

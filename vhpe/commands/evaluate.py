@@ -39,8 +39,9 @@ def _load_pred(path: str, gt):
 
 def compute(args: argparse.Namespace):
     """Run the metric; returns the result object (with ``as_dict()`` and ``table()``)."""
-    from vhpe.formats import coco_results_to_list, coco_to_dict, read_videos
+    from vhpe.formats import coco_to_dict, read_videos
     from vhpe.metrics import evaluate_coco, evaluate_pck, evaluate_posetrack
+    from vhpe.metrics.coco import results_from_videos
 
     gt = read_videos(args.gt)
     pred, raw_results = _load_pred(args.pred, gt)
@@ -48,10 +49,12 @@ def compute(args: argparse.Namespace):
         return evaluate_posetrack(gt, pred, thresh=0.5 if args.thr is None else args.thr)
     if args.metric == "pck":
         return evaluate_pck(gt, pred, thr=0.2 if args.thr is None else args.thr, norm=args.norm)
+    # COCO AP over the labelled frames (unlabelled frames have no GT, so detections there would all be false
+    # positives); image ids of prediction videos come from the paired GT frames
     gt_dict = coco_to_dict(gt, one_based=False, labeled_only=True)
     labelled = {img["id"] for img in gt_dict["images"]}
     if raw_results is None:
-        raw_results = coco_results_to_list(pred)
+        raw_results = results_from_videos(gt, pred)
     results = [r for r in raw_results if r["image_id"] in labelled]
     return evaluate_coco(gt_dict, results, path_gt=args.gt, path_pred=args.pred)
 

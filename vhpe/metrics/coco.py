@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..formats import FormatError
+from ..formats import FormatError, Video, person_score
 from ..skeleton import get_skeleton, skeleton_from_names
-from .common import clean_number, format_table
+from .common import clean_number, format_table, pair_frames, pair_videos
 
 COLUMNS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 IOU_THRS = np.linspace(0.5, 0.95, 10)
@@ -198,6 +198,28 @@ def _prepare(gt: dict, results: list[dict], path_gt: str, path_pred: str):
             area = float((kp[:, 0].max() - kp[:, 0].min()) * (kp[:, 1].max() - kp[:, 1].min()))
         dts[r["image_id"]].append({"_kpts": kp, "_area": area, "score": float(r["score"])})
     return sorted(img_ids), gts, dts, np.asarray(sk.sigmas, dtype=np.float64)
+
+
+def results_from_videos(gt: list[Video], pred: list[Video], labeled_only: bool = True) -> list[dict]:
+    """COCO results list from prediction videos, with image ids taken from the paired GT frames (videos by name,
+    frames by id or file name; every labelled GT frame must have a prediction frame).
+
+    ``keypoints`` = ``x, y, joint score`` (the stored ``v`` when a person has no joint scores); ``score`` =
+    :func:`vhpe.formats.person_score`.
+    """
+    out = []
+    for gv, pv in pair_videos(gt, pred):
+        need = [i for i, f in enumerate(gv.frames) if f.is_labeled or not labeled_only]
+        pframes = pair_frames(gv, pv, need)
+        for i in need:
+            image_id = gv.frames[i].id if gv.frames[i].id is not None else i
+            for p in pframes[i].people:
+                k = p.keypoints.copy()
+                if p.scores is not None:
+                    k[:, 2] = p.scores
+                out.append({"image_id": image_id, "category_id": 1, "keypoints": [float(v) for v in k.reshape(-1)],
+                            "score": person_score(p)})
+    return out
 
 
 def evaluate_coco(gt: dict, results: list[dict], sigmas=None, path_gt: str = "<gt>",
