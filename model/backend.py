@@ -94,15 +94,20 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=1)
+_triton_import: list[str | None] = []
+
+
 def triton_import_error() -> str | None:
-    """``None`` if Triton imports, else the reason."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception as e:  # pragma: no cover - depends on the install
-        return f"triton is not importable ({type(e).__name__}: {e})"
-    return None
+    """``None`` if Triton imports, else the reason (computed once)."""
+    if not _triton_import:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+
+            _triton_import.append(None)
+        except Exception as e:  # pragma: no cover - depends on the install
+            _triton_import.append(f"triton is not importable ({type(e).__name__}: {e})")
+    return _triton_import[0]
 
 
 def triton_unavailable_reason(device: torch.device | None = None) -> str | None:
@@ -158,11 +163,16 @@ def resolve(backend: str, device: torch.device | None) -> str:
     return backend
 
 
-@functools.cache
+# plain dict cache (not functools.cache): torch.compile traces through it without warnings
+_impls: dict[tuple[str, str], Callable[..., Any]] = {}
+
+
 def _load(op: str, backend: str) -> Callable[..., Any]:
-    package = "kernels" if backend == "triton" else "reference"
-    module = importlib.import_module(f"{package}.{OPS[op]}")
-    return getattr(module, op)
+    key = (op, backend)
+    if key not in _impls:
+        package = "kernels" if backend == "triton" else "reference"
+        _impls[key] = getattr(importlib.import_module(f"{package}.{OPS[op]}"), op)
+    return _impls[key]
 
 
 def get_impl(op: str, backend: str) -> Callable[..., Any]:

@@ -16,6 +16,11 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+try:  # import triton now, under the variable above: its flags are read at import (a later test may patch the env)
+    import triton  # noqa: E402, F401
+except ImportError:  # pragma: no cover - triton is a dependency
+    pass
+
 HAS_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 
 

@@ -1,0 +1,263 @@
+"""Selective scan: every backend against the recurrent oracle, forward and all gradients.
+
+Triton runs under the interpreter on CPU (tiny shapes); cases marked ``gpu`` use compiled kernels on CUDA.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.backend import get_impl
+from reference.selective_scan import selective_scan_recurrent
+from tests.harness import assert_close
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def make_inputs(batch=2, dim=6, length=37, dstate=4, groups=1, dtype=torch.float32, device="cpu", has_D=True,
+                has_z=True, has_bias=True, channel_last=False, dt_scale=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device)
+
+    ushape = (batch, length, dim) if channel_last else (batch, dim, length)
+    if channel_last:
+        bshape = (batch, length, dstate) if groups == 1 else (batch, length, groups, dstate)
+    else:
+        bshape = (batch, dstate, length) if groups == 1 else (batch, groups, dstate, length)
+    return {
+        "u": rnd(*ushape).to(dtype),
+        "delta": rnd(*ushape, scale=dt_scale).to(dtype),
+        "A": -(torch.rand(dim, dstate, generator=g) * 1.5 + 0.2).to(device),
+        "B": rnd(*bshape).to(dtype),
+        "C": rnd(*bshape).to(dtype),
+        "D": rnd(dim) if has_D else None,
+        "z": rnd(*ushape).to(dtype) if has_z else None,
+        "delta_bias": rnd(dim, scale=0.2) if has_bias else None,
+    }
+
+
+def oracle(inputs, channel_last, softplus, return_last_state=False):
+    """The recurrent oracle in float32 on float32 copies (exactly the same values as low-precision inputs)."""
+    x = {k: None if v is None else v.float() for k, v in inputs.items()}
+    if channel_last:
+        bc = (lambda t: t.transpose(1, 2)) if x["B"].dim() == 3 else (lambda t: t.permute(0, 2, 3, 1))
+        x = {**x, "u": x["u"].transpose(1, 2), "delta": x["delta"].transpose(1, 2), "B": bc(x["B"]), "C": bc(x["C"]),
+             "z": None if x["z"] is None else x["z"].transpose(1, 2)}
+    res = selective_scan_recurrent(**x, delta_softplus=softplus, return_last_state=return_last_state)
+    out = res[0] if return_last_state else res
+    if channel_last:
+        out = out.transpose(1, 2)
+    return (out, res[1]) if return_last_state else out
+
+
+def check_against_oracle(backend, inputs, softplus=True, channel_last=False, return_last_state=False, grads=True):
+    fn = get_impl("selective_scan_channel_last" if channel_last else "selective_scan", backend)
+    dtype = inputs["u"].dtype
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_(grads) for k, v in inputs.items()}
+    ref_leaves = {k: None if v is None else v.detach().float().requires_grad_(grads) for k, v in inputs.items()}
+    res = fn(**leaves, delta_softplus=softplus, return_last_state=return_last_state)
+    ref = oracle(ref_leaves, channel_last, softplus, return_last_state)
+    out, ref_out = (res[0], ref[0]) if return_last_state else (res, ref)
+    assert out.dtype == dtype and out.shape == inputs["u"].shape
+    assert_close("out", ref_out, out, dtype)
+    if return_last_state:
+        assert res[1].shape == ref[1].shape and res[1].dtype == torch.float32
+        assert_close("last_state", ref[1], res[1], dtype)
+    if not grads:
+        return
+    gen = torch.Generator().manual_seed(1)
+    dout = torch.randn(out.shape, generator=gen).to(out.device)
+    loss = (out.float() * dout).sum()
+    ref_loss = (ref_out * dout).sum()
+    if return_last_state:
+        dlast = torch.randn(res[1].shape, generator=gen).to(out.device)
+        loss = loss + (res[1] * dlast).sum()
+        ref_loss = ref_loss + (ref[1] * dlast).sum()
+    names = [k for k in NAMES if leaves[k] is not None]
+    got = torch.autograd.grad(loss, [leaves[k] for k in names])
+    want = torch.autograd.grad(ref_loss, [ref_leaves[k] for k in names])
+    for name, g, w in zip(names, got, want, strict=True):
+        assert g.shape == leaves[name].shape, name
+        assert g.dtype == leaves[name].dtype, name
+        assert_close(f"d{name}", w, g, dtype, kind="grad")
+
+
+# (id, make_inputs kwargs, softplus): L not a power of two nor a multiple of any tile, D not a multiple of any block
+CASES = [
+    pytest.param(dict(length=37, dim=6, dstate=4, groups=2), True, id="L37-D6-N4-G2-all"),
+    pytest.param(dict(length=50, dim=5, dstate=1, has_D=False, has_z=False, has_bias=False), False,
+                 id="L50-D5-N1-plain"),
+    pytest.param(dict(length=19, dim=12, dstate=16, has_D=False, has_bias=False), True, id="L19-D12-N16-z"),
+    pytest.param(dict(length=45, dim=4, dstate=16, groups=2, has_z=False), True, id="L45-D4-N16-G2-noz"),
+]
+
+
+@pytest.mark.parametrize("kwargs,softplus", CASES)
+def test_reference_matches_oracle(kwargs, softplus):
+    check_against_oracle("reference", make_inputs(**kwargs), softplus)
+
+
+@pytest.mark.parametrize("kwargs,softplus", CASES)
+def test_triton_matches_oracle(kwargs, softplus, device):
+    check_against_oracle("triton", make_inputs(**kwargs, device=device), softplus)
+
+
+def test_triton_many_chunks(device, monkeypatch):
+    """One tile per chunk: the chunk-carry kernels run forward and in reverse over several chunks."""
+    import kernels.selective_scan as ks
+
+    monkeypatch.setattr(ks, "TILES_PER_CHUNK", 1)
+    check_against_oracle("triton", make_inputs(length=53, dim=3, dstate=2, groups=1, device=device), True,
+                         return_last_state=True)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_last_state_and_its_gradient(backend, device):
+    inputs = make_inputs(length=40, dim=4, dstate=4, device=device)
+    check_against_oracle(backend, inputs, True, return_last_state=True)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_channel_last(backend, device):
+    inputs = make_inputs(length=29, dim=6, dstate=4, groups=3, channel_last=True, device=device)
+    check_against_oracle(backend, inputs, True, channel_last=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_low_precision(backend, dtype, device):
+    inputs = make_inputs(length=33, dim=6, dstate=4, dtype=dtype, device=device)
+    check_against_oracle(backend, inputs, True)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_non_contiguous_inputs(backend, device):
+    base = make_inputs(length=30, dim=5, dstate=4, groups=1, device=device)
+    # build strided views holding the same values
+    nc = dict(base)
+    for k in ("u", "delta", "z"):
+        nc[k] = base[k].transpose(1, 2).contiguous().transpose(1, 2)
+        assert not nc[k].is_contiguous()
+    nc["B"] = base["B"].transpose(1, 2).contiguous().transpose(1, 2)
+    nc["A"] = base["A"].t().contiguous().t()
+    assert not nc["B"].is_contiguous() and not nc["A"].is_contiguous()
+    check_against_oracle(backend, nc, True)
+
+
+def test_reference_splits_chunks_with_wide_decay_range():
+    """dt*|A| large enough that a 32-token closed form would overflow float32: the reference halves chunks."""
+    inputs = make_inputs(length=70, dim=4, dstate=4, dt_scale=3.0, has_bias=False)
+    inputs["A"] = inputs["A"] * 20.0
+    check_against_oracle("reference", inputs, True)
+
+
+def test_reference_gradcheck_float64():
+    inputs = make_inputs(batch=2, length=9, dim=3, dstate=2, groups=1, dtype=torch.float64)
+    inputs = {k: None if v is None else v.double().requires_grad_() for k, v in inputs.items()}
+    fn = get_impl("selective_scan", "reference")
+
+    def f(*args):
+        return fn(*args, delta_softplus=True, return_last_state=True)
+
+    assert torch.autograd.gradcheck(f, tuple(inputs[k] for k in NAMES), eps=1e-6, atol=1e-7)
+
+
+def test_reference_output_linear_in_u_without_z_and_D():
+    """With z=None and D=0 the scan is linear in u (kernel-notes 6.4 property)."""
+    x = make_inputs(length=40, has_D=False, has_z=False)
+    fn = get_impl("selective_scan", "reference")
+    kw = {k: x[k] for k in ("delta", "A", "B", "C")}
+    u2 = torch.randn_like(x["u"])
+    lhs = fn(2.0 * x["u"] - 3.0 * u2, **kw, delta_softplus=True)
+    rhs = 2.0 * fn(x["u"], **kw, delta_softplus=True) - 3.0 * fn(u2, **kw, delta_softplus=True)
+    assert_close("linearity", rhs, lhs, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+BAD = [
+    ("u", lambda x: x["u"][0], ValueError, "u must have shape"),
+    ("delta", lambda x: x["delta"][..., :-1], ValueError, "delta must have the shape of u"),
+    ("B", lambda x: x["B"][:, :-1], ValueError, "B must have shape"),
+    ("C", lambda x: x["C"][..., :-1], ValueError, "C must have shape"),
+    ("A", lambda x: x["A"][:-1], ValueError, "A must have shape"),
+    ("A", lambda x: x["A"].to(torch.complex64), TypeError, "A must be a floating tensor"),
+    ("A", lambda x: x["A"].long(), TypeError, "A must be a floating tensor"),
+    ("D", lambda x: x["D"][:-1], ValueError, "D must have shape"),
+    ("delta_bias", lambda x: x["delta_bias"][None], ValueError, "delta_bias must have shape"),
+    ("z", lambda x: x["z"].double(), TypeError, "z must have u's dtype"),
+    ("u", lambda x: [1.0], TypeError, "u must be a torch.Tensor"),
+    ("B", lambda x: x["B"].to("meta"), ValueError, "all tensors must be on one device"),
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("arg,mutate,exc,msg", BAD, ids=[f"{b[0]}-{b[3][:18]}" for b in BAD])
+def test_bad_input_names_the_argument(backend, arg, mutate, exc, msg):
+    x = make_inputs(length=10, dim=4, dstate=2)
+    x[arg] = mutate(x)
+    with pytest.raises(exc, match=msg):
+        get_impl("selective_scan", backend)(**x)
+
+
+def test_groups_must_divide_channels():
+    x = make_inputs(length=10, dim=6, dstate=2, groups=1)
+    x["B"] = torch.randn(2, 4, 2, 10)
+    x["C"] = torch.randn(2, 4, 2, 10)
+    for backend in ("reference", "triton"):
+        with pytest.raises(ValueError, match="groups G=4 must divide D=6"):
+            get_impl("selective_scan", backend)(**x)
+
+
+def test_triton_rejects_float64():
+    x = make_inputs(length=10, dim=4, dstate=2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float16/bfloat16/float32"):
+        get_impl("selective_scan", "triton")(**x)
+
+
+# ------------------------------------------------------------------------------------------------ torch.compile
+
+class _ScanModule(torch.nn.Module):
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+        self.A_log = torch.nn.Parameter(torch.zeros(4, 2))
+
+    def forward(self, u, delta, B, C):
+        from model.backend import get_op
+
+        return get_op("selective_scan", self.backend)(u, delta, -torch.exp(self.A_log), B, C,
+                                                      delta_softplus=True) * 2.0
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_torch_compile_smoke(backend):
+    """A compiled module calling each backend runs and matches eager, forward and backward."""
+    torch._dynamo.reset()
+    x = make_inputs(length=20, dim=4, dstate=2, has_D=False, has_z=False, has_bias=False)
+    args = (x["u"], x["delta"], x["B"], x["C"])
+    mod = _ScanModule(backend)
+    eager = mod(*args)
+    eager.sum().backward()
+    g_eager = mod.A_log.grad.clone()
+    mod.A_log.grad = None
+    compiled = torch.compile(mod, backend="aot_eager")
+    out = compiled(*args)
+    out.sum().backward()
+    assert_close("compiled", eager, out, torch.float32)
+    assert_close("compiled dA_log", g_eager, mod.A_log.grad, torch.float32, kind="grad")
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("channel_last", [False, True], ids=["BDL", "BLD"])
+def test_gpu_triton_matches_oracle_long(dtype, channel_last):
+    inputs = make_inputs(batch=2, length=1531, dim=70, dstate=16, groups=2, dtype=dtype, device="cuda",
+                         channel_last=channel_last, dt_scale=0.3)
+    inputs["delta"] = inputs["delta"] - 2.0  # realistic small steps: softplus(-2) ~ 0.13
+    check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)
