@@ -48,3 +48,12 @@ def device_guard(t: torch.Tensor):
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1`` at import)."""
+    return INTERPRET
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)

@@ -1,0 +1,315 @@
+"""GSM and LRM blocks (design.md section 4; the decisions are documented in :mod:`model.config`).
+
+Tokens are channel-last ``(B, L, C)`` with ``L = T*H*W`` in natural order ``l = (t*H + h)*W + w``; every block gets
+the clip ``shape = (T, H, W)``. The scans and the deformable merge run through the backend registry at call time
+(``get_op``), so switching the backend on a built model changes what runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
+from reference.space_time import STS6D, scan_orders, window_order
+
+from . import flops
+from .backend import get_op
+from .config import GLSMambaConfig
+
+Shape = tuple[int, int, int]
+
+
+# ----------------------------------------------------------------------------------------------- scan orders
+def global_scan_names(directions: int) -> tuple[str, ...]:
+    """The STS6D orders used for ``directions`` = 2 (unified), 4 (+ spatial), 6 (+ temporal): forward types first,
+    then their reversals, in ``STS6D`` order."""
+    types = STS6D[: directions // 2]
+    return tuple(types) + tuple(f"{t}_rev" for t in types)
+
+
+def global_scan_groups(directions: int, by_type: bool) -> tuple[int, ...]:
+    """Group id per direction: the forward/backward pair of a type share a group (``by_type``), else all in 0."""
+    k = directions // 2
+    return tuple(range(k)) * 2 if by_type else (0,) * directions
+
+
+@functools.lru_cache(maxsize=64)
+def _global_orders(shape: Shape, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
+    return scan_orders(shape, names, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_orders(shape: Shape, window: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    fwd, reset_f = window_order(shape, window, reverse=False, device=device)
+    bwd, reset_b = window_order(shape, window, reverse=True, device=device)
+    return torch.stack([fwd, bwd]), torch.stack([reset_f, reset_b])
+
+
+def _order_device(device: torch.device) -> torch.device:
+    # orders are index tensors: build them on CPU when counting FLOPs on the meta device (never used there)
+    return torch.device("cpu") if device.type == "meta" else device
+
+
+# ----------------------------------------------------------------------------------------------- small modules
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity in eval mode or with ``p = 0``)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+def frame_conv(conv: nn.Conv2d, x: torch.Tensor, shape: Shape) -> torch.Tensor:
+    """Apply a 2-D conv to every frame of channel-last tokens: ``(B, L, C) -> (B, L, C')``."""
+    t, h, w = shape
+    b, _, c = x.shape
+    y = conv(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2))
+    return y.permute(0, 2, 3, 1).reshape(b, t * h * w, y.shape[1])
+
+
+class ChannelAttention(nn.Module):
+    """Sequential channel attention across frames: per-frame GAP, the T vectors concatenated, MLP, sigmoid ->
+    per-frame channel weights ``(B, T, D)`` that scale the tokens of each frame."""
+
+    def __init__(self, num_frames: int, dim: int, reduction: int):
+        super().__init__()
+        hidden = max(1, num_frames * dim // reduction)
+        self.fc1 = nn.Linear(num_frames * dim, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(hidden, num_frames * dim)
+
+    def forward(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
+        t, h, w = shape
+        b, l, d = x.shape
+        xv = x.reshape(b, t, h * w, d)
+        a = torch.sigmoid(self.fc2(self.act(self.fc1(xv.mean(2).reshape(b, t * d)))))
+        return (xv * a.reshape(b, t, 1, d)).reshape(b, l, d)
+
+
+class GateStream(nn.Module):
+    """The gate ``A = SiLU(LN(DWConv3x3(z)))``, depthwise conv per frame."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, z: torch.Tensor, shape: Shape) -> torch.Tensor:
+        return F.silu(self.norm(frame_conv(self.dwconv, z, shape)))
+
+
+# ----------------------------------------------------------------------------------------------- S6 over orders
+class SpaceTimeS6(nn.Module):
+    """Mamba-1 S6 run along K scan orders by the fused ``ordered_selective_scan`` op.
+
+    ``(delta, B, C)`` are computed once in natural token order (projections commute with permutations). With
+    ``share_proj`` one projection pair serves every direction; each direction always has its own ``A_log``,
+    ``D`` and delta bias.
+
+    Args:
+        d_inner: channels Di; d_state: N; dt_rank: R; num_dirs: K.
+    """
+
+    def __init__(self, d_inner: int, d_state: int, dt_rank: int, num_dirs: int, share_proj: bool = True,
+                 dt_min: float = 1e-3, dt_max: float = 0.1):
+        super().__init__()
+        self.d_inner, self.d_state, self.dt_rank, self.num_dirs = d_inner, d_state, dt_rank, num_dirs
+        self.share_proj = share_proj
+        n_proj = 1 if share_proj else num_dirs
+        self.x_proj = nn.Linear(d_inner, n_proj * (dt_rank + 2 * d_state), bias=False)
+        std = dt_rank ** -0.5
+        if share_proj:
+            self.dt_proj = nn.Linear(dt_rank, d_inner, bias=False)
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        else:
+            self.dt_proj_weight = nn.Parameter(torch.empty(num_dirs, d_inner, dt_rank).uniform_(-std, std))
+        # delta bias: softplus(bias) log-uniform in [dt_min, dt_max] (Mamba's init)
+        dt = torch.exp(torch.rand(num_dirs, d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=1e-4)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        a = torch.arange(1, d_state + 1, dtype=torch.float32)
+        self.A_log = nn.Parameter(torch.log(a).repeat(num_dirs, d_inner, 1))
+        self.D = nn.Parameter(torch.ones(num_dirs, d_inner))
+
+    def forward(self, x: torch.Tensor, orders: torch.Tensor, groups: tuple[int, ...],
+                reset: torch.Tensor | None = None) -> torch.Tensor:
+        """``x (B, L, Di)`` natural order -> ``(B, G, L, Di)``: scans along ``orders`` summed per group."""
+        b, l, di = x.shape
+        k, r, n = self.num_dirs, self.dt_rank, self.d_state
+        p = 1 if self.share_proj else k
+        proj = self.x_proj(x).reshape(b, l, p, r + 2 * n).transpose(1, 2)  # (B, P, L, R + 2N)
+        dt_in, bm, cm = proj.split([r, n, n], dim=-1)
+        if self.share_proj:
+            delta = self.dt_proj(dt_in)
+        else:
+            delta = torch.einsum("bklr,kdr->bkld", dt_in, self.dt_proj_weight)
+            flops.add(self, 2 * b * k * l * r * di)
+        delta = delta.contiguous().expand(b, k, l, di)
+        bm = bm.contiguous().expand(b, k, l, n)
+        cm = cm.contiguous().expand(b, k, l, n)
+        a = -torch.exp(self.A_log.float())
+        groups_count = max(groups) + 1
+        if flops.counting():
+            flops.add(self, flops.selective_scan_flops(b, k, l, di, n))
+            return x.new_zeros(b, groups_count, l, di)
+        return get_op("ordered_selective_scan")(
+            x, delta, a, bm, cm, self.D.float(), orders, groups,
+            reset=reset, delta_bias=self.dt_bias.float(), delta_softplus=True,
+        )
+
+
+# ----------------------------------------------------------------------------------------------- STMM
+class Modulator(nn.Module):
+    """One STMM modulation ``M(y)`` = ``deformable_aggregate(y, offsets, mask, weight, taps)`` with offsets and masks
+    predicted from ``[ref, y]`` by a per-frame depthwise 3x3 conv and a pointwise projection.
+
+    The projection starts at zero (offsets 0, masks 0.5) and the tap weights at 2 for the centre tap (0 elsewhere),
+    so ``M(y) = y`` at initialisation.
+    """
+
+    def __init__(self, channels: int, taps: torch.Tensor, groups: int):
+        super().__init__()
+        taps = torch.as_tensor(taps, dtype=torch.long, device="cpu").reshape(-1, 3)
+        self.register_buffer("taps", taps.clone(), persistent=False)
+        self.groups = groups
+        p = taps.shape[0]
+        self.offset_dw = nn.Conv2d(2 * channels, 2 * channels, 3, padding=1, groups=2 * channels)
+        self.offset_pw = nn.Linear(2 * channels, groups * p * 3)
+        nn.init.zeros_(self.offset_pw.weight)
+        nn.init.zeros_(self.offset_pw.bias)
+        centre = [i for i, tap in enumerate(taps.tolist()) if tap == [0, 0, 0]]
+        if len(centre) != 1:
+            raise ValueError(f"taps must contain (0, 0, 0) exactly once, got {taps.tolist()}")
+        weight = torch.zeros(p, channels)
+        weight[centre[0]] = 2.0
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, ref: torch.Tensor, y: torch.Tensor, shape: Shape) -> torch.Tensor:
+        b, l, c = y.shape
+        p = self.taps.shape[0]
+        f = frame_conv(self.offset_dw, torch.cat([ref, y], dim=-1), shape)
+        o = self.offset_pw(f).reshape(b, l, self.groups, p, 3)
+        offsets = o[..., :2].contiguous()
+        mask = torch.sigmoid(o[..., 2]).contiguous()
+        if flops.counting():
+            flops.add(self, flops.deformable_flops(b, l, c, p))
+            return torch.zeros_like(y)
+        return get_op("deformable_aggregate")(y, offsets, mask, self.weight.to(y.dtype), self.taps, shape)
+
+
+class STMM(nn.Module):
+    """Spatial- and temporal-modulated scan merging: ``F = y_u + M_s(y_s) + M_t(y_t)`` (terms present as the
+    number of directions allows: 2 -> y_u, 4 -> + M_s(y_s), 6 -> + M_t(y_t))."""
+
+    def __init__(self, channels: int, directions: int, groups: int):
+        super().__init__()
+        self.spatial = Modulator(channels, SPATIAL_TAPS, groups) if directions >= 4 else None
+        self.temporal = Modulator(channels, TEMPORAL_TAPS, groups) if directions >= 6 else None
+
+    def forward(self, ys: torch.Tensor, shape: Shape) -> torch.Tensor:
+        """``ys (B, G, L, Di)`` = (y_u, y_s, y_t)[:G] -> ``(B, L, Di)``."""
+        y_u = ys[:, 0]
+        out = y_u
+        if self.spatial is not None:
+            out = out + self.spatial(y_u, ys[:, 1], shape)
+        if self.temporal is not None:
+            out = out + self.temporal(y_u, ys[:, 2], shape)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- blocks
+class _SSMBlock(nn.Module):
+    """Shared body of GSM and LRM::
+
+        h = LN(X) [* channel attention]
+        x, z = in_proj(h);  A = SiLU(LN(DWConv(z)));  F = merge(S6 over the orders (SiLU(x)))
+        X = X + out_proj(LN(F) * A);  X = X + FFN(LN(X))
+    """
+
+    def __init__(self, cfg: GLSMambaConfig, num_dirs: int, channel_attention: bool, drop_path: float):
+        super().__init__()
+        self.num_dirs = num_dirs
+        d, di = cfg.dim, cfg.d_inner
+        self.norm1 = nn.LayerNorm(d)
+        self.channel_attn = ChannelAttention(cfg.num_frames, d, cfg.ca_reduction) if channel_attention else None
+        self.in_proj = nn.Linear(d, 2 * di, bias=False)
+        self.gate = GateStream(di)
+        self.ssm = SpaceTimeS6(di, cfg.d_state, cfg.dt_rank_, self.num_dirs, cfg.share_ssm_proj)
+        self.out_norm = nn.LayerNorm(di)
+        self.out_proj = nn.Linear(di, d, bias=False)
+        self.norm2 = nn.LayerNorm(d)
+        hidden = int(round(d * cfg.ffn_ratio))
+        self.ffn = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+        self.drop_path = DropPath(drop_path)
+
+    def scan_and_merge(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
+        """``x (B, L, D)`` -> ``(B, L, D)`` for the clip ``shape = (T, H, W)``."""
+        h = self.norm1(x)
+        if self.channel_attn is not None:
+            h = self.channel_attn(h, shape)
+        xs, z = self.in_proj(h).chunk(2, dim=-1)
+        gate = self.gate(z, shape)
+        f = self.scan_and_merge(F.silu(xs), shape)
+        x = x + self.drop_path(self.out_proj(self.out_norm(f) * gate))
+        return x + self.drop_path(self.ffn(self.norm2(x)))
+
+
+class GSMBlock(_SSMBlock):
+    """Global spatiotemporal Mamba block: channel attention, STS6D scan (2/4/6 directions), STMM or sum merge."""
+
+    def __init__(self, cfg: GLSMambaConfig, drop_path: float = 0.0):
+        super().__init__(cfg, cfg.directions, channel_attention=True, drop_path=drop_path)
+        self.scan_names = global_scan_names(cfg.directions)
+        use_stmm = cfg.merge == "stmm" and cfg.directions > 2
+        self.scan_groups = global_scan_groups(cfg.directions, by_type=use_stmm)
+        self.merge = STMM(cfg.d_inner, cfg.directions, cfg.stmm_groups) if use_stmm else None
+
+    def scan_and_merge(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
+        orders = _global_orders(tuple(shape), self.scan_names, _order_device(x.device))
+        ys = self.ssm(x, orders, self.scan_groups)
+        return self.merge(ys, shape) if self.merge is not None else ys[:, 0]
+
+
+class LRMBlock(_SSMBlock):
+    """Local refinement Mamba block: no channel attention, WSTS windowed orders (forward + reversed, state reset at
+    every window start), plain sum merge."""
+
+    def __init__(self, cfg: GLSMambaConfig, drop_path: float = 0.0):
+        super().__init__(cfg, 2, channel_attention=False, drop_path=drop_path)
+        self.window = tuple(cfg.window)
+
+    def scan_and_merge(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
+        orders, reset = _window_orders(tuple(shape), self.window, _order_device(x.device))
+        return self.ssm(x, orders, (0, 0), reset=reset)[:, 0]
+
+
+class HeatmapHead(nn.Module):
+    """Key-frame head: ``(B, H, W, D)`` tokens -> LN -> 3x3 conv -> BN -> ReLU -> 1x1 conv -> ``(B, J, H, W)``."""
+
+    def __init__(self, dim: int, num_joints: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(dim)
+        self.act = nn.ReLU(inplace=True)
+        self.final = nn.Conv2d(dim, num_joints, 1)
+        nn.init.normal_(self.final.weight, std=0.001)
+        nn.init.zeros_(self.final.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x).permute(0, 3, 1, 2)
+        return self.final(self.act(self.bn(self.conv(x))))

@@ -1,0 +1,158 @@
+"""The GLSMamba network: ``(B, T, 3, H, W)`` frames -> ``(B, J, H/4, W/4)`` key-frame heatmaps."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backend import check_backend_name, use_backend
+from .blocks import GSMBlock, HeatmapHead, LRMBlock
+from .config import GLSMambaConfig, get_config
+from .embeddings import SpaceTimeEmbedding
+from .encoder import build_encoder
+
+
+class GLSMamba(nn.Module):
+    """GLSMamba (Feng et al., ICCV 2025) for video human pose estimation.
+
+    Pipeline: per-frame encoder (frozen ViTPose + 2 deconvolutions, or the small conv encoder) at 1/4 resolution ->
+    projection to D + sine-cosine spatial and learnable temporal embeddings -> ``num_gsm`` GSM blocks ->
+    ``num_lrm`` LRM blocks -> heatmap head on the key (centre) frame.
+
+    Args:
+        config: a :class:`GLSMambaConfig` or a preset name (``"tiny"``, ``"base"``, ``"huge"``).
+        **overrides: config fields to override.
+
+    Frames are float tensors normalised as ViTPose expects (ImageNet mean/std), ``H`` and ``W`` multiples of
+    ``config.input_multiple`` (16 for the ViT, 4 for the conv encoder); any such size works.
+
+    Backend: ops run on the backend resolved at each call. ``model.backend`` is ``config.backend`` initially;
+    ``"auto"`` follows the registry (``model.use_backend`` contexts, ``model.set_backend``, ``GLSMAMBA_BACKEND``),
+    ``"reference"`` / ``"triton"`` pin this model (assignable at any time: ``net.backend = "triton"``).
+
+    Example:
+        >>> net = GLSMamba("tiny")
+        >>> net(torch.randn(2, 5, 3, 64, 48)).shape
+        torch.Size([2, 15, 16, 12])
+    """
+
+    def __init__(self, config: GLSMambaConfig | str = "base", **overrides: Any):
+        super().__init__()
+        if isinstance(config, str):
+            config = get_config(config, **overrides)
+        elif isinstance(config, GLSMambaConfig):
+            config = config.replace(**overrides) if overrides else config
+        else:
+            raise TypeError(f"config must be a GLSMambaConfig or a preset name, got {type(config).__name__}")
+        self.config = config
+        self._backend = config.backend
+        self.encoder = build_encoder(config)
+        self.embed = SpaceTimeEmbedding(config.encoder_channels, config.dim, config.num_frames)
+        n = config.num_gsm + config.num_lrm
+        rates = [config.drop_path * i / max(1, n - 1) for i in range(n)]
+        self.gsm = nn.ModuleList(GSMBlock(config, rates[i]) for i in range(config.num_gsm))
+        self.lrm = nn.ModuleList(LRMBlock(config, rates[config.num_gsm + i]) for i in range(config.num_lrm))
+        self.head = HeatmapHead(config.dim, config.num_joints)
+        if config.freeze_encoder:
+            self.freeze_encoder()
+
+    # ---- backend
+    @property
+    def backend(self) -> str:
+        """This model's backend: ``"auto"`` (follow the registry) or a pinned ``"reference"`` / ``"triton"``."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self._backend = check_backend_name(name)
+
+    def set_backend(self, name: str) -> GLSMamba:
+        """Pin (or with ``"auto"`` unpin) this model's backend; returns the model."""
+        self.backend = name
+        return self
+
+    # ---- freezing
+    def freeze_encoder(self, frozen: bool = True) -> None:
+        """(Un)freeze the encoder's parameters; a frozen encoder stays in eval mode (BN statistics fixed)."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            self.encoder.eval()
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.encoder.parameters())
+
+    def train(self, mode: bool = True) -> GLSMamba:
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
+    # ---- forward
+    def _check_frames(self, frames: Any) -> None:
+        cfg = self.config
+        if not isinstance(frames, torch.Tensor):
+            raise TypeError(f"frames must be a torch.Tensor, got {type(frames).__name__}")
+        if frames.dim() != 5 or frames.shape[2] != 3:
+            raise ValueError(f"frames must be (B, T, 3, H, W), got shape {tuple(frames.shape)}")
+        if not frames.is_floating_point():
+            raise TypeError(f"frames must be a floating tensor, got dtype {frames.dtype}")
+        b, t, _, h, w = frames.shape
+        if t != cfg.num_frames:
+            raise ValueError(f"frames has T={t} frames (shape {tuple(frames.shape)}), the model expects "
+                             f"num_frames={cfg.num_frames}")
+        m = cfg.input_multiple
+        if h % m or w % m or h == 0 or w == 0:
+            raise ValueError(f"frames H, W must be positive multiples of {m} for encoder={cfg.encoder!r}, "
+                             f"got shape {tuple(frames.shape)}")
+
+    def tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Trunk output ``(B, L, D)`` (all frames) and the clip shape ``(T, H/4, W/4)``."""
+        self._check_frames(frames)
+        b, t = frames.shape[:2]
+        grad = torch.is_grad_enabled() and not self.encoder_frozen
+        with torch.set_grad_enabled(grad):
+            feats = self.encoder(frames.flatten(0, 1))
+        shape = (t, feats.shape[-2], feats.shape[-1])
+        x = self.embed(feats, b)
+        for blk in self.gsm:
+            x = blk(x, shape)
+        for blk in self.lrm:
+            x = blk(x, shape)
+        return x, shape
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """``frames (B, T, 3, H, W)`` -> key-frame heatmaps ``(B, J, H/4, W/4)``."""
+        ctx = use_backend(self._backend) if self._backend != "auto" else contextlib.nullcontext()
+        with ctx:
+            x, (t, h, w) = self.tokens(frames)
+        key = x.reshape(x.shape[0], t, h, w, x.shape[-1])[:, self.config.key_frame]
+        return self.head(key)
+
+    # ---- parameters / checkpoints
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def save(self, path: str | os.PathLike, **kwargs: Any) -> None:
+        """Weights + config in one file (see :func:`model.checkpoint.save`)."""
+        from .checkpoint import save
+
+        save(self, path, **kwargs)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **kwargs: Any) -> GLSMamba:
+        """Build the model from a file written by :meth:`save` (see :func:`model.checkpoint.load`)."""
+        from .checkpoint import load
+
+        return load(path, **kwargs)
+
+    def load_vitpose(self, path: str | os.PathLike, **kwargs: Any) -> dict[str, list[str]]:
+        """Load a ViTPose backbone (+ deconvolutions) from a file (see :func:`model.checkpoint.load_vitpose`)."""
+        from .checkpoint import load_vitpose
+
+        return load_vitpose(self, path, **kwargs)

@@ -1,0 +1,118 @@
+"""STMM modulation: bilinear space-time deformable aggregation with per-token offsets and masks (pure PyTorch).
+
+For every token ``l = (t, h, w)`` and tap ``p = (dt, dh, dw)``::
+
+    out[b, l, c] = sum_p weight[p, c] * mask[b, l, g, p]
+                   * bilinear(x[b, frame t + dt], h + dh + off_h[b, l, g, p], w + dw + off_w[b, l, g, p], c)
+
+with ``g = c // (C // Goff)`` the offset group of channel c, zero outside the frame (each of the four bilinear
+corners is dropped when it falls outside ``[0, H) x [0, W)``, i.e. zero padding) and zero when ``t + dt`` is
+outside ``[0, T)``. Bilinear weights use ``floor``: ``h0 = floor(hh)``, ``lh = hh - h0``,
+``(1-lh)(1-lw) x[h0, w0] + (1-lh) lw x[h0, w0+1] + lh (1-lw) x[h0+1, w0] + lh lw x[h0+1, w0+1]``.
+
+This file is the spec: explicit gathers, fp32 (float64 for float64 inputs), autograd by PyTorch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from reference.space_time import _check_same_device, _check_shape, _check_tensor
+
+SPATIAL_TAPS: torch.Tensor = torch.tensor([[0, dh, dw] for dh in (-1, 0, 1) for dw in (-1, 0, 1)], dtype=torch.int64)
+"""The 3x3 spatial taps at dt = 0, ``(9, 3)`` rows ``(dt, dh, dw)``, dh major."""
+
+TEMPORAL_TAPS: torch.Tensor = torch.tensor([[dt, 0, 0] for dt in (-1, 0, 1)], dtype=torch.int64)
+"""The temporal taps dt in (-1, 0, 1) at the same pixel, ``(3, 3)`` rows ``(dt, dh, dw)``."""
+
+
+def _check_deformable(x: object, offsets: object, mask: object, weight: object, taps: object,
+                      shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """Validate the :func:`deformable_aggregate` arguments; returns ``(T, H, W, Goff)``."""
+    x = _check_tensor(x, "x", 3, what=" (Bsz, L, C)")
+    Bsz, L, C = x.shape
+    T, H, W = _check_shape(shape)
+    if T * H * W != L:
+        raise ValueError(f"shape {(T, H, W)} has T*H*W = {T * H * W} tokens but x has L = {L} "
+                         f"(x shape {tuple(x.shape)})")
+    if not isinstance(taps, torch.Tensor):
+        raise TypeError(f"taps must be an integer torch.Tensor of shape (P, 3), got {type(taps).__name__}")
+    if taps.dim() != 2 or taps.shape[1] != 3 or taps.shape[0] < 1:
+        raise ValueError(f"taps must have shape (P, 3) with P >= 1 rows (dt, dh, dw), got shape {tuple(taps.shape)}")
+    if taps.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"taps must have an integer dtype (int64 or int32), got {taps.dtype}")
+    P = taps.shape[0]
+    weight = _check_tensor(weight, "weight", 2, what=" (P, C)")
+    if tuple(weight.shape) != (P, C):
+        raise ValueError(f"weight must have shape (P, C) = ({P}, {C}), got shape {tuple(weight.shape)}")
+    offsets = _check_tensor(offsets, "offsets", 5, what=" (Bsz, L, Goff, P, 2)")
+    Goff = offsets.shape[2]
+    if offsets.shape[3] != P:
+        raise ValueError(f"offsets must have one (off_h, off_w) pair per tap: shape (Bsz, L, Goff, P={P}, 2), "
+                         f"got shape {tuple(offsets.shape)} ({offsets.shape[3]} taps)")
+    if Goff < 1 or tuple(offsets.shape) != (Bsz, L, Goff, P, 2):
+        raise ValueError(f"offsets must have shape (Bsz, L, Goff, P, 2) = ({Bsz}, {L}, Goff, {P}, 2), "
+                         f"got shape {tuple(offsets.shape)}")
+    if C % Goff != 0:
+        raise ValueError(f"the channel count C = {C} of x must be divisible by the offset groups "
+                         f"Goff = {Goff} (offsets shape {tuple(offsets.shape)})")
+    mask = _check_tensor(mask, "mask", 4, what=" (Bsz, L, Goff, P)")
+    if tuple(mask.shape) != (Bsz, L, Goff, P):
+        raise ValueError(f"mask must have shape (Bsz, L, Goff, P) = ({Bsz}, {L}, {Goff}, {P}), "
+                         f"got shape {tuple(mask.shape)}")
+    _check_same_device(x, "x", offsets=offsets, mask=mask, weight=weight)
+    return T, H, W, Goff
+
+
+def deformable_aggregate(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                         taps: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Bilinear space-time deformable aggregation (STMM modulation), reference.
+
+    Args:
+        x: ``[Bsz, L, C]`` tokens in natural order ``l = (t*H + h)*W + w``.
+        offsets: ``[Bsz, L, Goff, P, 2]`` fractional ``(off_h, off_w)`` per token, offset group and tap.
+        mask: ``[Bsz, L, Goff, P]`` modulation (already sigmoid-ed by the caller).
+        weight: ``[P, C]`` depthwise tap weights.
+        taps: ``[P, 3]`` integer ``(dt, dh, dw)`` (any device), e.g. :data:`SPATIAL_TAPS`, :data:`TEMPORAL_TAPS`.
+        shape: ``(T, H, W)`` with ``T*H*W == L``.
+
+    Returns:
+        ``[Bsz, L, C]`` in ``x.dtype`` (see the module docstring for the formula).
+
+    Example:
+        >>> x = torch.randn(1, 2 * 3 * 4, 8)
+        >>> off = torch.zeros(1, 24, 2, 9, 2); m = torch.ones(1, 24, 2, 9)
+        >>> deformable_aggregate(x, off, m, torch.randn(9, 8), SPATIAL_TAPS, (2, 3, 4)).shape
+        torch.Size([1, 24, 8])
+    """
+    T, H, W, Goff = _check_deformable(x, offsets, mask, weight, taps, shape)
+    Bsz, L, C = x.shape
+    cpg = C // Goff
+    acc = torch.float64 if torch.float64 in (x.dtype, offsets.dtype, mask.dtype, weight.dtype) else torch.float32
+    dev = x.device
+    xg = x.to(acc).reshape(Bsz, L, Goff, cpg)
+    off = offsets.to(acc)
+    msk = mask.to(acc)
+    wgt = weight.to(acc).reshape(-1, Goff, cpg)
+    l = torch.arange(L, device=dev)
+    t, h, w = l // (H * W), (l // W) % H, l % W
+    out = torch.zeros(Bsz, L, Goff, cpg, dtype=acc, device=dev)
+    for p, (dt, dh, dw) in enumerate(taps.tolist()):
+        tt = t + dt
+        t_ok = ((tt >= 0) & (tt < T))[None, :, None]  # (1, L, 1)
+        hh = (h + dh).to(acc)[None, :, None] + off[..., p, 0]  # (Bsz, L, Goff) sample row
+        ww = (w + dw).to(acc)[None, :, None] + off[..., p, 1]
+        h0, w0 = torch.floor(hh), torch.floor(ww)
+        lh, lw = hh - h0, ww - w0
+        val = torch.zeros_like(out)
+        for ch, cw, bil in ((0, 0, (1 - lh) * (1 - lw)), (0, 1, (1 - lh) * lw),
+                            (1, 0, lh * (1 - lw)), (1, 1, lh * lw)):
+            hc, wc = h0 + ch, w0 + cw
+            ok = t_ok & (hc >= 0) & (hc <= H - 1) & (wc >= 0) & (wc <= W - 1)
+            row = (tt.clamp(0, T - 1)[None, :, None] * H + hc.clamp(0, H - 1).long()) * W + wc.clamp(0, W - 1).long()
+            corner = torch.gather(xg, 1, row[..., None].expand(Bsz, L, Goff, cpg))  # x[b, row, g, :]
+            val = val + (bil * ok)[..., None] * corner
+        out = out + wgt[p] * msk[..., p, None] * val
+    return out.reshape(Bsz, L, C).to(x.dtype)

@@ -1,0 +1,403 @@
+"""The GLSMamba network: shapes, parameter counts, block semantics against a hand-written oracle, ablations,
+backend switching, whole-network equivalence of the backends, and overfitting one clip."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model
+from harness import assert_close
+from model import GLSMamba, get_config
+from model.backend import call_counts, reset_call_counts
+from model.blocks import GSMBlock, LRMBlock
+
+
+def _frames(b, t, h, w, seed=0):
+    return torch.randn(b, t, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("hw", [(64, 48), (36, 28), (20, 12)])
+def test_tiny_forward_shapes_any_multiple_of_4(hw):
+    # 36 x 28 -> 9 x 7 features and 20 x 12 -> 5 x 3: not divisible by the 4 x 3 window (smaller border windows)
+    net = GLSMamba("tiny").eval()
+    h, w = hw
+    out = net(_frames(2, 5, h, w))
+    assert out.shape == (2, 15, h // 4, w // 4)
+    assert torch.isfinite(out).all()
+
+
+def test_base_forward_shape_small_input():
+    # the full base preset (ViT-B/16, 12 blocks) at a small 32 x 48 input: a 2 x 3 patch grid
+    net = GLSMamba("base").eval()
+    with torch.no_grad():
+        out = net(_frames(1, 5, 32, 48))
+    assert out.shape == (1, 15, 8, 12)
+
+
+def test_huge_forward_shape_small_input():
+    # huge is ~650M parameters; its structure is checked on the meta device, the forward with one ViT-H block
+    with torch.device("meta"):
+        full = GLSMamba("huge")
+    assert len(full.encoder.vit.blocks) == 32 and full.encoder.vit.pos_embed.shape[-1] == 1280
+    net = GLSMamba("huge", vit_depth=1).eval()
+    with torch.no_grad():
+        out = net(_frames(1, 5, 32, 32))
+    assert out.shape == (1, 15, 8, 8)
+
+
+def test_num_joints_configurable():
+    net = GLSMamba("tiny", num_joints=17).eval()
+    assert net(_frames(1, 5, 16, 12)).shape == (1, 17, 4, 3)
+
+
+@pytest.mark.parametrize(
+    "frames, match",
+    [
+        (torch.zeros(1, 5, 3, 16), "B, T, 3, H, W"),
+        (torch.zeros(1, 5, 1, 16, 12), "B, T, 3, H, W"),
+        (torch.zeros(1, 4, 3, 16, 12), "num_frames=5"),
+        (torch.zeros(1, 5, 3, 18, 12), "multiples of 4"),
+    ],
+)
+def test_bad_frames_raise_value_error(frames, match):
+    with pytest.raises(ValueError, match=match):
+        GLSMamba("tiny")(frames)
+
+
+def test_bad_frames_type():
+    with pytest.raises(TypeError, match="frames"):
+        GLSMamba("tiny")(torch.zeros(1, 5, 3, 16, 12, dtype=torch.long))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        GLSMamba("base", vit_depth=1)(torch.zeros(1, 5, 3, 40, 48))
+
+
+# --------------------------------------------------------------------------------------------- parameters
+def _block_params(cfg, gsm: bool) -> int:
+    """Trainable parameters of one block, counted by hand from the design (model/config.py docstring)."""
+    d, di, n, r, t = cfg.dim, cfg.d_inner, cfg.d_state, cfg.dt_rank_, cfg.num_frames
+    k = cfg.directions if gsm else 2
+    hid = int(round(d * cfg.ffn_ratio))
+    total = 2 * d + 2 * d                                  # norm1, norm2
+    total += d * 2 * di                                    # in_proj (no bias)
+    total += di * 9 + di + 2 * di                          # gate: depthwise 3x3 (+bias), LayerNorm
+    total += di * (r + 2 * n) + r * di                     # shared x_proj, dt_proj
+    total += k * di * n + k * di + k * di                  # per direction A_log, D, delta bias
+    total += 2 * di + di * d                               # out_norm, out_proj (no bias)
+    total += d * hid + hid + hid * d + d                   # FFN
+    if gsm:
+        ca_hidden = t * d // cfg.ca_reduction
+        total += t * d * ca_hidden + ca_hidden + ca_hidden * t * d + t * d  # channel attention MLP
+        for p in (9, 3)[: {2: 0, 4: 1, 6: 2}[k]] if cfg.merge == "stmm" else ():
+            total += 2 * di * 9 + 2 * di                   # offset depthwise 3x3
+            total += 2 * di * cfg.stmm_groups * p * 3 + cfg.stmm_groups * p * 3  # offsets + masks projection
+            total += p * di                                # tap weights
+    return total
+
+
+def _trainable_by_hand(cfg) -> int:
+    d = cfg.dim
+    embed = cfg.encoder_channels * d + d + cfg.num_frames * d
+    head = 2 * d + d * d * 9 + 2 * d + d * cfg.num_joints + cfg.num_joints
+    return embed + cfg.num_gsm * _block_params(cfg, True) + cfg.num_lrm * _block_params(cfg, False) + head
+
+
+def test_base_trainable_parameters_match_paper():
+    cfg = get_config("base")
+    with torch.device("meta"):
+        net = GLSMamba(cfg)
+    trainable = net.num_parameters(trainable_only=True)
+    assert trainable == _trainable_by_hand(cfg)
+    assert abs(trainable - 9.8e6) <= 0.15 * 9.8e6, trainable  # the paper reports ~9.8M trainable
+    assert trainable == 9_019_343  # the number quoted in model/config.py and the report
+
+
+@pytest.mark.parametrize("override", [dict(directions=2), dict(directions=4), dict(merge="sum"), dict(num_lrm=0)])
+def test_ablation_parameter_counts_by_hand(override):
+    cfg = get_config("base", **override)
+    with torch.device("meta"):
+        net = GLSMamba(cfg)
+    assert net.num_parameters(trainable_only=True) == _trainable_by_hand(cfg)
+
+
+def test_vit_b_encoder_parameters_by_hand_and_frozen():
+    cfg = get_config("base")
+    with torch.device("meta"):
+        net = GLSMamba(cfg)
+    c, grid = 768, (256 // 16) * (192 // 16)
+    per_block = 2 * c + (c * 3 * c + 3 * c) + (c * c + c) + 2 * c + (c * 4 * c + 4 * c) + (4 * c * c + c)
+    vit = 3 * 16 * 16 * c + c + (1 + grid) * c + 12 * per_block + 2 * c
+    deconv = c * 256 * 16 + 2 * 256 + 256 * 256 * 16 + 2 * 256
+    assert sum(p.numel() for p in net.encoder.vit.parameters()) == vit
+    assert sum(p.numel() for p in net.encoder.deconv.parameters()) == deconv
+    assert not any(p.requires_grad for p in net.encoder.parameters())
+
+
+def test_frozen_encoder_stays_in_eval_mode_and_gets_no_grad():
+    net = GLSMamba("base", vit_depth=1).train()
+    assert not net.encoder.training and net.head.training
+    out = net(_frames(1, 5, 32, 32))
+    out.sum().backward()
+    assert all(p.grad is None for p in net.encoder.parameters())
+    assert net.head.final.weight.grad is not None
+    net.freeze_encoder(False)
+    net.train()
+    assert net.encoder.training
+
+
+# --------------------------------------------------------------------------------------------- block oracle
+def _orders_by_hand(t, h, w):
+    nat = lambda tt, hh, ww: (tt * h + hh) * w + ww
+    spatial = [nat(a, b, c) for a, b, c in itertools.product(range(t), range(h), range(w))]
+    temporal = [nat(a, b, c) for b, c, a in itertools.product(range(h), range(w), range(t))]
+    unified = [nat(a, b, c) for b, a, c in itertools.product(range(h), range(t), range(w))]
+    return {"unified": unified, "spatial": spatial, "temporal": temporal,
+            "unified_rev": unified[::-1], "spatial_rev": spatial[::-1], "temporal_rev": temporal[::-1]}
+
+
+def _window_by_hand(t, h, w, wh, ww):
+    windows = []
+    for h0 in range(0, h, wh):
+        for w0 in range(0, w, ww):
+            windows.append([(a * h + b) * w + c for a in range(t) for b in range(h0, min(h0 + wh, h))
+                            for c in range(w0, min(w0 + ww, w))])
+    fwd = [(l, i == 0) for win in windows for i, l in enumerate(win)]
+    bwd = [(l, i == 0) for win in reversed(windows) for i, l in enumerate(reversed(win))]
+    return fwd, bwd
+
+
+def _naive_scan(u, dt, a, bm, cm, d, steps):
+    """Step-by-step S6 along ``steps`` = [(natural index, reset before this step)]; natural-order in and out."""
+    bsz, _, c = u.shape
+    h = u.new_zeros(bsz, c, a.shape[-1])
+    out = torch.zeros_like(u)
+    for l, reset in steps:
+        if reset:
+            h = torch.zeros_like(h)
+        h = torch.exp(dt[:, l, :, None] * a) * h + (dt[:, l] * u[:, l])[..., None] * bm[:, l, None, :]
+        out[:, l] = (h * cm[:, l, None, :]).sum(-1) + d * u[:, l]
+    return out
+
+
+def _naive_block(blk, x, shape, directions):
+    """The block written out from the design with functional ops; ``directions`` = [(k, steps)] summed."""
+    t, hh, ww = shape
+    b, l, d = x.shape
+    ln = lambda m, v: F.layer_norm(v, (v.shape[-1],), m.weight, m.bias, m.eps)
+    h = ln(blk.norm1, x)
+    if blk.channel_attn is not None:
+        ca = blk.channel_attn
+        g = h.reshape(b, t, hh * ww, d).mean(2).reshape(b, t * d)
+        a = torch.sigmoid(F.linear(F.relu(F.linear(g, ca.fc1.weight, ca.fc1.bias)), ca.fc2.weight, ca.fc2.bias))
+        h = (h.reshape(b, t, hh * ww, d) * a.reshape(b, t, 1, d)).reshape(b, l, d)
+    xs, z = F.linear(h, blk.in_proj.weight).chunk(2, dim=-1)
+    di = xs.shape[-1]
+    zc = z.reshape(b * t, hh, ww, di).permute(0, 3, 1, 2)
+    zc = F.conv2d(zc, blk.gate.dwconv.weight, blk.gate.dwconv.bias, padding=1, groups=di)
+    gate = F.silu(ln(blk.gate.norm, zc.permute(0, 2, 3, 1).reshape(b, l, di)))
+    u = F.silu(xs)
+    ssm = blk.ssm
+    r, n = ssm.dt_rank, ssm.d_state
+    proj = F.linear(u, ssm.x_proj.weight)
+    dt_in, bm, cm = proj[..., :r], proj[..., r:r + n], proj[..., r + n:]
+    delta = F.linear(dt_in, ssm.dt_proj.weight)
+    f = torch.zeros_like(u)
+    for k, steps in directions:
+        dt = F.softplus(delta + ssm.dt_bias[k])
+        f = f + _naive_scan(u, dt, -torch.exp(ssm.A_log[k]), bm, cm, ssm.D[k], steps)
+    x = x + F.linear(ln(blk.out_norm, f) * gate, blk.out_proj.weight)
+    f1, f2 = blk.ffn[0], blk.ffn[2]
+    return x + F.linear(F.gelu(F.linear(ln(blk.norm2, x), f1.weight, f1.bias)), f2.weight, f2.bias)
+
+
+SHAPE = (3, 4, 5)  # T, H, W all different
+
+
+@pytest.mark.parametrize("directions", [2, 4, 6])
+def test_gsm_block_sum_merge_matches_hand_written_oracle(directions):
+    cfg = get_config("tiny", num_frames=SHAPE[0], dim=16, directions=directions, merge="sum")
+    blk = GSMBlock(cfg).eval()
+    x = torch.randn(2, SHAPE[0] * SHAPE[1] * SHAPE[2], 16)
+    orders = _orders_by_hand(*SHAPE)
+    names = ["unified", "spatial", "temporal"][: directions // 2]
+    names = names + [f"{s}_rev" for s in names]
+    dirs = [(k, [(l, False) for l in orders[name]]) for k, name in enumerate(names)]
+    with torch.no_grad(), model.use_backend("reference"):
+        assert_close("gsm block", _naive_block(blk, x, SHAPE, dirs), blk(x, SHAPE))
+
+
+def test_lrm_block_matches_hand_written_windowed_oracle():
+    # window 3 x 2 on a 4 x 5 grid: border windows of 1 row / 1 column, state reset at each window start
+    cfg = get_config("tiny", num_frames=SHAPE[0], dim=16, window=(3, 2))
+    blk = LRMBlock(cfg).eval()
+    x = torch.randn(2, SHAPE[0] * SHAPE[1] * SHAPE[2], 16)
+    fwd, bwd = _window_by_hand(*SHAPE, 3, 2)
+    with torch.no_grad(), model.use_backend("reference"):
+        assert_close("lrm block", _naive_block(blk, x, SHAPE, [(0, fwd), (1, bwd)]), blk(x, SHAPE))
+
+
+def test_gsm_stmm_streams_are_wired_by_type():
+    # with both modulators' tap weights zeroed, STMM leaves only y_u: the unified forward/backward pair (k = 0, 3)
+    cfg = get_config("tiny", num_frames=SHAPE[0], dim=16)
+    blk = GSMBlock(cfg).eval()
+    with torch.no_grad():
+        blk.merge.spatial.weight.zero_()
+        blk.merge.temporal.weight.zero_()
+    x = torch.randn(2, SHAPE[0] * SHAPE[1] * SHAPE[2], 16)
+    orders = _orders_by_hand(*SHAPE)
+    dirs = [(0, [(l, False) for l in orders["unified"]]), (3, [(l, False) for l in orders["unified_rev"]])]
+    with torch.no_grad(), model.use_backend("reference"):
+        assert_close("gsm y_u only", _naive_block(blk, x, SHAPE, dirs), blk(x, SHAPE))
+
+
+def test_stmm_modulators_use_the_contract_taps():
+    blk = GSMBlock(get_config("tiny"))
+    sp, tm = blk.merge.spatial.taps, blk.merge.temporal.taps
+    assert sp.shape == (9, 3) and (sp[:, 0] == 0).all() and sorted(map(tuple, sp[:, 1:].tolist())) == sorted(
+        itertools.product((-1, 0, 1), repeat=2))
+    assert tm.shape == (3, 3) and sorted(tm[:, 0].tolist()) == [-1, 0, 1] and (tm[:, 1:] == 0).all()
+
+
+def test_stmm_at_initialisation_equals_sum_merge():
+    # zero-initialised offsets, masks 0.5 and centre tap weight 2: M(y) = y, so STMM starts as the plain sum
+    torch.manual_seed(1)
+    stmm = GLSMamba("tiny").eval()
+    plain = GLSMamba("tiny", merge="sum").eval()
+    state = {k: v for k, v in stmm.state_dict().items() if ".merge." not in k}
+    plain.load_state_dict(state)
+    frames = _frames(1, 5, 24, 20)
+    with torch.no_grad(), model.use_backend("reference"):
+        assert_close("stmm at init vs sum", plain(frames), stmm(frames))
+
+
+# --------------------------------------------------------------------------------------------- ablations
+@pytest.mark.parametrize(
+    "override",
+    [dict(directions=2), dict(directions=4), dict(directions=6), dict(merge="sum"), dict(num_lrm=0),
+     dict(num_gsm=0), dict(num_gsm=0, num_lrm=0), dict(share_ssm_proj=False)],
+    ids=["dirs2", "dirs4", "dirs6", "sum", "gsm_only", "lrm_only", "backbone_only", "unshared_proj"],
+)
+def test_ablation_switches_build_and_train(override):
+    net = GLSMamba("tiny", **override).train()
+    out = net(_frames(2, 5, 20, 16))
+    assert out.shape == (2, 15, 5, 4)
+    out.square().mean().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+# --------------------------------------------------------------------------------------------- backends
+def _op_calls(backend: str) -> dict[str, int]:
+    return {op: n for (op, b), n in call_counts().items() if b == backend}
+
+
+def test_backend_switch_changes_what_a_built_model_runs():
+    net = GLSMamba("tiny").eval()  # 2 GSM (6 directions, STMM) + 1 LRM
+    frames = _frames(1, 5, 16, 12)
+    expected = {"ordered_selective_scan": 3, "deformable_aggregate": 4}
+    try:
+        for name in ("reference", "triton"):
+            model.set_backend(name)
+            reset_call_counts()
+            with torch.no_grad():
+                net(frames)
+            assert _op_calls(name) == expected
+            assert _op_calls({"reference": "triton", "triton": "reference"}[name]) == {}
+        model.set_backend("triton")
+        reset_call_counts()
+        with model.use_backend("reference"), torch.no_grad():  # the context wins over the process default
+            net(frames)
+        assert _op_calls("reference") == expected and _op_calls("triton") == {}
+        net.backend = "triton"  # a pinned model wins over the context
+        reset_call_counts()
+        with model.use_backend("reference"), torch.no_grad():
+            net(frames)
+        assert _op_calls("triton") == expected and _op_calls("reference") == {}
+    finally:
+        model.set_backend(None)
+
+
+def test_auto_backend_on_cpu_runs_reference():
+    net = GLSMamba("tiny", backend="auto").eval()
+    reset_call_counts()
+    with model.use_backend("auto"), torch.no_grad():
+        net(_frames(1, 5, 16, 12))
+    assert _op_calls("reference") == {"ordered_selective_scan": 3, "deformable_aggregate": 4}
+    with pytest.raises(ValueError, match="backend"):
+        net.backend = "cuda"
+
+
+def test_whole_network_reference_vs_triton_outputs_and_all_grads():
+    from vhpe.commands.verify import perturb_for_check
+
+    torch.manual_seed(0)
+    net = GLSMamba("tiny", num_frames=3).train()
+    perturb_for_check(net, seed=0)  # non-zero offsets: exercise the deformable sampling off the integer grid
+    frames = _frames(2, 3, 24, 20)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    results = {}
+    for backend in ("reference", "triton"):
+        net.load_state_dict(state)
+        net.zero_grad(set_to_none=True)
+        reset_call_counts()
+        with model.use_backend(backend):
+            out = net(frames)
+        assert _op_calls(backend)["ordered_selective_scan"] == 3
+        cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        (out * cot).sum().backward()
+        results[backend] = (out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()})
+    (ref_out, ref_g), (tri_out, tri_g) = results["reference"], results["triton"]
+    assert_close("heatmaps", ref_out, tri_out)
+    assert ref_g.keys() == tri_g.keys() and len(ref_g) > 50
+    for name in ref_g:
+        assert_close(f"grad {name}", ref_g[name], tri_g[name], kind="grad")
+
+
+# --------------------------------------------------------------------------------------------- overfitting
+def _gaussian_target(j, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ys = torch.randint(0, h, (j,), generator=g).float()
+    xs = torch.randint(0, w, (j,), generator=g).float()
+    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    return torch.exp(-((yy - ys[:, None, None]) ** 2 + (xx - xs[:, None, None]) ** 2) / 2.0)[None]
+
+
+def _overfit(backend: str, frames_hw: tuple[int, int], steps: int, lr: float, **cfg) -> list[float]:
+    torch.manual_seed(0)
+    net = GLSMamba("tiny", **cfg).train()
+    h, w = frames_hw
+    t = net.config.num_frames
+    frames = _frames(1, t, h, w)
+    target = _gaussian_target(net.config.num_joints, h // 4, w // 4)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    losses = []
+    with model.use_backend(backend):
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = F.mse_loss(net(frames), target)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    return losses
+
+
+def test_tiny_overfits_one_clip_reference():
+    losses = _overfit("reference", (32, 24), steps=200, lr=3e-3)
+    assert min(losses[-5:]) <= losses[0] / 10, (losses[0], losses[-5:])
+
+
+def test_tiny_overfits_one_clip_triton_short():
+    # the interpreter runs every kernel program step by step on CPU: a 16 x 12 clip of 3 frames, 1 GSM block
+    losses = _overfit("triton", (16, 12), steps=60, lr=1e-2, num_frames=3, num_gsm=1, num_lrm=1)
+    assert min(losses[-5:]) <= losses[0] / 10, (losses[0], losses[-5:])
+
+
+@pytest.mark.slow
+def test_tiny_overfits_one_clip_triton_long():
+    # slow: the same run as the reference one (200 steps, 32 x 24, full tiny) under the CPU interpreter
+    losses = _overfit("triton", (32, 24), steps=200, lr=3e-3)
+    assert min(losses[-5:]) <= losses[0] / 10, (losses[0], losses[-5:])
