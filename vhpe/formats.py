@@ -20,7 +20,8 @@ Round trips: every reader keeps unknown keys (``extra``) and every writer writes
 PoseTrack18 -> annolist -> PoseTrack18, annolist -> PoseTrack18 -> annolist and PoseTrack18 -> COCO ->
 PoseTrack18 reproduce the same :class:`Video`. Fields a format cannot hold travel under extra keys that the
 official tools ignore (an annolist written here carries the PoseTrack18 ``id``, ``frame_id``, ``vid_id``,
-``nframes``, the person ``bbox`` and ``id``). The one exception is by definition of the formats: the two ear
+``nframes``, the person ``bbox`` and ``id``; data that had none gains the ids the PoseTrack18 writer assigns:
+the frame index and ``frame_id * 100 + person index``). The one exception is by definition of the formats: the two ear
 slots have no annolist id, so non-empty ears are dropped when writing annolist. Fields that are pure functions
 of others (COCO ``area = w*h``, ``iscrowd = 0``, ``num_keypoints = #(v>0)``) are written by the COCO writer
 and dropped by every reader when they equal that derivation.

@@ -30,8 +30,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         src = args.src or detect_format(args.input)
         videos = read_videos(args.input, src)
-        if args.to == "annolist" and videos and videos[0].skeleton != "posetrack18":
-            raise ValueError(f"annolist holds PoseTrack joints; {src} input has skeleton {videos[0].skeleton!r}")
+        skel = videos[0].skeleton if videos else None
+        if args.to == "annolist" and skel != "posetrack18":
+            raise ValueError(f"annolist holds PoseTrack joints; {src} input has skeleton {skel!r}")
+        if args.to == "jhmdb-json" and skel != "jhmdb":
+            raise ValueError(f"jhmdb-json holds the 15 Sub-JHMDB joints; {src} input has skeleton {skel!r}")
         if args.to == "coco":
             write_coco(videos, args.output, one_based=False, labeled_only=args.labeled_only)
             written = [args.output]
