@@ -88,6 +88,7 @@ class TrainConfig:
         max_steps: debug: stop after this many optimiser steps (in total), as if the process were killed.
         resume: checkpoint to resume from (``"auto"`` = ``out/last.pth``).
         deterministic: ``torch.use_deterministic_algorithms`` (warn only) and deterministic cuDNN.
+        sync_bn: synchronise batch-norm statistics across processes (distributed runs).
     """
 
     data: str
@@ -125,6 +126,7 @@ class TrainConfig:
     max_steps: int | None = None
     resume: str | None = None
     deterministic: bool = False
+    sync_bn: bool = True
 
     def __post_init__(self) -> None:
         self.lr_steps = tuple(int(e) for e in self.lr_steps)
@@ -596,6 +598,8 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
                                          num_workers=workers, drop_last=True, pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader)
 
+    if info.enabled and cfg.sync_bn:  # before the optimiser: the conversion creates new parameter objects
+        net = convert_sync_batchnorm(net, device)
     optimizer = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr)
     amp_dtype = resolve_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -609,7 +613,6 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
 
     train_net: nn.Module = net
     if info.enabled:
-        convert_sync_batchnorm(net, device)
         train_net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
 

@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None,
                         help="debug: stop after this many optimiser steps in total, as if killed")
     parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
+    parser.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                        help="distributed runs: per-process batch-norm statistics (default: synchronised)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             freeze_encoder=args.freeze_encoder, backbone=args.backbone, amp=args.amp, clip_grad=args.clip_grad,
             seed=args.seed, workers=args.workers, device=args.device, threads=args.threads,
             frame_stride=args.frame_stride, eval_every=args.eval_every, keep=args.keep, log_every=args.log_every,
-            max_steps=args.max_steps, resume=args.resume, deterministic=args.deterministic,
+            max_steps=args.max_steps, resume=args.resume, deterministic=args.deterministic, sync_bn=args.sync_bn,
         )
         res = train(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (ValueError, FileNotFoundError, TypeError) as e:

@@ -1,0 +1,168 @@
+"""Training loop pieces (loss, schedule, parameter groups, overrides), the run folder, kill-and-resume equality and
+the reference-vs-Triton training step."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.harness import assert_close
+from vhpe.cli import main
+from vhpe.synth import SynthConfig, make_dataset
+from vhpe.train import TrainConfig, heatmap_loss, lr_at, param_groups, parse_overrides, train_step
+
+# small and fast: 32 x 24 crops (8 x 6 heatmaps), 3-frame clips
+FAST = ["--preset", "tiny", "--set", "num_frames=3", "--input-size", "32x24", "--batch-size", "4", "--lr", "2e-3",
+        "--flip-prob", "0", "--threads", "1", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_ds")
+    make_dataset(root, videos=3, frames=6, seed=5, val_videos=1, cfg=SynthConfig(width=128, height=96))
+    return root
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+def test_heatmap_loss_hand_values():
+    pred = torch.zeros(1, 2, 2, 2)
+    target = torch.zeros(1, 2, 2, 2)
+    target[0, 0, 0, 0] = 1.0  # joint 0: one pixel off by 1
+    target[0, 1] = 2.0  # joint 1: every pixel off by 2, but weight 0
+    w = torch.tensor([[1.5, 0.0]])
+    # 0.5 * mean over 8 values of ((pred - target) * w)^2 = 0.5 * (1.5^2) / 8
+    assert heatmap_loss(pred, target, w).item() == pytest.approx(0.5 * 2.25 / 8)
+    with pytest.raises(ValueError, match=r"weight must be \(B, J\)"):
+        heatmap_loss(pred, target, torch.ones(2))
+    with pytest.raises(ValueError, match="pred and target"):
+        heatmap_loss(pred, target[:, :1], w)
+
+
+def test_lr_schedule_is_the_papers_by_default():
+    cfg = TrainConfig(data="d", out="o")
+    assert (cfg.epochs, cfg.lr, cfg.lr_steps, cfg.lr_factor) == (20, 1e-4, (6, 12), 0.1)
+    got = [lr_at(cfg, e, 0) for e in (0, 5, 6, 11, 12, 19)]
+    assert got == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5, 1e-6, 1e-6])
+    warm = TrainConfig(data="d", out="o", lr=1.0, warmup_steps=4, lr_steps=())
+    assert [lr_at(warm, 0, s) for s in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+def test_param_groups_keep_ssm_and_norm_parameters_out_of_weight_decay():
+    import model
+
+    net = model.GLSMamba("tiny")
+    decay, no_decay = param_groups(net, 0.05)
+    names = {id(p): n for n, p in net.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    d = {names[id(p)] for p in decay["params"]}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+    assert {"gsm.0.ssm.A_log", "gsm.0.ssm.D", "gsm.0.ssm.dt_bias", "embed.temporal", "gsm.0.norm1.weight",
+            "head.final.bias"} <= nd
+    assert {"gsm.0.in_proj.weight", "head.conv.weight", "encoder.stem.0.weight"} <= d
+    assert len(d) + len(nd) == sum(1 for p in net.parameters() if p.requires_grad)
+
+
+def test_parse_overrides_types_and_errors():
+    got = parse_overrides(["num_frames=1", "merge=sum", "window=4x3", "freeze_encoder=false", "ffn_ratio=3"])
+    assert got == {"num_frames": 1, "merge": "sum", "window": (4, 3), "freeze_encoder": False, "ffn_ratio": 3.0}
+    with pytest.raises(ValueError, match="unknown model config field 'nope'"):
+        parse_overrides(["nope=1"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["num_frames"])
+
+
+def test_train_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="amp must be"):
+        TrainConfig(data="d", out="o", amp="fp8")
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        TrainConfig(data="d", out="o", batch_size=0)
+
+
+# ------------------------------------------------------------------------------------------------ runs
+def test_run_folder_and_kill_resume_equals_uninterrupted(data, tmp_path, capsys):
+    """Run A trains 2 epochs; run B is 'killed' one step into epoch 2 and resumed: same final weights."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", "--data", str(data), "--out", str(a), "--epochs", "2", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "epoch 2/2 [" in err and "clips/s" in err and "loss" in err  # the progress line
+    cfg = json.loads((a / "config.json").read_text())
+    steps_per_epoch = cfg["steps_per_epoch"]
+    assert cfg["model"]["num_frames"] == 3 and cfg["model"]["image_size"] == [32, 24] and steps_per_epoch >= 2
+    for name in ("final.pth", "last.pth", "loss.png", "metrics.csv", "steps.csv",
+                 "checkpoints/epoch_001.pth", "checkpoints/epoch_002.pth"):
+        assert (a / name).is_file(), name
+    epochs = _rows(a / "metrics.csv")
+    assert [int(r["epoch"]) for r in epochs] == [1, 2] and float(epochs[1]["clips_per_s"]) > 0
+    steps_a = _rows(a / "steps.csv")
+    assert [int(r["step"]) for r in steps_a] == list(range(1, 2 * steps_per_epoch + 1))
+    ckpt = torch.load(a / "last.pth", weights_only=True)
+    tr = ckpt["extra"]["train"]
+    assert tr["epoch"] == 2 and tr["step"] == 2 * steps_per_epoch and tr["optimizer"]["state"]
+
+    # killed one step into epoch 2: only the epoch-1 checkpoint exists
+    assert main(["train", "--data", str(data), "--out", str(b), "--epochs", "2", *FAST,
+                 "--max-steps", str(steps_per_epoch + 1)]) == 0
+    assert not (b / "final.pth").exists()
+    assert torch.load(b / "last.pth", weights_only=True)["extra"]["train"]["epoch"] == 1
+    assert main(["train", "--data", str(data), "--out", str(b), "--epochs", "2", *FAST, "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().err
+    wa = torch.load(a / "final.pth", weights_only=True)["state_dict"]
+    wb = torch.load(b / "final.pth", weights_only=True)["state_dict"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    steps_b = _rows(b / "steps.csv")  # the redone step is logged once
+    assert [int(r["step"]) for r in steps_b] == [int(r["step"]) for r in steps_a]
+    assert [r["loss"] for r in steps_b] == [r["loss"] for r in steps_a]
+
+    # a different model cannot resume this run
+    assert main(["train", "--data", str(data), "--out", str(b), "--epochs", "3", *FAST, "--set", "merge=sum",
+                 "--resume"]) == 1
+    assert "model configuration differs (merge" in capsys.readouterr().err
+
+
+def test_train_errors_name_the_problem(data, tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"), *FAST]) == 1
+    assert "annotations" in capsys.readouterr().err
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), *FAST, "--resume"]) == 1
+    assert "cannot resume" in capsys.readouterr().err
+
+
+def test_training_step_same_loss_on_reference_and_triton():
+    """One AdamW training step (loss, gradients, clipping, update) and the loss after it agree between the
+    backends (Triton under the interpreter: one GSM block with all six directions and STMM, one LRM block)."""
+    import model
+
+    rng = np.random.default_rng(0)
+    batch = {"frames": torch.from_numpy(rng.standard_normal((1, 3, 3, 16, 12)).astype(np.float32)),
+             "target": torch.from_numpy(rng.random((1, 15, 4, 3)).astype(np.float32)),
+             "target_weight": torch.ones(1, 15)}
+    losses, grads = {}, {}
+    model.reset_call_counts()
+    for backend in ("reference", "triton"):
+        torch.manual_seed(0)
+        net = model.GLSMamba("tiny", num_frames=3, num_gsm=1, num_lrm=1, backend=backend).train()
+        opt = torch.optim.AdamW(param_groups(net, 1e-4), lr=1e-3)
+        first = train_step(net, batch, opt, device=torch.device("cpu"), clip_grad=1.0)
+        grads[backend] = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        with torch.no_grad():
+            after = heatmap_loss(net(batch["frames"]), batch["target"], batch["target_weight"]).item()
+        losses[backend] = torch.tensor([first, after])
+    counts = model.call_counts()
+    assert counts.get(("ordered_selective_scan", "triton"), 0) > 0
+    assert counts.get(("deformable_aggregate", "triton"), 0) > 0
+    assert losses["reference"][1] < losses["reference"][0]  # the step did something
+    assert_close("training losses (step 1, after the update)", losses["reference"], losses["triton"],
+                 torch.float32)
+    assert grads["reference"].keys() == grads["triton"].keys() and len(grads["reference"]) > 50
+    for n, g in grads["reference"].items():
+        assert_close(f"grad {n}", g, grads["triton"][n], torch.float32, kind="grad")
