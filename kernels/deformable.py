@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._utils import cdiv, device_guard, interpreting, next_pow2
+from kernels._utils import cdiv, check_runnable, device_guard, interpreting, next_pow2
 from reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS, _check_deformable  # noqa: F401  (re-exported)
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -210,10 +210,12 @@ def _deform_dx_kernel(dout_ptr, w_ptr, perm_ptr, coef_ptr, segptr_ptr, dx_ptr,
 
 
 def _blocks(L: int, cpg: int) -> tuple[int, int]:
+    """(tokens, channels) per tile. GPU: ~512 elements, so the four corner gathers (64-bit addresses) stay in
+    registers (sm_90 / triton 3.6: 2048-element tiles spill, 512 use ~140 (fwd) / ~220 (bwd) registers)."""
     if interpreting():
         return min(next_pow2(L), 64), min(next_pow2(cpg), 64)
-    block_c = min(next_pow2(cpg), 64)
-    return max(16, min(64, 2048 // block_c)), block_c
+    block_c = min(next_pow2(cpg), 32)
+    return max(16, min(64, 512 // block_c)), block_c
 
 
 def deformable_fwd(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
@@ -262,8 +264,8 @@ def deformable_bwd(dout: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, m
         # deterministic scatter: stable sort of the entries by source pixel, then one owner per pixel (CSR)
         sorted_keys, perm = torch.sort(keys, stable=True)
         segptr = torch.searchsorted(sorted_keys, torch.arange(nkeys + 1, device=dev, dtype=torch.int64))
-        BK = min(next_pow2(nkeys), 64 if interpreting() else 32)
-        BCX = min(next_pow2(cpg), 64)
+        BCX = min(next_pow2(cpg), 64 if interpreting() else 32)
+        BK = min(next_pow2(nkeys), 64) if interpreting() else max(16, 512 // BCX)
         NCBX = cdiv(cpg, BCX)
         _deform_dx_kernel[(cdiv(nkeys, BK) * NCBX,)](dout, weight, perm, coef, segptr, dx, L, C, G, P, cpg, nkeys,
                                                       NCBX, BLOCK_K=BK, BLOCK_C=BCX, num_warps=4)
@@ -271,17 +273,44 @@ def deformable_bwd(dout: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, m
     return dx, doff.to(offsets.dtype), dmask.to(mask.dtype), dweight
 
 
+# ---- custom ops: opaque to torch.compile (dynamo traces _DeformableFn and keeps these as graph nodes)
+
+
+@torch.library.custom_op("glsmamba::deformable_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, taps: torch.Tensor,
+            T: int, H: int, W: int) -> torch.Tensor:
+    return deformable_fwd(x, offsets, mask, weight, taps, (T, H, W))
+
+
+@_fwd_op.register_fake
+def _(x, offsets, mask, weight, taps, T, H, W):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("glsmamba::deformable_bwd", mutates_args=())
+def _bwd_op(dout: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+            taps: torch.Tensor, T: int, H: int, W: int) -> list[torch.Tensor]:
+    return list(deformable_bwd(dout, x, offsets, mask, weight, taps, (T, H, W)))
+
+
+@_bwd_op.register_fake
+def _(dout, x, offsets, mask, weight, taps, T, H, W):
+    return [torch.empty_like(x), torch.empty_like(offsets), torch.empty_like(mask), torch.empty_like(weight)]
+
+
 class _DeformableFn(torch.autograd.Function):
+    """Forward and backward are the Triton kernels above (no autograd through a reference)."""
+
     @staticmethod
     def forward(ctx, x, offsets, mask, weight, taps, shape):
         ctx.save_for_backward(x, offsets, mask, weight, taps)
         ctx.shape = shape
-        return deformable_fwd(x, offsets, mask, weight, taps, shape)
+        return _fwd_op(x, offsets, mask, weight, taps, *shape)
 
     @staticmethod
     def backward(ctx, dout):
         x, offsets, mask, weight, taps = ctx.saved_tensors
-        dx, doff, dmask, dweight = deformable_bwd(dout.contiguous(), x, offsets, mask, weight, taps, ctx.shape)
+        dx, doff, dmask, dweight = _bwd_op(dout.contiguous(), x, offsets, mask, weight, taps, *ctx.shape)
         return dx, doff, dmask, dweight, None, None
 
 
@@ -307,6 +336,7 @@ def deformable_aggregate(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Ten
         weight with no float atomics (bit-reproducible run to run).
     """
     T, H, W, _ = _check_deformable(x, offsets, mask, weight, taps, shape)
+    check_runnable(x, offsets, mask, weight, op="deformable_aggregate")
     taps = taps.to(device=x.device, dtype=torch.int64).contiguous()
     return _DeformableFn.apply(x.contiguous(), offsets.contiguous(), mask.contiguous(), weight.contiguous(), taps,
                                (T, H, W))

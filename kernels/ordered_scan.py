@@ -9,7 +9,8 @@ the owner-computes merge of ``kernels/space_time.py`` (no atomics).
 Forward (fp32 state, ``exp2`` with A pre-scaled by log2 e):
   * the scan order is cut into tiles of BLOCK_T steps; inside a tile ``h_j = a_j h_{j-1} + b_j`` is one
     ``tl.associative_scan`` over the ``[BLOCK_T, BLOCK_C, N]`` tile (``a_j = 0`` where ``reset[k, j]``: the
-    state is zeroed before that step); tiles are chained in registers.
+    state is zeroed before that step); tiles are chained in registers. The tile loop is software-pipelined by
+    hand: the gathers of tile t+1 and the order indices of tile t+2 are issued before tile t is computed.
   * When batch x directions x channel blocks gives too few programs for the GPU, the tiles are grouped into
     chunks that run in parallel: pass 1 scans each chunk from a zero state (end state + sum of dt), a short
     sequential carry kernel chains the chunks (a chunk containing a reset passes nothing on), pass 2 rescans each
@@ -84,9 +85,32 @@ def _flip0(x, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, NP: tl.constexpr, BY
         r = tl.arange(0, BLOCK_T)
         J = tl.where((r[:, None] + r[None, :]) == BLOCK_T - 1, 1.0, 0.0)
         y = tl.dot(J, tl.reshape(x, (BLOCK_T, BLOCK_C * NP)), input_precision="ieee")
-        return tl.reshape(y, (BLOCK_T, BLOCK_C, NP))
+        y = tl.reshape(y, (BLOCK_T, BLOCK_C, NP))
     else:
-        return tl.flip(x, 0)
+        y = tl.flip(x, 0)
+    return y
+
+
+@triton.jit
+def _fwd_tile_loads(tile, idx, rst_ptr, x_base, dl_base, B_base, C_base, i_k, L, CH, NS, o_c, m_c, o_n, m_n,
+                    BLOCK_T: tl.constexpr, HAS_RESET: tl.constexpr, LOAD_C: tl.constexpr):
+    """Issue the loads of one tile of steps whose natural indices are ``idx``; raw dtypes, no arithmetic."""
+    j = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+    m_j = j < L
+    m_jc = m_j[:, None] & m_c[None, :]
+    m_jn = m_j[:, None] & m_n[None, :]
+    dl = tl.load(dl_base + idx[:, None] * CH + o_c[None, :], mask=m_jc, other=0.0)
+    u = tl.load(x_base + idx[:, None] * CH + o_c[None, :], mask=m_jc, other=0.0)
+    Bt = tl.load(B_base + idx[:, None] * NS + o_n[None, :], mask=m_jn, other=0.0)
+    if LOAD_C:
+        Ct = tl.load(C_base + idx[:, None] * NS + o_n[None, :], mask=m_jn, other=0.0)
+    else:
+        Ct = Bt
+    if HAS_RESET:
+        r = tl.load(rst_ptr + i_k * L + j, mask=m_j, other=0)
+    else:
+        r = tl.zeros([BLOCK_T], dtype=tl.int8)
+    return dl, u, Bt, Ct, r
 
 
 @triton.jit(do_not_specialize=["L", "NT"])
@@ -128,30 +152,43 @@ def _oss_fwd_kernel(
     rows = tl.arange(0, BLOCK_T)
     x_base = x_ptr + i_b * L * CH
     dl_base = dl_ptr + i_bk * L * CH
+    B_base = B_ptr + i_bk * L * NS
+    C_base = C_ptr + i_bk * L * NS
+    o_ord = ord_ptr + i_k * L
+    # Software pipeline: while tile t is computed, the loads of tile t+1 and the order indices of tile t+2 are in
+    # flight (prefetched values are carried to the next iteration untouched, so issuing them never stalls).
+    t0 = i_ch * TILES
+    idx = tl.load(o_ord + t0 * BLOCK_T + rows, mask=t0 * BLOCK_T + rows < L, other=0).to(tl.int64)
+    c_dl, c_u, c_B, c_C, c_r = _fwd_tile_loads(t0, idx, rst_ptr, x_base, dl_base, B_base, C_base, i_k, L, CH, NS,
+                                               o_c, m_c, o_n, m_n, BLOCK_T, HAS_RESET, FINAL)
+    j1 = (t0 + 1) * BLOCK_T + rows
+    idx_n = tl.load(o_ord + j1, mask=j1 < L, other=0).to(tl.int64)
     for jt in range(TILES):
-        tile = i_ch * TILES + jt
-        j = tile * BLOCK_T + rows
-        m_j = j < L
-        idx = tl.load(ord_ptr + i_k * L + j, mask=m_j, other=0).to(tl.int64)  # natural index read at step j
+        tile = t0 + jt
+        j2 = (tile + 2) * BLOCK_T + rows
+        idx_nn = tl.load(o_ord + j2, mask=j2 < L, other=0).to(tl.int64)
+        n_dl, n_u, n_B, n_C, n_r = _fwd_tile_loads(tile + 1, idx_n, rst_ptr, x_base, dl_base, B_base, C_base, i_k,
+                                                   L, CH, NS, o_c, m_c, o_n, m_n, BLOCK_T, HAS_RESET, FINAL)
         if FINAL and SAVE:
             o_ck = ((i_bk * NT + tile) * CH + o_c[:, None]) * NS + o_n[None, :]
             # (the scalar condition is broadcast explicitly: the interpreter rejects scalar & tensor masks)
             tl.store(ck_ptr + o_ck, h, mask=m_cn & ((tile + tl.zeros([BLOCK_C, NP], dtype=tl.int64)) < NT))
-        m_jc = m_j[:, None] & m_c[None, :]
-        m_jn = m_j[:, None] & m_n[None, :]
-        dt, _ = _dt_tile(dl_base, idx * CH, o_c, m_jc, bias, SOFTPLUS)
-        u = tl.load(x_base + idx[:, None] * CH + o_c[None, :], mask=m_jc, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + (i_bk * L + idx)[:, None] * NS + o_n[None, :], mask=m_jn, other=0.0).to(tl.float32)
+        m_jc = ((tile * BLOCK_T + rows) < L)[:, None] & m_c[None, :]
+        pre = c_dl.to(tl.float32) + bias[None, :]
+        if SOFTPLUS:
+            dt = tl.where(pre <= 20.0, tl.log(1.0 + tl.exp(pre)), pre)
+        else:
+            dt = pre
+        dt = tl.where(m_jc, dt, 0.0)  # padded steps: a = 1, b = 0
+        u = c_u.to(tl.float32)
         a = tl.exp2(dt[:, :, None] * A2[None, :, :])
         if HAS_RESET:
-            r = tl.load(rst_ptr + i_k * L + j, mask=m_j, other=0)
-            a = tl.where((r != 0)[:, None, None], 0.0, a)  # state zeroed before a window's first step
-        b = (dt * u)[:, :, None] * Bt[:, None, :]
+            a = tl.where((c_r != 0)[:, None, None], 0.0, a)  # state zeroed before a window's first step
+        b = (dt * u)[:, :, None] * c_B.to(tl.float32)[:, None, :]
         ca, cb = tl.associative_scan((a, b), 0, _affine_combine)
         hs = ca * h[None, :, :] + cb
         if FINAL:
-            Ct = tl.load(C_ptr + (i_bk * L + idx)[:, None] * NS + o_n[None, :], mask=m_jn, other=0.0).to(tl.float32)
-            y = tl.sum(hs * Ct[:, None, :], axis=2)
+            y = tl.sum(hs * c_C.to(tl.float32)[:, None, :], axis=2)
             if HAS_D:
                 y += Dv[None, :] * u
             tl.store(y_ptr + (i_bk * L + idx)[:, None] * CH + o_c[None, :], y.to(y_ptr.dtype.element_ty), mask=m_jc)
@@ -159,6 +196,9 @@ def _oss_fwd_kernel(
             dsum += tl.sum(dt, axis=0)
         # padded steps (j >= L) have a = 1, b = 0: the last row is the state after the last real step
         h = _row(hs, BLOCK_T - 1, BLOCK_T)
+        c_dl, c_u, c_B, c_C, c_r = n_dl, n_u, n_B, n_C, n_r
+        idx = idx_n
+        idx_n = idx_nn
     if not FINAL:
         tl.store(hend_ptr + o_state, h, mask=m_cn)
         tl.store(dsum_ptr + (i_bk * NCHUNK + i_ch) * CH + o_c, dsum, mask=m_c)
@@ -322,7 +362,7 @@ class _Cfg:
             base = batch * K * self.NCB
             if device.type == "cuda":
                 # chunk the sequence only when (batch, direction, channel block) programs cannot fill the GPU
-                target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+                target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
                 if base < target:
                     tiles = max(8, cdiv(self.NT, cdiv(target, base)))
         self.TILES = max(1, min(tiles, self.NT))
@@ -415,14 +455,58 @@ def _tables(orders: torch.Tensor, groups: tuple[int, ...]) -> tuple[torch.Tensor
     return hit
 
 
+def _is_identity(groups: Sequence[int]) -> bool:
+    return tuple(groups) == tuple(range(len(groups)))
+
+
+# ---- custom ops: opaque to torch.compile (dynamo traces OrderedScanFunction and keeps these as graph nodes)
+
+
+@torch.library.custom_op("glsmamba::ordered_scan_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            D: torch.Tensor | None, delta_bias: torch.Tensor | None, orders: torch.Tensor, reset: torch.Tensor | None,
+            groups: list[int], softplus: bool, save: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    y, ckpt = _fwd(x, delta, A, B, C, D, delta_bias, orders, reset, softplus, save)
+    if not _is_identity(groups):
+        # sum the directions of each group in natural order (fp32, fixed order: deterministic)
+        y = st_merge(y, _tables(orders, tuple(groups))[0], tuple(groups))
+    return y, ckpt
+
+
+@_fwd_op.register_fake
+def _(x, delta, A, B, C, D, delta_bias, orders, reset, groups, softplus, save):
+    Bsz, L, CH = x.shape
+    K, NS = A.shape[0], A.shape[2]
+    cfg = _Cfg(Bsz, K, CH, L, NS, x.device)
+    return (x.new_empty(Bsz, max(groups) + 1, L, CH),
+            x.new_empty(Bsz * K, cfg.NT if save else 0, CH, NS, dtype=torch.float32))
+
+
+@torch.library.custom_op("glsmamba::ordered_scan_bwd", mutates_args=())
+def _bwd_op(dout: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+            C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None, orders: torch.Tensor,
+            reset: torch.Tensor | None, grp: torch.Tensor, ckpt: torch.Tensor, softplus: bool) -> list[torch.Tensor]:
+    grads = _bwd(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softplus)
+    # absent optional gradients travel as empty 1-D tensors (a custom op returns tensors only)
+    return [x.new_empty(0) if g is None else g for g in grads]
+
+
+@_bwd_op.register_fake
+def _(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softplus):
+    def like(t):
+        return x.new_empty(0) if t is None else torch.empty_like(t)
+
+    return [like(x), like(delta), like(A), like(B), like(C), like(D), like(delta_bias)]
+
+
 class OrderedScanFunction(torch.autograd.Function):
+    """Forward and backward are the Triton kernels above (no autograd through a reference)."""
+
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D, delta_bias, orders, reset, groups, softplus):
         need_grad = any(ctx.needs_input_grad[:7])
-        y, ckpt = _fwd(x, delta, A, B, C, D, delta_bias, orders, reset, softplus, need_grad)
-        ident, grp = _tables(orders, groups)
-        # sum the directions of each group in natural order (fp32, fixed order); identity groups need no sum
-        out = y if groups == tuple(range(len(groups))) else st_merge(y, ident, groups)
+        out, ckpt = _fwd_op(x, delta, A, B, C, D, delta_bias, orders, reset, list(groups), softplus, need_grad)
+        grp = _tables(orders, tuple(groups))[1]
         ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt)
         ctx.softplus = softplus
         return out
@@ -430,7 +514,8 @@ class OrderedScanFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt = ctx.saved_tensors
-        grads = _bwd(dout.contiguous(), x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, ctx.softplus)
+        grads = _bwd_op(dout.contiguous(), x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, ctx.softplus)
+        grads = [None if t is None else g for g, t in zip(grads, (x, delta, A, B, C, D, delta_bias), strict=True)]
         return (*grads, None, None, None, None)
 
 

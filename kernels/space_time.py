@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._utils import cdiv, device_guard, interpreting, next_pow2
+from kernels._utils import cdiv, check_runnable, device_guard, interpreting, next_pow2
 from reference.space_time import (  # noqa: F401  (re-exported index functions)
     DEFAULT_WINDOW,
     STS6D,
@@ -60,7 +60,7 @@ def _st_gather_kernel(src_ptr, idx_ptr, grp_ptr, out_ptr, L, C, K, GS, NLB, NCB,
 
 @triton.jit(do_not_specialize=["L"])
 def _st_merge_kernel(ys_ptr, inv_ptr, mem_ptr, gptr_ptr, out_ptr, L, C, K, G, NLB, NCB,
-                     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, ACC_F64: tl.constexpr):
+                     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
     # out[b, g, n, c] = sum over members k of group g of ys[b, k, inv[k, n], c]
     # group g's directions are mem[gptr[g]:gptr[g+1]] (CSR), read in ascending k: a fixed summation order.
     pid = tl.program_id(0).to(tl.int64)
@@ -75,16 +75,13 @@ def _st_merge_kernel(ys_ptr, inv_ptr, mem_ptr, gptr_ptr, out_ptr, L, C, K, G, NL
     m = m_n[:, None] & (o_c < C)[None, :]
     start = tl.load(gptr_ptr + i_g)
     end = tl.load(gptr_ptr + i_g + 1)
-    if ACC_F64:
-        acc = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float64)
-    else:
-        acc = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)  # fp32 accumulation for every low-precision dtype
+    acc = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)  # fp32 accumulation for every input dtype
     for i in range(start, end):
         k = tl.load(mem_ptr + i).to(tl.int64)
         j = tl.load(inv_ptr + k * L + o_n, mask=m_n, other=0).to(tl.int64)
         v = tl.load(ys_ptr + ((i_b * K + k) * L + j)[:, None] * C + o_c[None, :], mask=m, other=0.0)
-        acc += v.to(acc.dtype)
-    tl.store(out_ptr + ((i_b * G + i_g) * L + o_n)[:, None] * C + o_c[None, :], acc, mask=m)
+        acc += v.to(tl.float32)
+    tl.store(out_ptr + ((i_b * G + i_g) * L + o_n)[:, None] * C + o_c[None, :], acc.to(out_ptr.dtype.element_ty), mask=m)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -106,7 +103,8 @@ def _blocks(L: int, C: int) -> tuple[int, int]:
     if interpreting():  # few, large programs: the interpreter pays per program and per op, not per element
         return min(next_pow2(L), 256), min(next_pow2(C), 128)
     block_c = min(next_pow2(C), 64)
-    return max(16, min(128, 4096 // block_c)), block_c
+    # 2048-element tiles: ~70 (gather) / ~120 (merge) registers on sm_90, occupancy for these memory-bound copies
+    return max(16, min(128, 2048 // block_c)), block_c
 
 
 def st_gather(src: torch.Tensor, orders: torch.Tensor, groups: tuple[int, ...]) -> torch.Tensor:
@@ -139,9 +137,31 @@ def st_merge(ys: torch.Tensor, inv: torch.Tensor, groups: tuple[int, ...]) -> to
     NLB, NCB = cdiv(L, BL), cdiv(C, BC)
     with device_guard(ys):
         _st_merge_kernel[(Bsz * G * NLB * NCB,)](ys, inv.contiguous(), members, gptr, out, L, C, K, G, NLB, NCB,
-                                                  BLOCK_L=BL, BLOCK_C=BC, ACC_F64=ys.dtype == torch.float64,
-                                                  num_warps=4)
+                                                  BLOCK_L=BL, BLOCK_C=BC, num_warps=4)
     return out
+
+
+# ---- custom ops: opaque to torch.compile (dynamo traces the autograd Functions and keeps these as graph nodes)
+
+
+@torch.library.custom_op("glsmamba::space_time_gather", mutates_args=())
+def _gather_op(src: torch.Tensor, orders: torch.Tensor, groups: list[int]) -> torch.Tensor:
+    return st_gather(src, orders, tuple(groups))
+
+
+@_gather_op.register_fake
+def _(src, orders, groups):
+    return src.new_empty(src.shape[0], orders.shape[0], src.shape[2], src.shape[3])
+
+
+@torch.library.custom_op("glsmamba::space_time_merge", mutates_args=())
+def _merge_op(ys: torch.Tensor, inv: torch.Tensor, groups: list[int]) -> torch.Tensor:
+    return st_merge(ys, inv, tuple(groups))
+
+
+@_merge_op.register_fake
+def _(ys, inv, groups):
+    return ys.new_empty(ys.shape[0], max(groups) + 1, ys.shape[2], ys.shape[3])
 
 
 class _GatherFn(torch.autograd.Function):
@@ -151,7 +171,7 @@ class _GatherFn(torch.autograd.Function):
     def forward(ctx, src, orders, inv, groups):
         ctx.save_for_backward(orders, inv)
         ctx.groups = groups
-        return st_gather(src, orders, groups)
+        return _gather_op(src, orders, list(groups))
 
     @staticmethod
     def backward(ctx, dout):
@@ -166,7 +186,7 @@ class _MergeFn(torch.autograd.Function):
     def forward(ctx, ys, orders, inv, groups):
         ctx.save_for_backward(orders, inv)
         ctx.groups = groups
-        return st_merge(ys, inv, groups)
+        return _merge_op(ys, inv, list(groups))
 
     @staticmethod
     def backward(ctx, dout):
@@ -191,6 +211,7 @@ def space_time_scan(x: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
         gradient with all directions in one group.
     """
     x, inv = _check_scan(x, orders)
+    check_runnable(x, orders, op="space_time_scan")
     K = orders.shape[0]
     return _GatherFn.apply(x.unsqueeze(1), orders, inv, (0,) * K)
 
@@ -208,4 +229,5 @@ def space_time_merge(ys: torch.Tensor, orders: torch.Tensor, groups: Sequence[in
         fixed order: deterministic); backward = the gather :func:`space_time_scan` reading group ``groups[k]``.
     """
     ys, inv, gs = _check_merge(ys, orders, groups)
+    check_runnable(ys, orders, op="space_time_merge")
     return _MergeFn.apply(ys, orders, inv, gs)

@@ -10,10 +10,20 @@ import torch
 import torch.nn.functional as F
 
 import model
-from harness import assert_close
 from model import GLSMamba, get_config
 from model.backend import call_counts, reset_call_counts
 from model.blocks import GSMBlock, LRMBlock
+from tests.harness import assert_close
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # these tensors are tiny: on a loaded 2-core machine intra-op threads only add contention (measured 7x slower
+    # for the overfit runs with 2 threads), so run single-threaded and restore afterwards
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _frames(b, t, h, w, seed=0):
@@ -295,9 +305,10 @@ def _op_calls(backend: str) -> dict[str, int]:
     return {op: n for (op, b), n in call_counts().items() if b == backend}
 
 
-def test_backend_switch_changes_what_a_built_model_runs():
-    net = GLSMamba("tiny").eval()  # 2 GSM (6 directions, STMM) + 1 LRM
-    frames = _frames(1, 5, 16, 12)
+def test_backend_switch_changes_what_a_built_model_runs(device):
+    # 2 GSM (6 directions, STMM) + 1 LRM; narrow and small so the forwards under the interpreter stay short
+    net = GLSMamba("tiny", num_frames=3, dim=8).eval().to(device)
+    frames = _frames(1, 3, 8, 8).to(device)
     expected = {"ordered_selective_scan": 3, "deformable_aggregate": 4}
     try:
         for name in ("reference", "triton"):
@@ -331,28 +342,31 @@ def test_auto_backend_on_cpu_runs_reference():
         net.backend = "cuda"
 
 
-def test_whole_network_reference_vs_triton_outputs_and_all_grads():
-    from vhpe.commands.verify import perturb_for_check
+def test_whole_network_reference_vs_triton_outputs_and_all_grads(device):
+    from vhpe.commands.verify import exact_float32, perturb_for_check
 
     torch.manual_seed(0)
-    net = GLSMamba("tiny", num_frames=3).train()
+    # tiny's structure (STMM, windowed LRM with border windows) narrowed for the interpreter: 1 GSM + 1 LRM, D = 8,
+    # T = 3, 16 x 12 frames -> a 3 x 4 x 3 token grid, 3 x 2 windows
+    net = GLSMamba("tiny", num_frames=3, dim=8, num_gsm=1, num_lrm=1, window=(3, 2)).train()
     perturb_for_check(net, seed=0)  # non-zero offsets: exercise the deformable sampling off the integer grid
-    frames = _frames(2, 3, 24, 20)
+    net = net.to(device)
+    frames = _frames(2, 3, 16, 12).to(device)
     state = {k: v.clone() for k, v in net.state_dict().items()}
     results = {}
     for backend in ("reference", "triton"):
         net.load_state_dict(state)
         net.zero_grad(set_to_none=True)
         reset_call_counts()
-        with model.use_backend(backend):
+        with model.use_backend(backend), exact_float32():  # TF32 off on GPU: compare the kernels, not TF32
             out = net(frames)
-        assert _op_calls(backend)["ordered_selective_scan"] == 3
-        cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-        (out * cot).sum().backward()
+            assert _op_calls(backend) == {"ordered_selective_scan": 2, "deformable_aggregate": 2}
+            cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device)
+            (out * cot).sum().backward()
         results[backend] = (out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()})
     (ref_out, ref_g), (tri_out, tri_g) = results["reference"], results["triton"]
     assert_close("heatmaps", ref_out, tri_out)
-    assert ref_g.keys() == tri_g.keys() and len(ref_g) > 50
+    assert ref_g.keys() == tri_g.keys() and len(ref_g) > 40
     for name in ref_g:
         assert_close(f"grad {name}", ref_g[name], tri_g[name], kind="grad")
 
@@ -366,13 +380,13 @@ def _gaussian_target(j, h, w, seed=0):
     return torch.exp(-((yy - ys[:, None, None]) ** 2 + (xx - xs[:, None, None]) ** 2) / 2.0)[None]
 
 
-def _overfit(backend: str, frames_hw: tuple[int, int], steps: int, lr: float, **cfg) -> list[float]:
+def _overfit(backend: str, frames_hw: tuple[int, int], steps: int, lr: float, device=None, **cfg) -> list[float]:
     torch.manual_seed(0)
-    net = GLSMamba("tiny", **cfg).train()
+    net = GLSMamba("tiny", **cfg).train().to(device)
     h, w = frames_hw
     t = net.config.num_frames
-    frames = _frames(1, t, h, w)
-    target = _gaussian_target(net.config.num_joints, h // 4, w // 4)
+    frames = _frames(1, t, h, w).to(device)
+    target = _gaussian_target(net.config.num_joints, h // 4, w // 4).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     losses = []
     with model.use_backend(backend):
@@ -386,18 +400,21 @@ def _overfit(backend: str, frames_hw: tuple[int, int], steps: int, lr: float, **
 
 
 def test_tiny_overfits_one_clip_reference():
-    losses = _overfit("reference", (32, 24), steps=200, lr=3e-3)
+    losses = _overfit("reference", (16, 12), steps=60, lr=1e-2)
     assert min(losses[-5:]) <= losses[0] / 10, (losses[0], losses[-5:])
 
 
-def test_tiny_overfits_one_clip_triton_short():
-    # the interpreter runs every kernel program step by step on CPU: a 16 x 12 clip of 3 frames, 1 GSM block
-    losses = _overfit("triton", (16, 12), steps=60, lr=1e-2, num_frames=3, num_gsm=1, num_lrm=1)
+def test_tiny_overfits_one_clip_triton_short(device):
+    # the CPU interpreter costs seconds per scan call: 8 x 8 frames (a 3 x 2 x 2 token grid), D = 8, one GSM block
+    # with the unified pair only; the full structure trains in the slow test below
+    losses = _overfit("triton", (8, 8), steps=20, lr=2e-2, device=device, num_frames=3, dim=8, num_gsm=1, num_lrm=0,
+                      directions=2)
     assert min(losses[-5:]) <= losses[0] / 10, (losses[0], losses[-5:])
 
 
 @pytest.mark.slow
-def test_tiny_overfits_one_clip_triton_long():
-    # slow: the same run as the reference one (200 steps, 32 x 24, full tiny) under the CPU interpreter
-    losses = _overfit("triton", (32, 24), steps=200, lr=3e-3)
+def test_tiny_overfits_one_clip_triton_long(device):
+    # slow (~8 min on 2 shared CPU cores under the interpreter, ~12-15 s per step): tiny's full structure
+    # (T = 5, 2 GSM with STMM + 1 LRM) at D = 8 on a 16 x 12 clip, 30 steps
+    losses = _overfit("triton", (16, 12), steps=30, lr=1e-2, device=device, dim=8)
     assert min(losses[-5:]) <= losses[0] / 10, (losses[0], losses[-5:])

@@ -2,8 +2,9 @@
 
 Each video shows 1-2 figures with the 15 PoseTrack joints whose root, size and joint angles move smoothly
 (sums of slow sinusoids), drawn with thick colour-coded limbs (the person's left side warm, right side cool,
-torso filled, head a disc with a nose dot, a marker at every joint) on a static textured background, with
-optional moving striped occluders on top. Images are rendered at 2x and box-downsampled (anti-aliased).
+torso filled, head a disc with a nose dot, a marker of the joint's own colour at every joint) on a static
+textured background, with optional moving striped occluders on top. Images are rendered at 2x and
+box-downsampled (anti-aliased).
 
 Ground truth (one ``annotations/<split>/<video>.json`` per video, the PoseTrack18 per-video format):
 
@@ -34,6 +35,20 @@ from .formats import Frame, Person, Video, write_posetrack18
 from .skeleton import POSETRACK15, SLOTS_15, slots15_to_17
 
 _J = {n: i for i, n in enumerate(POSETRACK15.joints)}
+
+# marker colour of each joint (15-joint order): every joint has its own colour, the person's left side warm,
+# right side cool, so a joint is identifiable from its marker and its place in the figure
+JOINT_MARKER_COLORS: tuple[tuple[int, int, int], ...] = (
+    (200, 0, 0),  # nose
+    (0, 110, 0),  # head_bottom
+    (120, 0, 160),  # head_top
+    (255, 80, 80), (80, 80, 255),  # shoulders (left, right)
+    (255, 160, 0), (0, 160, 255),  # elbows
+    (255, 255, 0), (0, 255, 255),  # wrists
+    (255, 0, 170), (0, 200, 120),  # hips
+    (190, 110, 50), (50, 110, 190),  # knees
+    (255, 255, 255), (0, 0, 0),  # ankles
+)
 
 
 @dataclass(frozen=True)
@@ -224,13 +239,12 @@ def _draw_figure(draw, label, fig: _Figure, j: np.ndarray, extra: dict, ss: floa
     draw.ellipse([cx - hr * ss, cy - hr * ss, cx + hr * ss, cy + hr * ss], fill=fig.skin, outline=(40, 40, 40),
                  width=max(1, round(ss)))
     label.ellipse([hc[0] - hr, hc[1] - hr, hc[0] + hr, hc[1] + hr], fill=label_value)
-    colors = POSETRACK15.joint_colors()
-    colors[_J["nose"]], colors[_J["head_top"]], colors[_J["head_bottom"]] = (200, 0, 0), (120, 0, 160), (0, 110, 0)
+    colors = JOINT_MARKER_COLORS
     for k in range(15):
         r = (0.55 if k in (_J["nose"], _J["head_top"], _J["head_bottom"]) else 0.45) * lw * ss
         r = max(r, 1.6 * ss)
         cx, cy = s(j[k])
-        dark = tuple(int(v * 0.55) for v in colors[k])
+        dark = tuple(int(v * 0.55) for v in colors[k]) if any(colors[k]) else (128, 128, 128)
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colors[k], outline=dark, width=max(1, round(0.5 * ss)))
         r1 = max(r / ss, 1.0)
         label.ellipse([j[k, 0] - r1, j[k, 1] - r1, j[k, 0] + r1, j[k, 1] + r1], fill=label_value)

@@ -1,0 +1,500 @@
+"""Case builders: inputs for every benchmarked op / network at a given resolution (B, T, H, W, C, N).
+
+A :class:`Target` names one row family of the CSV (``op``, ``variant``) and the backends it can run with; its
+``build(shape, dtype, device, backend)`` returns a :class:`Case`: a zero-argument forward closure, the leaf
+tensors that receive gradients, and the traffic model (bytes moved, MUFU ops, FLOPs) per mode.
+
+Project ops come from the registry (``model.backend.get_impl``); an op whose module has not landed yet raises
+:class:`~bench.harness.Skip` with the import error, so the sweep skips it with a printed reason and picks it
+up once it is merged. Backends:
+
+  ``reference``  the pure-PyTorch implementation;
+  ``triton``     the Triton kernels (benched on CUDA only: on CPU they run under the interpreter);
+  ``compile``    ``torch.compile(reference)`` (fresh compile per shape; compile time in ``compile_ms``);
+  baselines      ``sdpa`` / ``sdpa_math`` (full attention), ``mambapy`` (parallel scan, if installed).
+
+Traffic model (kernel-notes section 5; s = bytes per element of the I/O dtype, G = B/C groups = 1 here):
+  selective scan fwd: Bsz*L*(3*C*s + 2*N*s) bytes (read u, delta; write out; read B, C), MUFU Bsz*C*L*(N + 2)
+  (N exps + the softplus exp and log per element); bwd: Bsz*L*(5*C*s + 4*N*s) (read u, delta, dout; write du,
+  ddelta; read B, C; write dB, dC) and the same MUFU count (exps recomputed). The K-direction scans count the
+  shared input once (the L2 keeps it across directions). These are lower bounds on traffic, so the roofline
+  share they give is an upper bound on how close a kernel is to the hardware limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bench.baselines import (
+    ATTENTION_IMPLS,
+    AttentionNet,
+    attention,
+    attention_bytes_materialised,
+    attention_heads,
+    mambapy_available,
+    mambapy_selective_scan,
+)
+from bench.harness import MODES, Skip
+
+REGISTRY_BACKENDS = ("reference", "triton", "compile")
+
+# STS6D groups: (unified, spatial, temporal, unified_rev, spatial_rev, temporal_rev) -> one group per scan type.
+STS6D_GROUPS = (0, 1, 2, 0, 1, 2)
+WINDOW = (8, 6)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One resolution point: batch B, clip T x H x W tokens, channels C, state size N."""
+
+    B: int
+    T: int
+    H: int
+    W: int
+    C: int
+    N: int
+
+    @property
+    def tokens(self) -> int:
+        return self.T * self.H * self.W
+
+    @property
+    def thw(self) -> tuple[int, int, int]:
+        return (self.T, self.H, self.W)
+
+    def label(self) -> str:
+        return f"B{self.B}-T{self.T}-H{self.H}-W{self.W}-C{self.C}-N{self.N}"
+
+
+Traffic = tuple[float | None, float | None, float | None]  # (bytes, mufu ops, flops)
+
+
+@dataclass
+class Case:
+    """A built benchmark case.
+
+    Attributes:
+        fn: runs the forward pass and returns its output (a tensor, or a tuple/dict whose first tensor is used
+            for the backward pass).
+        grad_inputs: leaf tensors that get gradients (reset to ``None`` between repetitions).
+        traffic: mode -> (bytes, MUFU ops, FLOPs) of the traffic model; missing modes / ``None`` = not modelled.
+        K: number of scan directions (for the CSV), if any.
+        autocast: dtype for ``torch.autocast`` around the forward (networks with low-precision compute).
+        modes: the modes this case supports.
+    """
+
+    fn: Callable[[], Any]
+    grad_inputs: list[torch.Tensor]
+    traffic: dict[str, Traffic] = field(default_factory=dict)
+    K: int | None = None
+    autocast: torch.dtype | None = None
+    modes: tuple[str, ...] = MODES
+
+    def context(self, device: torch.device):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One benchmarked thing: ``op`` / ``variant`` in the CSV, the backends it offers, how to build it.
+
+    ``exponent``: expected growth of time with tokens (1 linear, 2 quadratic), used to skip points predicted
+    to be too slow (see also :func:`estimate_bytes`). ``kind`` is ``"op"`` or ``"net"`` (networks use the
+    network batch and width).
+    """
+
+    op: str
+    variant: str
+    backends: tuple[str, ...]
+    build: Callable[[Shape, torch.dtype, torch.device, str], Case]
+    kind: str = "op"
+    exponent: float = 1.0
+
+    @property
+    def key(self) -> str:
+        return self.op if not self.variant else f"{self.op}[{self.variant}]"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _combine(fwd: Traffic, bwd: Traffic) -> dict[str, Traffic]:
+    def add(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a + b
+
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": (add(fwd[0], bwd[0]), add(fwd[1], bwd[1]), add(fwd[2], bwd[2]))}
+
+
+def registry_impl(op: str, backend: str, device: torch.device) -> Callable[..., Any]:
+    """The function running ``op`` on ``backend`` (``compile`` = a fresh ``torch.compile`` of the reference).
+
+    Raises:
+        Skip: the op's module has not landed, or the backend cannot be benched on ``device``.
+    """
+    from model import backend as registry
+
+    impl_backend = "reference" if backend == "compile" else backend
+    if backend == "triton":
+        if device.type != "cuda":
+            raise Skip("triton is benched on CUDA only (on CPU it runs under the interpreter, far too slow)")
+        reason = registry.triton_unavailable_reason(device)
+        if reason is not None:
+            raise Skip(f"triton cannot run: {reason}")
+    try:
+        fn = registry.get_impl(op, impl_backend)
+    except (ImportError, AttributeError) as e:
+        pkg = "kernels" if impl_backend == "triton" else "reference"
+        raise Skip(f"{pkg}.{registry.OPS[op]}.{op} is not importable yet ({type(e).__name__}: {e})") from None
+    return compile_fresh(fn) if backend == "compile" else fn
+
+
+def compile_fresh(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(fn)`` with a fresh dynamo cache (one compile per case; its time lands in compile_ms).
+
+    Compiled backward graphs donate their buffers (torch >= 2.6) and then refuse ``retain_graph=True``, which the
+    ``bwd`` mode needs to repeat a backward: buffer donation is turned off for the benchmark process.
+    """
+    try:
+        import torch._functorch.config as functorch_config
+
+        if hasattr(functorch_config, "donated_buffer"):
+            functorch_config.donated_buffer = False
+    except ImportError:  # pragma: no cover - older torch
+        pass
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False)
+
+
+def _randn(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(shape, device=device, dtype=torch.float32) * scale).to(dtype).requires_grad_()
+
+
+def _ssm_params(C: int, N: int, device: torch.device, K: int | None = None) -> dict[str, torch.Tensor]:
+    """Mamba-style parameters: S4D-real A = -(1..N), dt in [1e-3, 1e-1] through an inverse-softplus bias, D=1."""
+    lead = () if K is None else (K,)
+    A = -torch.arange(1, N + 1, dtype=torch.float32, device=device).expand(*lead, C, N).contiguous()
+    u = torch.rand(*lead, C, device=device)
+    dt = torch.exp(u * (math.log(1e-1) - math.log(1e-3)) + math.log(1e-3))
+    delta_bias = dt + torch.log(-torch.expm1(-dt))
+    D = torch.ones(*lead, C, device=device)
+    return {k: v.requires_grad_() for k, v in {"A": A, "D": D, "delta_bias": delta_bias}.items()}
+
+
+def _orders(shape: Shape, device: torch.device, kind: str) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor | None]:
+    """(orders (K, L), groups, reset (K, L) or None) for ``kind`` in {"sts6d", "wsts"}."""
+    try:
+        from reference import space_time
+    except ImportError as e:
+        raise Skip(f"reference.space_time is not importable yet ({e})") from None
+    if kind == "sts6d":
+        return space_time.scan_orders(shape.thw, space_time.STS6D, device=device), STS6D_GROUPS, None
+    fwd, rf = space_time.window_order(shape.thw, WINDOW, reverse=False, device=device)
+    bwd, rb = space_time.window_order(shape.thw, WINDOW, reverse=True, device=device)
+    return torch.stack([fwd, bwd]), (0, 0), torch.stack([rf, rb])
+
+
+def _elem(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Traffic models (module-level so tests can check them against hand-computed numbers)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def selective_scan_traffic(Bsz: int, C: int, L: int, N: int, s: int, softplus: bool = True) -> dict[str, Traffic]:
+    mufu = float(Bsz) * C * L * (N + (2 if softplus else 0))
+    fwd = (float(Bsz) * L * (3 * C * s + 2 * N * s), mufu, None)
+    bwd = (float(Bsz) * L * (5 * C * s + 4 * N * s), mufu, None)
+    return _combine(fwd, bwd)
+
+
+def ordered_scan_traffic(Bsz: int, C: int, L: int, N: int, K: int, G: int, s: int) -> dict[str, Traffic]:
+    idx = 8.0 * K * L
+    mufu = float(Bsz) * K * C * L * (N + 2)
+    fwd = (float(Bsz) * L * s * (C + K * C + 2 * K * N + G * C) + idx, mufu, None)
+    bwd = (float(Bsz) * L * s * (2 * C + 2 * K * C + 4 * K * N + G * C) + idx, mufu, None)
+    return _combine(fwd, bwd)
+
+
+def scan_traffic(Bsz: int, C: int, L: int, K: int, s: int) -> dict[str, Traffic]:
+    t = (float(Bsz) * L * C * s * (1 + K) + 8.0 * K * L, None, None)
+    return _combine(t, t)
+
+
+def merge_traffic(Bsz: int, C: int, L: int, K: int, G: int, s: int) -> dict[str, Traffic]:
+    t = (float(Bsz) * L * C * s * (K + G) + 8.0 * K * L, None, None)
+    return _combine(t, t)
+
+
+def deformable_traffic(Bsz: int, C: int, L: int, G: int, P: int, s: int) -> dict[str, Traffic]:
+    fwd = (float(Bsz) * L * s * (2 * C + 3 * G * P) + P * C * s, None, None)
+    bwd = (float(Bsz) * L * s * (3 * C + 6 * G * P) + 2 * P * C * s, None, None)
+    return _combine(fwd, bwd)
+
+
+def attention_flops(Bsz: int, L: int, C: int) -> dict[str, Traffic]:
+    f = 4.0 * Bsz * L * L * C  # QK^T and PV, 2 FLOPs per MAC
+    return _combine((None, None, f), (None, None, 2.5 * f))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Op builders
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_selective_scan(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
+    if backend == "mambapy":
+        reason = mambapy_available()
+        if reason:
+            raise Skip(reason)
+        fn = mambapy_selective_scan
+    else:
+        fn = registry_impl("selective_scan", backend, device)
+    Bsz, C, L, N = shape.B, shape.C, shape.tokens, shape.N
+    u = _randn((Bsz, C, L), dtype, device)
+    delta = _randn((Bsz, C, L), dtype, device, 0.5)
+    Bm = _randn((Bsz, N, L), dtype, device)
+    Cm = _randn((Bsz, N, L), dtype, device)
+    p = _ssm_params(C, N, device)
+
+    def run():
+        return fn(u, delta, p["A"], Bm, Cm, D=p["D"], delta_bias=p["delta_bias"], delta_softplus=True)
+
+    return Case(run, [u, delta, Bm, Cm, *p.values()], selective_scan_traffic(Bsz, C, L, N, _elem(dtype)))
+
+
+def build_selective_scan_channel_last(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
+    fn = registry_impl("selective_scan_channel_last", backend, device)
+    Bsz, C, L, N = shape.B, shape.C, shape.tokens, shape.N
+    u = _randn((Bsz, L, C), dtype, device)
+    delta = _randn((Bsz, L, C), dtype, device, 0.5)
+    Bm = _randn((Bsz, L, N), dtype, device)
+    Cm = _randn((Bsz, L, N), dtype, device)
+    p = _ssm_params(C, N, device)
+
+    def run():
+        return fn(u, delta, p["A"], Bm, Cm, D=p["D"], delta_bias=p["delta_bias"], delta_softplus=True)
+
+    return Case(run, [u, delta, Bm, Cm, *p.values()], selective_scan_traffic(Bsz, C, L, N, _elem(dtype)))
+
+
+def build_space_time_scan(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
+    fn = registry_impl("space_time_scan", backend, device)
+    orders, _, _ = _orders(shape, device, "sts6d")
+    x = _randn((shape.B, shape.tokens, shape.C), dtype, device)
+    K = orders.shape[0]
+    return Case(lambda: fn(x, orders), [x], scan_traffic(shape.B, shape.C, shape.tokens, K, _elem(dtype)), K=K)
+
+
+def build_space_time_merge(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
+    fn = registry_impl("space_time_merge", backend, device)
+    orders, groups, _ = _orders(shape, device, "sts6d")
+    K, G = orders.shape[0], max(groups) + 1
+    ys = _randn((shape.B, K, shape.tokens, shape.C), dtype, device)
+    traffic = merge_traffic(shape.B, shape.C, shape.tokens, K, G, _elem(dtype))
+    return Case(lambda: fn(ys, orders, groups), [ys], traffic, K=K)
+
+
+def _build_ordered(kind: str):
+    def build(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
+        fn = registry_impl("ordered_selective_scan", backend, device)
+        orders, groups, reset = _orders(shape, device, kind)
+        K, G = orders.shape[0], max(groups) + 1
+        Bsz, L, C, N = shape.B, shape.tokens, shape.C, shape.N
+        x = _randn((Bsz, L, C), dtype, device)
+        delta = _randn((Bsz, K, L, C), dtype, device, 0.5)
+        Bm = _randn((Bsz, K, L, N), dtype, device)
+        Cm = _randn((Bsz, K, L, N), dtype, device)
+        p = _ssm_params(C, N, device, K=K)
+
+        def run():
+            return fn(
+                x, delta, p["A"], Bm, Cm, p["D"], orders, groups,
+                reset=reset, delta_bias=p["delta_bias"], delta_softplus=True,
+            )  # fmt: skip
+
+        traffic = ordered_scan_traffic(Bsz, C, L, N, K, G, _elem(dtype))
+        return Case(run, [x, delta, Bm, Cm, *p.values()], traffic, K=K)
+
+    return build
+
+
+def build_deformable_aggregate(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
+    fn = registry_impl("deformable_aggregate", backend, device)
+    try:
+        from reference.deformable import SPATIAL_TAPS
+    except ImportError as e:
+        raise Skip(f"reference.deformable.SPATIAL_TAPS is not importable yet ({e})") from None
+    taps = torch.as_tensor(SPATIAL_TAPS, dtype=torch.long, device=device)
+    P = taps.shape[0]
+    Bsz, L, C = shape.B, shape.tokens, shape.C
+    G = 4 if C % 4 == 0 else 1
+    x = _randn((Bsz, L, C), dtype, device)
+    offsets = _randn((Bsz, L, G, P, 2), dtype, device, 2.0)
+    mask = torch.rand((Bsz, L, G, P), device=device).to(dtype).requires_grad_()
+    weight = _randn((P, C), dtype, device, 1.0 / P)
+    traffic = deformable_traffic(Bsz, C, L, G, P, _elem(dtype))
+    return Case(lambda: fn(x, offsets, mask, weight, taps, shape.thw), [x, offsets, mask, weight], traffic)
+
+
+def build_attention(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
+    if backend not in ATTENTION_IMPLS:
+        raise Skip(f"attention runs with {ATTENTION_IMPLS}, not {backend!r}")
+    heads = attention_heads(shape.C)
+    q, k, v = (_randn((shape.B, heads, shape.tokens, shape.C // heads), dtype, device) for _ in range(3))
+    return Case(lambda: attention(q, k, v, impl=backend), [q, k, v], attention_flops(shape.B, shape.tokens, shape.C))
+
+
+def est_attention_bytes(shape: Shape, dtype: torch.dtype, mode: str, backend: str, depth: int = 1) -> float | None:
+    if backend != "sdpa_math":
+        return None
+    per = attention_bytes_materialised(shape.B, attention_heads(shape.C), shape.tokens, _elem(dtype), mode)
+    return per * (depth if mode != "fwd" else 1)
+
+
+def est_mambapy_bytes(shape: Shape, dtype: torch.dtype, mode: str) -> float:
+    # (Bsz, L, D, N) fp32 tensors: dA, BX, hs, padded copies; about twice as many kept for backward.
+    one = 4.0 * shape.B * shape.tokens * shape.C * shape.N
+    return one * (6 if mode == "fwd" else 12)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Networks. The GLSMamba piece imports lazily and is deliberately small: adapt the names here if model/ differs.
+# --------------------------------------------------------------------------------------------------------------
+
+MODEL_PRESET_CUDA = "base"
+MODEL_PRESET_CPU = "tiny"
+_WIDTH_FIELDS = ("dim", "d_model", "embed_dim", "width", "hidden_dim")
+_FRAMES_FIELDS = ("num_frames", "frames", "clip_len", "T")
+_STATE_FIELDS = ("d_state", "state_dim", "N")
+
+
+def _load_model_api() -> tuple[Any, Callable[[str], Any]]:
+    """(the network class ``model.GLSMamba``, preset name -> config): ``model.get_config`` or ``from_name``."""
+    try:
+        mod = importlib.import_module("model")
+        net = mod.GLSMamba
+        get_config = (
+            getattr(mod, "get_config", None) or importlib.import_module("model.config").GLSMambaConfig.from_name
+        )
+    except (ImportError, AttributeError) as e:
+        raise Skip(f"the network is not importable yet (model.GLSMamba, model.get_config: {e})") from None
+    return net, get_config
+
+
+def _first_field(cfg: Any, names: tuple[str, ...]) -> str | None:
+    names_present = {f.name for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else set()
+    return next((n for n in names if n in names_present), None)
+
+
+@functools.cache
+def model_dims(preset: str) -> tuple[int | None, int | None]:
+    """(width, d_state) of a GLSMamba preset, or (None, None) when the network is not importable."""
+    try:
+        _, get_config = _load_model_api()
+        cfg = get_config(preset)
+    except Exception:
+        return None, None
+    wf, sf = _first_field(cfg, _WIDTH_FIELDS), _first_field(cfg, _STATE_FIELDS)
+    return (getattr(cfg, wf) if wf else None), (getattr(cfg, sf) if sf else None)
+
+
+def _images(shape: Shape, device: torch.device) -> torch.Tensor:
+    # The networks see (Bsz, T, 3, 4H, 4W) images: their 1/4-resolution features are the H x W token grid.
+    return torch.randn(shape.B, shape.T, 3, 4 * shape.H, 4 * shape.W, device=device)
+
+
+def _net_case(net: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Case:
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        x.requires_grad_()
+    return Case(lambda: net(x), params or [x], autocast=None if dtype == torch.float32 else dtype)
+
+
+def build_glsmamba(preset: str):
+    def build(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
+        GLSMamba, get_config = _load_model_api()
+        from model.backend import use_backend
+
+        if backend == "triton" and device.type != "cuda":
+            raise Skip("triton is benched on CUDA only (on CPU it runs under the interpreter, far too slow)")
+        impl_backend = "reference" if backend == "compile" else backend
+        cfg = get_config(preset)
+        updates: dict[str, Any] = {}
+        if _first_field(cfg, ("backend",)):
+            updates["backend"] = impl_backend
+        if _first_field(cfg, ("image_size",)):
+            updates["image_size"] = (4 * shape.H, 4 * shape.W)
+        frames = _first_field(cfg, _FRAMES_FIELDS)
+        if frames:
+            updates[frames] = shape.T
+        cfg = dataclasses.replace(cfg, **updates)
+        net = GLSMamba(cfg).to(device).eval()
+        fwd = net
+        if backend == "compile":
+            fwd = compile_fresh(net)
+        x = _images(shape, device)
+
+        def run():
+            with use_backend(impl_backend):
+                return fwd(x)
+
+        case = _net_case(net, x, dtype)
+        case.fn = run
+        return case
+
+    return build
+
+
+def build_attention_net(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
+    if backend not in ATTENTION_IMPLS:
+        raise Skip(f"attention_net runs with {ATTENTION_IMPLS}, not {backend!r}")
+    net = AttentionNet(shape.C, depth=6, impl=backend).to(device).eval()
+    return _net_case(net, _images(shape, device), dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The target table
+# --------------------------------------------------------------------------------------------------------------
+
+
+def targets(model_preset: str) -> list[Target]:
+    """Every benchmark target, in the order the sweep runs them at each resolution."""
+    rb = REGISTRY_BACKENDS
+    return [
+        Target("selective_scan", "", (*rb, "mambapy"), build_selective_scan),
+        Target("selective_scan_channel_last", "", rb, build_selective_scan_channel_last),
+        Target("ordered_selective_scan", "sts6d", rb, _build_ordered("sts6d")),
+        Target("ordered_selective_scan", "wsts", rb, _build_ordered("wsts")),
+        Target("space_time_scan", "sts6d", rb, build_space_time_scan),
+        Target("space_time_merge", "sts6d", rb, build_space_time_merge),
+        Target("deformable_aggregate", "spatial", rb, build_deformable_aggregate),
+        Target("attention", "", ATTENTION_IMPLS, build_attention, exponent=2.0),
+        Target("glsmamba", model_preset, rb, build_glsmamba(model_preset), kind="net"),
+        Target("attention_net", "depth6", ATTENTION_IMPLS, build_attention_net, kind="net", exponent=2.0),
+    ]  # fmt: skip
+
+
+def estimate_bytes(target: Target, shape: Shape, dtype: torch.dtype, mode: str, backend: str) -> float | None:
+    """Rough peak bytes of one measurement where a model exists (materialised attention, mambapy), else None."""
+    if target.op == "attention":
+        return est_attention_bytes(shape, dtype, mode, backend)
+    if target.op == "attention_net":
+        return est_attention_bytes(shape, dtype, mode, backend, depth=6)
+    if target.op == "selective_scan" and backend == "mambapy":
+        return est_mambapy_bytes(shape, dtype, mode)
+    return None

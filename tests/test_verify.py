@@ -1,0 +1,98 @@
+"""``glsmamba verify``: its tolerance table, its comparison, its exit codes, and the interpreter set-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import model.backend as registry
+from tests import harness
+from vhpe.cli import main
+from vhpe.commands import verify
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tolerance_table_is_the_harness_table():
+    assert {name: (t.atol, t.rtol) for name, t in ((str(k).removeprefix("torch."), v)
+                                                   for k, v in harness.FWD.items())} == verify.FWD_TOL
+    assert verify.GRAD_FACTOR == harness.GRAD_FACTOR
+
+
+def test_compare_uses_the_harness_criterion():
+    ref = torch.tensor([1.0, -2.0, 0.0])
+    atol, rtol = verify.FWD_TOL["float32"]
+    inside = ref + torch.tensor([0.9 * (atol + rtol * 1.0), 0.0, 0.9 * atol])
+    outside = ref + torch.tensor([0.0, 0.0, 1.1 * atol])
+    assert verify.compare(ref, inside, "float32", "fwd")["passed"]
+    bad = verify.compare(ref, outside, "float32", "fwd")
+    assert not bad["passed"] and bad["max_abs"] == pytest.approx(1.1 * atol)
+    assert verify.compare(ref, outside, "float32", "grad")["passed"]  # grads get x5
+    assert not verify.compare(ref, torch.tensor([1.0, float("nan"), 0.0]), "float32", "fwd")["passed"]
+    assert not verify.compare(ref, ref[:2], "float32", "fwd")["passed"]
+    assert verify.compare(None, None, "float32", "grad")["passed"]
+    assert not verify.compare(ref, None, "float32", "grad")["passed"]
+
+
+def test_verify_quick_passes_and_covers_every_op(capsys):
+    assert main(["verify", "--quick", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["passed"] and info["level"] == "quick"
+    ops = {r["op"] for r in info["rows"]}
+    assert ops == set(registry.OPS) | {"GLSMamba (whole network)"}
+    assert all(r["passed"] and r["backend"] == "triton" for r in info["rows"])
+    assert {"fwd", "bwd"} <= {r["check"].split()[0] for r in info["rows"]}
+
+
+def _broken_impl(real_get_impl, broken_op: str, mode: str):
+    def get_impl(op, backend):
+        fn = real_get_impl(op, backend)
+        if op != broken_op or backend != "triton":
+            return fn
+
+        def wrong(*args, **kwargs):
+            if mode == "raise":
+                raise RuntimeError("kernel exploded")
+            return fn(*args, **kwargs) * 1.01
+        return wrong
+    return get_impl
+
+
+@pytest.mark.parametrize("mode", ["wrong", "raise"])
+def test_verify_fails_on_a_wrong_kernel(monkeypatch, capsys, mode):
+    monkeypatch.setattr(registry, "get_impl", _broken_impl(registry.get_impl, "space_time_scan", mode))
+    assert main(["verify", "--ops", "space_time_scan", "--no-model"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "space_time_scan" in out and "FAILED" in out
+    if mode == "raise":
+        assert "kernel exploded" in out
+
+
+def test_verify_sets_the_interpreter_itself():
+    # a fresh process without TRITON_INTERPRET: verify must enable the interpreter before triton is imported
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GLSMAMBA_BACKEND")}
+    env["PYTHONPATH"] = str(ROOT)
+    if torch.cuda.is_available():
+        pytest.skip("with CUDA the compiled kernels run; the interpreter set-up is for CPU-only machines")
+    proc = subprocess.run([sys.executable, "-m", "vhpe.cli", "verify", "--ops", "space_time_merge", "--no-model",
+                           "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["passed"] and info["device"].startswith("cpu") and len(info["rows"]) == 2
+
+
+def test_prepare_environment_refuses_after_triton_import(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("only meaningful without CUDA")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    import triton  # noqa: F401  (already imported by conftest)
+
+    assert "TRITON_INTERPRET=1" in verify.prepare_environment()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert verify.prepare_environment() is None
