@@ -19,6 +19,15 @@ ARGS = ["--preset", "tiny", "--set", "num_frames=3", "--input-size", "32x24", "-
         "--flip-prob", "0", "--threads", "1", "--epochs", "1", "--max-steps", "3", "--seed", "1"]
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # the commands run here with --threads 1 (tiny tensors: on a shared 2-core machine intra-op threads only add
+    # contention) and that setting is process-wide: restore it for the tests that follow
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def _losses(run: Path) -> list[float]:
     with open(run / "steps.csv", newline="") as f:
         return [float(r["loss"]) for r in csv.DictReader(f)]

@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+import torch
 
 from vhpe.cli import main
 from vhpe.dataset import clip_indices
@@ -20,6 +21,15 @@ from vhpe.video import VideoError, VideoReader, check_fps, video_info, write_vid
 
 FPS = Fraction(25, 2)  # a non-integer rate: the demo must keep it, not round it or assume 25
 N_FRAMES = 7
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # the commands run here with --threads 1 (tiny tensors: on a shared 2-core machine intra-op threads only add
+    # contention) and that setting is process-wide: restore it for the tests that follow
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,15 @@ def data(tmp_path_factory):
     return root
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # the commands run here with --threads 1 (tiny tensors: on a shared 2-core machine intra-op threads only add
+    # contention) and that setting is process-wide: restore it for the tests that follow
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def _rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

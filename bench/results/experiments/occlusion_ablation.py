@@ -54,7 +54,7 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--input-size", default="64x48")
-    p.add_argument("--sigma", type=float, default=1.5)
+    p.add_argument("--sigma", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
@@ -69,7 +69,8 @@ def main() -> int:
                  str(args.seed)]).wait()
     common = ["--data", str(data), "--preset", "tiny", "--input-size", args.input_size, "--sigma", str(args.sigma),
               "--epochs", str(args.epochs), "--lr", str(args.lr), "--lr-steps", str(args.epochs - 1),
-              "--batch-size", str(args.batch_size), "--flip-prob", "0", "--threads", "1", "--seed", str(args.seed),
+              "--batch-size", str(args.batch_size), "--flip-prob", "0", "--rot-factor", "0", "--scale-factor", "0.25",
+              "--threads", "1", "--seed", str(args.seed),
               "--log-every", "50"]
     commands, timing = {}, {}
     queue = list(args.variants)
