@@ -89,6 +89,24 @@ def test_parse_overrides_types_and_errors():
         parse_overrides(["num_frames"])
 
 
+def test_progress_line_without_a_terminal():
+    import io
+
+    from vhpe.train import Progress
+
+    buf = io.StringIO()
+    p = Progress(5, "epoch 1/2", every=2, stream=buf)
+    for n in range(1, 6):
+        p.update(n, 4 * n, loss=0.25, lr=1e-3)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 3  # steps 2, 4 and the last
+    assert lines[0].startswith("epoch 1/2 [2/5] loss 0.25 lr 0.001 ") and " clips/s elapsed " in lines[0]
+    assert lines[-1].startswith("epoch 1/2 [5/5]") and "eta 0m00s" in lines[-1]
+    buf = io.StringIO()
+    Progress(0, "demo", every=1, stream=buf, unit="frames").update(3, 3)
+    assert buf.getvalue().startswith("demo [3] ") and "frames/s" in buf.getvalue() and "eta" not in buf.getvalue()
+
+
 def test_train_config_rejects_bad_values():
     with pytest.raises(ValueError, match="amp must be"):
         TrainConfig(data="d", out="o", amp="fp8")

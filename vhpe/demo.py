@@ -145,7 +145,7 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
         jobs: list[tuple[int, np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]] = []
         results: dict[int, list[dict[str, Any]]] = {}
         next_write = 0
-        prog = Progress(reader.num_frames or 0, "demo", every=25, enabled=progress)
+        prog = Progress(reader.num_frames or 0, "demo", every=25, enabled=progress, unit="frames")
 
         def people(t: int, shape: tuple[int, ...]) -> list[tuple[np.ndarray, float]]:
             if box_map is None:

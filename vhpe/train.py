@@ -367,10 +367,12 @@ def _all_mean(value: float, info: DistInfo, device: torch.device) -> float:
 
 # ------------------------------------------------------------------------------------------------ logging
 class Progress:
-    """A one-line progress display (``\\r``-updated on a terminal, a line every ``every`` steps otherwise)."""
+    """A one-line progress display (``\\r``-updated on a terminal, a line every ``every`` steps otherwise): step,
+    named values (loss, lr), throughput in ``unit``/s, elapsed time and ETA (when ``total`` > 0)."""
 
-    def __init__(self, total: int, desc: str, every: int = 10, stream=None, enabled: bool = True):
-        self.total, self.desc, self.every = total, desc, max(1, every)
+    def __init__(self, total: int, desc: str, every: int = 10, stream=None, enabled: bool = True,
+                 unit: str = "clips"):
+        self.total, self.desc, self.every, self.unit = total, desc, max(1, every), unit
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.enabled = enabled
@@ -383,10 +385,14 @@ class Progress:
             return
         el = time.perf_counter() - self.start
         rate = items / el if el > 0 else 0.0
-        eta = (self.total - n) * el / max(n, 1)
         extra = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
-        line = (f"{self.desc} [{n:>{len(str(self.total))}}/{self.total}] {extra} {rate:.2f} clips/s "
-                f"elapsed {_fmt_time(el)} eta {_fmt_time(eta)}")
+        if self.total > 0:
+            eta = max(self.total - n, 0) * el / max(n, 1)
+            where = f"[{n:>{len(str(self.total))}}/{self.total}]"
+            tail = f"elapsed {_fmt_time(el)} eta {_fmt_time(eta)}"
+        else:  # unknown length
+            where, tail = f"[{n}]", f"elapsed {_fmt_time(el)}"
+        line = f"{self.desc} {where} {extra} {rate:.2f} {self.unit}/s {tail}".replace("  ", " ")
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")
             if n == self.total:
