@@ -193,3 +193,81 @@ def test_training_step_same_loss_on_reference_and_triton():
     assert grads["reference"].keys() == grads["triton"].keys() and len(grads["reference"]) > 50
     for n, g in grads["reference"].items():
         assert_close(f"grad {n}", g, grads["triton"][n], torch.float32, kind="grad")
+
+
+def test_eval_checkpoint_mode_records_boxes_and_flip(data, tmp_path, capsys):
+    import model
+    from vhpe.formats import read_videos
+
+    ckpt = tmp_path / "tiny.pth"
+    torch.manual_seed(0)
+    model.save(model.GLSMamba("tiny", num_frames=3, image_size=(32, 24)), ckpt)
+    (video,) = read_videos(data / "annotations" / "val")
+    dets = [{"image_id": f.id, "category_id": 1, "bbox": list(map(float, p.bbox)), "score": 0.9}
+            for f in video.frames[:3] for p in f.people]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    out = tmp_path / "ev"
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--boxes", str(tmp_path / "dets.json"),
+                 "--flip", "--out", str(out), "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert f"boxes {tmp_path / 'dets.json'}, flip on" in text and "Total" in text
+    res = json.loads((out / "results.json").read_text())
+    assert res["boxes"] == str(tmp_path / "dets.json") and res["flip"] is True and res["clips"] == len(dets)
+    assert res["occluded"] is None  # no GT person per detection box
+    assert 0.0 <= res["metrics"]["Total"] <= 100.0
+    (pred,) = read_videos(out / "predictions")
+    assert len(pred.frames) == len(video.frames)  # every GT frame listed, as poseval requires
+    assert sum(len(f.people) for f in pred.frames) == len(dets)
+    # GT boxes, default output folder next to the checkpoint, JSON output
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--threads", "1", "--format", "json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["boxes"] == "gt" and res["flip"] is False and (tmp_path / "eval-val-gt" / "results.json").is_file()
+    assert set(res["occluded"]) == {"occluded", "visible", "all"}
+    assert res["occluded"]["all"]["joints"] == res["occluded"]["occluded"]["joints"] + res["occluded"]["visible"][
+        "joints"]
+
+
+def test_eval_mode_errors(data, tmp_path, capsys):
+    assert main(["eval", "--checkpoint", "x.pth"]) == 2
+    assert "--checkpoint needs --data" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", "x.pth", "--metric", "posetrack", "--data", str(data)]) == 2
+    assert "either --checkpoint" in capsys.readouterr().err
+    assert main(["eval", "--gt", "a"]) == 2
+    assert "required: --metric, --pred" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(data)]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_occlusion_metrics_hand_computed():
+    """Two GT people, head size 6 (threshold 3 px). Person 0: joint 0 occluded and predicted 1 px off (correct,
+    score 0.9); person 1: joint 0 occluded and 5 px off (wrong, score 0.8), everything else exact."""
+    from types import SimpleNamespace
+
+    from vhpe.formats import Person
+    from vhpe.infer import Predictions, occlusion_metrics
+    from vhpe.skeleton import slots15_to_17
+
+    head = np.array([0.0, 0.0, 6 / 0.6 / np.sqrt(2), 6 / 0.6 / np.sqrt(2)])  # 0.6 x diagonal = 6
+    samples, kps = [], []
+    for i, off in enumerate((1.0, 5.0)):
+        gt = np.stack([np.arange(15) * 10.0 + 5, np.full(15, 20.0 + i), np.ones(15)], axis=1)
+        occ = np.zeros((15, 1))
+        occ[0] = 1
+        p = Person(keypoints=slots15_to_17(gt), bbox_head=head,
+                   extra={"occluded": [int(v) for v in slots15_to_17(occ)[:, 0]]})
+        samples.append(SimpleNamespace(person=p))
+        kp = gt[:, :2].copy()
+        kp[0, 0] += off
+        kps.append(kp)
+    scores = np.full((2, 15), 0.5)
+    scores[:, 0] = [0.9, 0.8]
+    preds = Predictions(np.array([1, 2]), np.stack(kps), scores, np.array([0, 0]), np.array([1.0, 1.0]))
+    m = occlusion_metrics(SimpleNamespace(samples=samples), preds)
+    # occluded: ranking [correct 0.9, wrong 0.8] -> recall (0.5, 0.5), precision (1, 0.5) -> VOC AP 50
+    assert m["occluded"] == {"AP": 50.0, "PCKh": 50.0, "joints": 2, "AP_nose": 50.0}
+    assert m["visible"]["AP"] == 100.0 and m["visible"]["PCKh"] == 100.0 and m["visible"]["joints"] == 28
+    assert m["all"]["joints"] == 30 and m["all"]["AP_nose"] == 50.0
+    assert m["all"]["AP"] == pytest.approx((50.0 + 14 * 100.0) / 15)
+    no_flags = SimpleNamespace(samples=[SimpleNamespace(person=Person(keypoints=s.person.keypoints,
+                                                                      bbox_head=head)) for s in samples])
+    assert occlusion_metrics(no_flags, preds) is None

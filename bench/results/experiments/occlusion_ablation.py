@@ -11,10 +11,11 @@ to the joints the synthetic ground truth marks as occluded (``glsmamba eval`` pr
 
 Usage (CPU; ``--parallel 2`` runs two trainings at a time, one thread each)::
 
-    python bench/results/experiments/occlusion_ablation.py --work /tmp/occl --epochs 8
+    python bench/results/experiments/occlusion_ablation.py --work /tmp/occl --epochs 8 --seeds 0 1
 
-Writes ``occlusion_ablation.csv``, ``occlusion_ablation.png`` and ``runs/<variant>/{metrics.csv,loss.png,
-results.json}`` next to this file; the markdown report is written by hand from them.
+Writes ``occlusion_ablation.csv`` (one row per variant and seed), ``occlusion_ablation.png`` and
+``runs/<variant>-s<seed>/{metrics.csv,loss.png,config.json,results.json}`` next to this file; the markdown report
+(``occlusion_ablation.md``) is written by hand from them.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--input-size", default="64x48")
     p.add_argument("--sigma", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one run per variant each)")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
     args = p.parse_args()
@@ -66,51 +68,61 @@ def main() -> int:
     if not (data / "annotations").exists():
         sh(py + ["synth", str(data), "--videos", str(args.videos), "--val", str(args.val), "--frames",
                  str(args.frames), "--width", "128", "--height", "96", "--occluder-prob", "1.0", "--seed",
-                 str(args.seed)]).wait()
+                 str(args.data_seed)]).wait()
     common = ["--data", str(data), "--preset", "tiny", "--input-size", args.input_size, "--sigma", str(args.sigma),
               "--epochs", str(args.epochs), "--lr", str(args.lr), "--lr-steps", str(args.epochs - 1),
               "--batch-size", str(args.batch_size), "--flip-prob", "0", "--rot-factor", "0", "--scale-factor", "0.25",
-              "--threads", "1", "--seed", str(args.seed),
-              "--log-every", "50"]
+              "--threads", "1", "--log-every", "50"]
+    jobs = [(v, s) for s in args.seeds for v in args.variants]
     commands, timing = {}, {}
-    queue = list(args.variants)
-    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    queue = list(jobs)
+    running: dict[tuple[str, int], tuple[subprocess.Popen, float]] = {}
     while queue or running:
         while queue and len(running) < args.parallel:
-            v = queue.pop(0)
-            run = work / v
-            cmd = py + ["train", "--out", str(run), *common, *VARIANTS[v]]
-            commands[v] = cmd
+            v, seed = queue.pop(0)
+            run = work / f"{v}-s{seed}"
+            cmd = py + ["train", "--out", str(run), *common, "--seed", str(seed), *VARIANTS[v]]
+            commands[v, seed] = cmd
+            if (run / "final.pth").is_file():  # already trained (rerun of the script)
+                cfg = json.loads((run / "config.json").read_text())
+                if cfg["train"]["seed"] != seed or cfg["train"]["epochs"] != args.epochs:
+                    print(f"{run} holds a different run; remove it", file=sys.stderr)
+                    return 1
+                continue
             run.mkdir(parents=True, exist_ok=True)
-            running[v] = (sh(cmd, work / f"{v}.log"), time.time())
+            running[v, seed] = (sh(cmd, work / f"{v}-s{seed}.log"), time.time())
         time.sleep(5)
-        for v, (proc, t0) in list(running.items()):
+        for key, (proc, t0) in list(running.items()):
             if proc.poll() is not None:
                 if proc.returncode != 0:
-                    print(f"{v} failed, see {work / f'{v}.log'}", file=sys.stderr)
+                    print(f"{key} failed, see {work / f'{key[0]}-s{key[1]}.log'}", file=sys.stderr)
                     return 1
-                timing[v] = time.time() - t0
-                del running[v]
+                timing[key] = time.time() - t0
+                del running[key]
     rows = []
-    for v in args.variants:
-        run = work / v
+    for v, seed in jobs:
+        run = work / f"{v}-s{seed}"
         out = run / "eval"
-        ev = py + ["eval", "--checkpoint", str(run / "final.pth"), "--data", str(data), "--out", str(out),
-                   "--threads", "2", "--format", "json"]
-        if sh(ev).wait() != 0:
-            return 1
+        if not (out / "results.json").is_file():
+            ev = py + ["eval", "--checkpoint", str(run / "final.pth"), "--data", str(data), "--out", str(out),
+                       "--threads", "2", "--format", "json"]
+            if sh(ev).wait() != 0:
+                return 1
         res = json.loads((out / "results.json").read_text())
         occ = res["occluded"]
+        with open(run / "metrics.csv", newline="") as f:
+            epochs = list(csv.DictReader(f))
+        train_s = sum(float(r["time_s"]) for r in epochs)
         rows.append({
-            "variant": v, "flags": " ".join(VARIANTS[v]) or "-", "num_frames": res["num_frames"],
+            "variant": v, "seed": seed, "flags": " ".join(VARIANTS[v]) or "-", "num_frames": res["num_frames"],
             "map_total": round(res["metrics"]["Total"], 2),
             "ap_occluded": round(occ["occluded"]["AP"], 2), "pckh_occluded": round(occ["occluded"]["PCKh"], 2),
             "ap_visible": round(occ["visible"]["AP"], 2), "pckh_visible": round(occ["visible"]["PCKh"], 2),
             "occluded_joints": occ["occluded"]["joints"], "visible_joints": occ["visible"]["joints"],
-            "train_s": round(timing.get(v, float("nan")), 1),
-            "command": " ".join(["glsmamba"] + commands.get(v, [])[3:]) if v in commands else "",
+            "train_s": round(train_s, 1), "final_loss": epochs[-1]["train_loss"],
+            "command": "glsmamba " + " ".join(commands[v, seed][3:]),
         })
-        dst = HERE / "runs" / v
+        dst = HERE / "runs" / f"{v}-s{seed}"
         dst.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.csv", "loss.png", "config.json"):
             shutil.copy(run / name, dst / name)
@@ -119,31 +131,36 @@ def main() -> int:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    plot(rows, HERE / "occlusion_ablation.png")
+    plot(rows, args.variants, HERE / "occlusion_ablation.png")
     print(json.dumps({"rows": rows, "total_wall_s": round(time.time() - t_start, 1)}, indent=1))
     return 0
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], variants: list[str], path: Path) -> None:
+    """Bars: the mean over seeds; dots: the individual seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = [r["variant"] for r in rows]
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(variants))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for k, (key, label) in enumerate((("map_total", "PoseTrack mAP (all joints)"),
-                                      ("ap_occluded", "AP on occluded joints"),
-                                      ("ap_visible", "AP on visible joints"))):
-        vals = [r[key] for r in rows]
-        bars = ax.bar(x + (k - 1) * 0.27, vals, 0.27, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(x, names)
+                                      ("ap_occluded", "AP, occluded joints"),
+                                      ("ap_visible", "AP, visible joints"))):
+        per = [[r[key] for r in rows if r["variant"] == v] for v in variants]
+        pos = x + (k - 1) * 0.27
+        bars = ax.bar(pos, [np.mean(p) for p in per], 0.27, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        for xi, p in zip(pos, per, strict=True):
+            ax.plot([xi] * len(p), p, "k.", ms=3)
+    ax.set_xticks(x, variants)
     ax.set_ylabel("AP (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("tiny on synthetic occlusion data (val, GT boxes)")
+    ax.set_ylim(0, 105)
+    n_seeds = len({r["seed"] for r in rows})
+    ax.set_title(f"tiny on synthetic occlusion data (val, GT boxes; mean of {n_seeds} seed(s), dots = seeds)",
+                 fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
