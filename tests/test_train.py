@@ -271,3 +271,30 @@ def test_occlusion_metrics_hand_computed():
     no_flags = SimpleNamespace(samples=[SimpleNamespace(person=Person(keypoints=s.person.keypoints,
                                                                       bbox_head=head)) for s in samples])
     assert occlusion_metrics(no_flags, preds) is None
+
+
+def test_dataset_input_size_scales_crops_and_targets(data):
+    """input_size (W, H) = (24, 32): crops (T, 3, 32, 24), targets (15, 8, 6) at stride 4, decoded targets land
+    within half a heatmap pixel (per axis) of the GT, as at the default 192 x 256."""
+    from vhpe.codec import keypoints_from_heatmaps
+    from vhpe.dataset import PoseTrackClipDataset
+
+    ds = PoseTrackClipDataset(data, split="val", num_frames=3, input_size=(24, 32))
+    default = PoseTrackClipDataset(data, split="val", num_frames=3)
+    item, ref = ds[1], default[1]
+    assert item["frames"].shape == (3, 3, 32, 24) and item["target"].shape == (15, 8, 6)
+    assert ref["frames"].shape == (3, 3, 256, 192) and ref["target"].shape == (15, 64, 48)
+    m = item["meta"]
+    np.testing.assert_allclose(m["scale"].numpy(), ref["meta"]["scale"].numpy())  # same 0.75 aspect: same box
+    kp, _ = keypoints_from_heatmaps(item["target"][None].numpy(), m["center"][None].numpy(), m["scale"][None].numpy())
+    px = float(m["scale"][0]) * 200 / 6  # image pixels per heatmap pixel
+    lab = (m["joints"][:, 2] > 0).numpy() & (item["target_weight"].numpy() > 0)
+    assert lab.sum() >= 10
+    err = np.abs(kp[0] - m["joints"][:, :2].numpy())[lab]
+    assert err.max() <= 0.5 * px + 1e-6
+    wide = PoseTrackClipDataset(data, split="val", num_frames=1, input_size=(32, 32), heatmap_size=(16, 16))
+    w_item = wide[1]
+    assert w_item["frames"].shape == (1, 3, 32, 32) and w_item["target"].shape == (15, 16, 16)
+    assert w_item["meta"]["scale"][0] == pytest.approx(w_item["meta"]["scale"][1])  # aspect 1 boxes
+    with pytest.raises(ValueError, match="input_size must be"):
+        PoseTrackClipDataset(data, split="val", input_size=(30, 32))

@@ -432,13 +432,16 @@ def _append_csv(path: Path, row: dict[str, Any]) -> None:
 
 
 def plot_loss(run_dir: str | os.PathLike) -> Path | None:
-    """Draw ``loss.png`` from ``steps.csv`` / ``metrics.csv`` of a run folder (None when there is nothing yet)."""
+    """Draw ``loss.png`` from ``steps.csv`` / ``metrics.csv`` of a run folder (None when there is nothing yet or
+    matplotlib is not installed)."""
     run_dir = Path(run_dir)
     steps_path, epochs_path = run_dir / "steps.csv", run_dir / "metrics.csv"
     if not steps_path.is_file():
         return None
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # the plot is a convenience: training does not need matplotlib
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
