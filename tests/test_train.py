@@ -298,3 +298,27 @@ def test_dataset_input_size_scales_crops_and_targets(data):
     assert w_item["meta"]["scale"][0] == pytest.approx(w_item["meta"]["scale"][1])  # aspect 1 boxes
     with pytest.raises(ValueError, match="input_size must be"):
         PoseTrackClipDataset(data, split="val", input_size=(30, 32))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_training_steps_track_float32(dtype):
+    """The GPU mixed-precision path (autocast; fp16 with a GradScaler), exercised with CPU autocast."""
+    import model
+    from vhpe.train import resolve_amp
+
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is None and resolve_amp("off", cpu) is None  # CPU default: float32
+    assert resolve_amp("bf16" if dtype == torch.bfloat16 else "fp16", cpu) == dtype
+    rng = np.random.default_rng(1)
+    batch = {"frames": torch.from_numpy(rng.standard_normal((2, 3, 3, 16, 12)).astype(np.float32)),
+             "target": torch.from_numpy(rng.random((2, 15, 4, 3)).astype(np.float32)),
+             "target_weight": torch.ones(2, 15)}
+    out = {}
+    for amp in (None, dtype):
+        torch.manual_seed(0)
+        net = model.GLSMamba("tiny", num_frames=3, backend="reference").train()
+        opt = torch.optim.AdamW(param_groups(net, 1e-4), lr=1e-3)
+        scaler = torch.amp.GradScaler("cpu") if amp == torch.float16 else None
+        out[amp] = torch.tensor([train_step(net, batch, opt, device=torch.device("cpu"), amp_dtype=amp,
+                                            scaler=scaler, clip_grad=1.0) for _ in range(2)])
+    assert_close(f"losses under {dtype} autocast", out[None], out[dtype], dtype)
