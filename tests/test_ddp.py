@@ -16,7 +16,8 @@ from vhpe.synth import SynthConfig, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--preset", "tiny", "--set", "num_frames=3", "--input-size", "32x24", "--batch-size", "4", "--lr", "2e-3",
-        "--flip-prob", "0", "--threads", "1", "--epochs", "1", "--max-steps", "3", "--seed", "1"]
+        "--flip-prob", "0", "--threads", "1", "--epochs", "1", "--max-steps", "3", "--seed", "1",
+        "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from vhpe.train import TrainConfig, heatmap_loss, lr_at, param_groups, parse_ove
 
 # small and fast: 32 x 24 crops (8 x 6 heatmaps), 3-frame clips
 FAST = ["--preset", "tiny", "--set", "num_frames=3", "--input-size", "32x24", "--batch-size", "4", "--lr", "2e-3",
-        "--flip-prob", "0", "--threads", "1", "--seed", "3"]
+        "--flip-prob", "0", "--threads", "1", "--seed", "3", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_train_errors_name_the_problem(data, tmp_path, capsys):
     assert "cannot resume" in capsys.readouterr().err
 
 
-def test_training_step_same_loss_on_reference_and_triton():
+def test_training_step_same_loss_on_reference_and_triton(device):
     """One AdamW training step (loss, gradients, clipping, update) and the loss after it agree between the
     backends (Triton under the interpreter: one GSM block with all six directions and STMM, one LRM block)."""
     import model
@@ -173,13 +173,14 @@ def test_training_step_same_loss_on_reference_and_triton():
     batch = {"frames": torch.from_numpy(rng.standard_normal((1, 3, 3, 16, 12)).astype(np.float32)),
              "target": torch.from_numpy(rng.random((1, 15, 4, 3)).astype(np.float32)),
              "target_weight": torch.ones(1, 15)}
+    batch = {k: v.to(device) for k, v in batch.items()}
     losses, grads = {}, {}
     model.reset_call_counts()
     for backend in ("reference", "triton"):
         torch.manual_seed(0)
-        net = model.GLSMamba("tiny", num_frames=3, num_gsm=1, num_lrm=1, backend=backend).train()
+        net = model.GLSMamba("tiny", num_frames=3, num_gsm=1, num_lrm=1, backend=backend).to(device).train()
         opt = torch.optim.AdamW(param_groups(net, 1e-4), lr=1e-3)
-        first = train_step(net, batch, opt, device=torch.device("cpu"), clip_grad=1.0)
+        first = train_step(net, batch, opt, device=device, clip_grad=1.0)
         grads[backend] = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
         with torch.no_grad():
             after = heatmap_loss(net(batch["frames"]), batch["target"], batch["target_weight"]).item()
@@ -208,7 +209,7 @@ def test_eval_checkpoint_mode_records_boxes_and_flip(data, tmp_path, capsys):
     (tmp_path / "dets.json").write_text(json.dumps(dets))
     out = tmp_path / "ev"
     assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--boxes", str(tmp_path / "dets.json"),
-                 "--flip", "--out", str(out), "--threads", "1"]) == 0
+                 "--flip", "--out", str(out), "--threads", "1", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert f"boxes {tmp_path / 'dets.json'}, flip on" in text and "Total" in text
     res = json.loads((out / "results.json").read_text())

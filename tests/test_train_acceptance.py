@@ -35,11 +35,11 @@ def test_synth_train_eval_reaches_70_map(tmp_path, capsys):
     assert main(["train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--backend", "reference",
                  "--input-size", "64x48", "--sigma", "1", "--epochs", "4", "--lr", "3e-3", "--lr-steps", "3",
                  "--batch-size", "8", "--rot-factor", "0", "--scale-factor", "0.25", "--flip-prob", "0",
-                 "--threads", "1", "--seed", "0"]) == 0
+                 "--threads", "1", "--seed", "0", "--device", "cpu"]) == 0
     t_train = time.perf_counter() - t0
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run / "final.pth"), "--data", str(data), "--threads", "1",
-                 "--format", "json"]) == 0
+                 "--device", "cpu", "--format", "json"]) == 0
     res = json.loads(capsys.readouterr().out)
     elapsed = time.perf_counter() - t0
     assert res["boxes"] == "gt" and res["flip"] is False and res["split"] == "val"
