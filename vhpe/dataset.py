@@ -4,9 +4,10 @@
 detections file), a clip of ``T`` frames (default 5) centred on the key frame (edges clamped to the video,
 as DCPose does), all cropped with the key person's box:
 
-* ``frames``: ``(T, 3, 256, 192)`` float32, RGB, ImageNet-normalised (key frame at index ``T // 2``);
-* ``target``: ``(J, 64, 48)`` float32 Gaussian heatmaps of the key frame (``J = 15`` PoseTrack joints, order
-  of :data:`vhpe.skeleton.POSETRACK15`); zeros for detection boxes;
+* ``frames``: ``(T, 3, 256, 192)`` float32, RGB, ImageNet-normalised (key frame at index ``T // 2``); the size is
+  ``input_size`` (default ``(192, 256)`` = W x H);
+* ``target``: ``(J, 64, 48)`` float32 Gaussian heatmaps (``heatmap_size``, default ``input_size / 4``) of the key frame
+  (``J = 15`` PoseTrack joints, order of :data:`vhpe.skeleton.POSETRACK15`); zeros for detection boxes;
 * ``target_weight``: ``(J,)`` float32 (0 for unlabelled joints; times the joint loss weights by default);
 * ``meta``: ``image_id``, ``video_index``, ``frame_index``, ``center`` (2,), ``scale`` (2,), ``box`` (4,),
   ``box_score``, ``track_id`` (-1 when unknown), ``rotation``, ``flipped``, ``joints`` (J, 3) image-space GT
@@ -28,7 +29,6 @@ from .codec import encode_heatmaps
 from .formats import FormatError, Frame, Person, Video, load_json, read_videos, write_posetrack18
 from .skeleton import POSETRACK15, SLOTS_15, slots15_to_17
 from .transforms import (
-    HEATMAP_SIZE,
     INPUT_SIZE,
     Augment,
     affine_points,
@@ -128,15 +128,28 @@ class PoseTrackClipDataset:
         min_joints: GT persons with fewer labelled joints are skipped (GT boxes).
         check_images: verify at construction that every image a clip uses exists.
         seed: seed of the augmentation generator (re-seeded per item as ``(seed, epoch, index)``).
+        cache_size: decoded images kept in memory (LRU).
+        input_size: ``(W, H)`` of the crops (default ``(192, 256)``); boxes are padded to its aspect ratio.
+        heatmap_size: ``(W, H)`` of the targets (default ``input_size // 4``, stride 4).
     """
 
     def __init__(self, root: str | os.PathLike, annotations: str | os.PathLike | list[Video] | None = None,
                  split: str = "train", num_frames: int = 5, frame_stride: int = 1, boxes: str = "gt",
                  det_score_thr: float = 0.0, train: bool = False, augment: Augment | None = None,
                  sigma: float = 2.0, unbiased: bool = False, use_joint_weights: bool = True, min_joints: int = 1,
-                 check_images: bool = True, seed: int = 0, cache_size: int = 64):
+                 check_images: bool = True, seed: int = 0, cache_size: int = 64,
+                 input_size: tuple[int, int] = INPUT_SIZE, heatmap_size: tuple[int, int] | None = None):
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        input_size = tuple(int(v) for v in input_size)
+        if len(input_size) != 2 or min(input_size) < 4 or input_size[0] % 4 or input_size[1] % 4:
+            raise ValueError(f"input_size must be (W, H), positive multiples of 4, got {input_size}")
+        if heatmap_size is None:
+            heatmap_size = (input_size[0] // 4, input_size[1] // 4)
+        heatmap_size = tuple(int(v) for v in heatmap_size)
+        if len(heatmap_size) != 2 or min(heatmap_size) < 1:
+            raise ValueError(f"heatmap_size must be (W, H) with positive sizes, got {heatmap_size}")
+        self.input_size, self.heatmap_size = input_size, heatmap_size
         self.root = Path(root)
         if annotations is None:
             annotations = self.root / "annotations" / split
@@ -230,7 +243,8 @@ class PoseTrackClipDataset:
         s = self.samples[index]
         video = self.videos[s.video]
         key_frame = video.frames[s.frame]
-        center, scale = box_to_center_scale(s.box)
+        aspect = self.input_size[0] / self.input_size[1]
+        center, scale = box_to_center_scale(s.box, aspect_ratio=aspect)
         if s.person is not None:
             kp15 = s.person.keypoints[list(SLOTS_15)]
             vis = s.person.annotated()[list(SLOTS_15)].astype(np.float64)
@@ -243,7 +257,7 @@ class PoseTrackClipDataset:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             a = self.augment
             if a.half_body_prob > 0 and vis.sum() > a.half_body_min_joints and rng.random() < a.half_body_prob:
-                hb = half_body_center_scale(joints, vis > 0, _UPPER, _LOWER, rng)
+                hb = half_body_center_scale(joints, vis > 0, _UPPER, _LOWER, rng, aspect_ratio=aspect)
                 if hb is not None:
                     center, scale = hb
             sf, rot, flip = a.sample(rng)
@@ -257,12 +271,12 @@ class PoseTrackClipDataset:
             occ = occ[POSETRACK15.flip_indices]
             center = center.copy()
             center[0] = width - 1 - center[0]
-        mat = get_affine_transform(center, scale, rot, INPUT_SIZE)
-        crops = np.stack([warp_affine(im, mat, INPUT_SIZE) for im in images])  # (T, H, W, 3)
+        mat = get_affine_transform(center, scale, rot, self.input_size)
+        crops = np.stack([warp_affine(im, mat, self.input_size) for im in images])  # (T, H, W, 3)
         crops = (crops / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         joints_crop = joints.copy()
         joints_crop[:, :2] = affine_points(joints[:, :2], mat)
-        target, weight = encode_heatmaps(joints_crop, joints[:, 2], HEATMAP_SIZE, INPUT_SIZE, self.sigma,
+        target, weight = encode_heatmaps(joints_crop, joints[:, 2], self.heatmap_size, self.input_size, self.sigma,
                                          self.joint_weights, self.unbiased)
         image_joints = np.concatenate([kp15[:, :2], vis[:, None]], axis=1)  # unaugmented, image space
         meta = {

@@ -1,4 +1,13 @@
-"""``glsmamba eval --metric {posetrack,coco,pck} --gt PATH --pred PATH``: score predictions.
+"""``glsmamba eval``: score predictions, or run a checkpoint on a dataset split and score it.
+
+Two modes:
+
+* ``glsmamba eval --metric {posetrack,coco,pck} --gt PATH --pred PATH``: score existing predictions.
+* ``glsmamba eval --checkpoint CKPT --data DIR [--split val] [--boxes gt|FILE] [--flip]``: run the model on
+  every person clip of the split (GT boxes, or a detections file), write PoseTrack18 predictions and
+  ``results.json`` (metrics + which checkpoint, boxes and flip setting produced them) to ``--out`` (default
+  ``<checkpoint folder>/eval-<split>-<gt|det>[-flip]``) and print the PoseTrack table (plus the AP on occluded
+  joints when the ground truth marks them, as ``glsmamba synth`` data does).
 
 GT and predictions may be in any format :func:`vhpe.formats.read_videos` reads (per-video PoseTrack18 or
 annolist folders/files, COCO, Sub-JHMDB); predictions may also be a COCO results list (placed onto the GT
@@ -10,16 +19,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-HELP = "evaluate predictions: PoseTrack mAP (poseval), COCO OKS AP/AR, or PCK (Sub-JHMDB)"
+HELP = ("evaluate predictions (PoseTrack mAP, COCO OKS AP/AR, PCK) or a checkpoint on a dataset split "
+        "(--checkpoint)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metric", required=True, choices=("posetrack", "coco", "pck"))
-    parser.add_argument("--gt", required=True, help="ground-truth file or folder")
-    parser.add_argument("--pred", required=True, help="prediction file or folder (or a COCO results list)")
+    parser.add_argument("--metric", choices=("posetrack", "coco", "pck"), help="prediction mode: the metric")
+    parser.add_argument("--gt", help="prediction mode: ground-truth file or folder")
+    parser.add_argument("--pred", help="prediction mode: prediction file or folder (or a COCO results list)")
+    ck = parser.add_argument_group("checkpoint mode")
+    ck.add_argument("--checkpoint", help="model file (final.pth / last.pth of glsmamba train)")
+    ck.add_argument("--data", help="dataset root (annotations/<split>/*.json + images)")
+    ck.add_argument("--split", default="val", help="annotation folder (default val)")
+    ck.add_argument("--boxes", default="gt", help="'gt' (default) or a person detections file")
+    ck.add_argument("--det-thr", type=float, default=0.0, help="minimum detection score (with --boxes FILE)")
+    ck.add_argument("--flip", action="store_true", help="flip test (average with the mirrored clip)")
+    ck.add_argument("--decode", choices=("msra", "dark"), default="msra", help="heatmap decoding (default msra)")
+    ck.add_argument("--out", default=None, help="output folder for predictions/ and results.json")
+    ck.add_argument("--batch-size", type=int, default=32)
+    ck.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
+    ck.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cuda when available)")
+    ck.add_argument("--backbone", default=None, help="ViTPose weights (checkpoints saved without the encoder)")
+    ck.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--format", choices=("json", "table"), default="table", help="output (default table)")
     parser.add_argument("--thr", type=float, default=None,
                         help="threshold: PCKh for posetrack (default 0.5), PCK (default 0.2)")
@@ -59,7 +84,65 @@ def compute(args: argparse.Namespace):
     return evaluate_coco(gt_dict, results, path_gt=args.gt, path_pred=args.pred)
 
 
+def _occluded_table(occ: dict) -> str:
+    lines = ["joints    |      AP |   PCKh |  count"]
+    for name in ("occluded", "visible", "all"):
+        d = occ[name]
+        ap = "    n/a" if d["AP"] is None else f"{d['AP']:7.1f}"
+        pck = "    n/a" if d["PCKh"] is None else f"{d['PCKh']:6.1f}"
+        lines.append(f"{name:<9} | {ap} | {pck} | {d['joints']:6d}")
+    return "\n".join(lines)
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    if args.backend == "triton":
+        import torch
+
+        if not torch.cuda.is_available():  # CPU tensors: the interpreter, set before triton is imported
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+    import torch
+
+    from vhpe.infer import evaluate_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.data is None:
+        print("glsmamba eval: error: --checkpoint needs --data DIR", file=sys.stderr)
+        return 2
+    try:
+        res = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, boxes=args.boxes, flip=args.flip,
+                                  out=args.out, batch_size=args.batch_size, device=args.device,
+                                  backend=args.backend, decode=args.decode, backbone=args.backbone,
+                                  det_score_thr=args.det_thr, progress=sys.stderr.isatty())
+    except (ValueError, FileNotFoundError) as e:
+        print(f"glsmamba eval: error: {e}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps({k: v for k, v in res.items() if k != "table"}))
+        return 0
+    boxes = "GT boxes" if res["boxes"] == "gt" else f"boxes {res['boxes']}"
+    print(f"{res['checkpoint']} on {res['data']} ({res['split']}, {res['clips']} clips), {boxes}, "
+          f"flip {'on' if res['flip'] else 'off'}, decode {res['decode']}")
+    print(res["table"])
+    if res["occluded"] is not None:
+        print("PoseTrack-style AP / PCKh@0.5 by joint visibility (GT boxes):")
+        print(_occluded_table(res["occluded"]))
+    print(f"predictions: {res['predictions']}  results: {Path(res['predictions']).parent / 'results.json'}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None:
+        if args.metric or args.gt or args.pred:
+            print("glsmamba eval: error: use either --checkpoint (with --data) or --metric/--gt/--pred",
+                  file=sys.stderr)
+            return 2
+        return run_checkpoint(args)
+    missing = [f"--{n}" for n in ("metric", "gt", "pred") if getattr(args, n) is None]
+    if missing:
+        print(f"glsmamba eval: error: the following arguments are required: {', '.join(missing)} (or use "
+              f"--checkpoint CKPT --data DIR)", file=sys.stderr)
+        return 2
     try:
         res = compute(args)
     except (ValueError, FileNotFoundError) as e:
