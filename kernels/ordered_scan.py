@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._scan_common import affine_combine, softplus20
 from kernels._utils import INTERPRET, cdiv, check_runnable, device_guard, next_pow2
 from kernels.space_time import st_merge
 from reference.ordered_scan import _check_ordered_scan
@@ -44,12 +45,6 @@ __all__ = ["ordered_selective_scan"]
 # ------------------------------------------------------------------------------------------------------------------
 # kernels
 # ------------------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _affine_combine(a1, b1, a2, b2):
-    # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
-    return a1 * a2, a2 * b1 + b2
 
 
 @triton.jit
@@ -72,7 +67,7 @@ def _dt_tile(dl_ptr, rowoff, o_c, mask, bias, SOFTPLUS: tl.constexpr):
     """(dt, pre): pre = delta + bias, dt = softplus(pre) (threshold 20) or pre; dt = 0 where masked."""
     pre = tl.load(dl_ptr + rowoff[:, None] + o_c[None, :], mask=mask, other=0.0).to(tl.float32) + bias[None, :]
     if SOFTPLUS:
-        dt = tl.where(pre <= 20.0, tl.log(1.0 + tl.exp(pre)), pre)
+        dt = softplus20(pre)
     else:
         dt = pre
     return tl.where(mask, dt, 0.0), pre
@@ -176,7 +171,7 @@ def _oss_fwd_kernel(
         m_jc = ((tile * BLOCK_T + rows) < L)[:, None] & m_c[None, :]
         pre = c_dl.to(tl.float32) + bias[None, :]
         if SOFTPLUS:
-            dt = tl.where(pre <= 20.0, tl.log(1.0 + tl.exp(pre)), pre)
+            dt = softplus20(pre)
         else:
             dt = pre
         dt = tl.where(m_jc, dt, 0.0)  # padded steps: a = 1, b = 0
@@ -185,7 +180,7 @@ def _oss_fwd_kernel(
         if HAS_RESET:
             a = tl.where((c_r != 0)[:, None, None], 0.0, a)  # state zeroed before a window's first step
         b = (dt * u)[:, :, None] * c_B.to(tl.float32)[:, None, :]
-        ca, cb = tl.associative_scan((a, b), 0, _affine_combine)
+        ca, cb = tl.associative_scan((a, b), 0, affine_combine)
         hs = ca * h[None, :, :] + cb
         if FINAL:
             y = tl.sum(hs * c_C.to(tl.float32)[:, None, :], axis=2)
@@ -287,7 +282,7 @@ def _oss_bwd_kernel(
             a_f = tl.where((r_f != 0)[:, None, None], 0.0, a_f)
         b_f = (dt_f * u_f)[:, :, None] * B_f[:, None, :]
         h0 = tl.load(ck_ptr + ((i_bk * NT + tile) * CH + o_c[:, None]) * NS + o_n[None, :], mask=m_cn, other=0.0)
-        ca, cb = tl.associative_scan((a_f, b_f), 0, _affine_combine)
+        ca, cb = tl.associative_scan((a_f, b_f), 0, affine_combine)
         h = _flip0(ca * h0[None, :, :] + cb, BLOCK_T, BLOCK_C, NP, FLIP_BY_DOT)  # row s <-> step BT-1-s
         # ---- everything else in reversed step order: row s is step jr = tile*BT + BT-1-s
         jr = tile * BLOCK_T + (BLOCK_T - 1 - rows)

@@ -23,16 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._scan_common import affine_combine, softplus20
 from kernels._utils import INTERPRET, check_runnable, device_guard, next_pow2
 from reference.selective_scan import check_selective_scan_inputs
 
 __all__ = ["selective_scan", "selective_scan_channel_last"]
-
-
-@triton.jit
-def _affine_combine(a1, b1, a2, b2):
-    # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
-    return a1 * a2, a2 * b1 + b2
 
 
 @triton.jit
@@ -56,7 +51,7 @@ def _dt_tile(delta_ptr, t, d, mask, s_l, s_d, bias, SOFTPLUS: tl.constexpr):
     """Returns (dt, x): dt = softplus(x) (threshold 20) or x, with x = delta + bias; 0 where masked."""
     x = _load_td(delta_ptr, t, d, mask, s_l, s_d) + bias[None, :]
     if SOFTPLUS:
-        dt = tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+        dt = softplus20(x)
     else:
         dt = x
     return tl.where(mask, dt, 0.0), x
@@ -114,7 +109,7 @@ def _ss_fwd_kernel(
         Bt = _load_tn(B_base, t, n, m_t[:, None] & m_n[None, :], s_Bl, s_Bn)
         a = tl.exp2(dt[:, :, None] * A2[None, :, :])
         b = (dt * u)[:, :, None] * Bt[:, None, :]
-        ca, cb = tl.associative_scan((a, b), 0, _affine_combine)
+        ca, cb = tl.associative_scan((a, b), 0, affine_combine)
         hs = ca * h[None, :, :] + cb
         if FINAL:
             Ct = _load_tn(C_base, t, n, m_t[:, None] & m_n[None, :], s_Cl, s_Cn)
@@ -223,7 +218,7 @@ def _ss_bwd_kernel(
             dy_r = dy_r * z_r * tl.sigmoid(z_r)
         C_r = _load_tn(C_base, tr, n, m_tr[:, None] & m_n[None, :], s_Cl, s_Cn)
         ca, cb = tl.associative_scan(
-            (tl.exp2(dt_next[:, :, None] * A2[None, :, :]), dy_r[:, :, None] * C_r[:, None, :]), 0, _affine_combine
+            (tl.exp2(dt_next[:, :, None] * A2[None, :, :]), dy_r[:, :, None] * C_r[:, None, :]), 0, affine_combine
         )
         lam_r = ca * lam[None, :, :] + cb
         lam = _last_row(lam_r, BLOCK_T)  # lam at the tile's first token: carried to the previous tile
@@ -244,7 +239,7 @@ def _ss_bwd_kernel(
                          other=0.0)
             a = tl.exp2(dt[:, :, None] * A2[None, :, :])
             b = (dt * u)[:, :, None] * Bt[:, None, :]
-            ca2, cb2 = tl.associative_scan((a, b), 0, _affine_combine)
+            ca2, cb2 = tl.associative_scan((a, b), 0, affine_combine)
             hs = ca2 * h0[None, :, :] + cb2
             g = _load_td(g_base, t, d, m_td, s_gl, s_gd)
             if HAS_Z:
