@@ -380,18 +380,9 @@ def _categories(ctx: _Ctx, data: dict, default: str | None) -> tuple[str, list[i
     raise ctx.err("categories[0].keypoints", f"names {names} match no known skeleton")
 
 
-def posetrack18_from_dict(data: Any, name: str, path: str | os.PathLike | None = None) -> Video:
-    """Parse a PoseTrack18/21 per-video dict (see :func:`read_posetrack18`)."""
-    ctx = _Ctx(path)
-    if not isinstance(data, dict):
-        raise ctx.err("top level", f"expected an object with 'images' and 'annotations', got {type(data).__name__}")
-    images = ctx.req(data, "images", "top level")
-    anns = ctx.req(data, "annotations", "top level")
-    if not isinstance(images, list):
-        raise ctx.err("images", "expected a list")
-    if not isinstance(anns, list):
-        raise ctx.err("annotations", "expected a list")
-    skel, slot_map, cats = _categories(ctx, data, "posetrack18")
+def _frames_with_people(ctx: _Ctx, images: list, anns: list, skel: str, slot_map: list[int] | None,
+                        one_based: bool = False) -> list[Frame]:
+    """COCO-like ``images`` + ``annotations`` -> frames (unique ids) with their people attached, labels resolved."""
     k = get_skeleton(skel).num_joints
     frames = [_frame_from_coco(ctx, img, f"images[{i}]") for i, img in enumerate(images)]
     by_id: dict[int, Frame] = {}
@@ -406,8 +397,24 @@ def posetrack18_from_dict(data: Any, name: str, path: str | os.PathLike | None =
         image_id = ctx.integer(ctx.req(a, "image_id", where), f"{where}.image_id")
         if image_id not in by_id:
             raise ctx.err(f"{where}.image_id", f"image id {image_id} is not in 'images'")
-        by_id[image_id].people.append(_person_from_coco(ctx, a, where, k, slot_map))
+        by_id[image_id].people.append(_person_from_coco(ctx, a, where, k, slot_map, one_based))
     _resolve_labeled(frames)
+    return frames
+
+
+def posetrack18_from_dict(data: Any, name: str, path: str | os.PathLike | None = None) -> Video:
+    """Parse a PoseTrack18/21 per-video dict (see :func:`read_posetrack18`)."""
+    ctx = _Ctx(path)
+    if not isinstance(data, dict):
+        raise ctx.err("top level", f"expected an object with 'images' and 'annotations', got {type(data).__name__}")
+    images = ctx.req(data, "images", "top level")
+    anns = ctx.req(data, "annotations", "top level")
+    if not isinstance(images, list):
+        raise ctx.err("images", "expected a list")
+    if not isinstance(anns, list):
+        raise ctx.err("annotations", "expected a list")
+    skel, slot_map, cats = _categories(ctx, data, "posetrack18")
+    frames = _frames_with_people(ctx, images, anns, skel, slot_map)
     extra = {key: copy.deepcopy(v) for key, v in data.items() if key not in ("images", "annotations", "categories")}
     if cats is not None:
         extra["categories"] = cats
@@ -677,22 +684,7 @@ def coco_from_dict(data: Any, path: str | os.PathLike | None = None, one_based: 
     skel, slot_map, cats = _categories(ctx, data, default_skeleton)
     if one_based is None:
         one_based = skel == "jhmdb"
-    k = get_skeleton(skel).num_joints
-    frames = [_frame_from_coco(ctx, img, f"images[{i}]") for i, img in enumerate(images)]
-    by_id: dict[int, Frame] = {}
-    for i, f in enumerate(frames):
-        if f.id is None:
-            raise ctx.err(f"images[{i}]", "missing key 'id'")
-        if f.id in by_id:
-            raise ctx.err(f"images[{i}].id", f"duplicate image id {f.id}")
-        by_id[f.id] = f
-    for j, a in enumerate(anns):
-        where = f"annotations[{j}]"
-        image_id = ctx.integer(ctx.req(a, "image_id", where), f"{where}.image_id")
-        if image_id not in by_id:
-            raise ctx.err(f"{where}.image_id", f"image id {image_id} is not in 'images'")
-        by_id[image_id].people.append(_person_from_coco(ctx, a, where, k, slot_map, one_based))
-    _resolve_labeled(frames)
+    frames = _frames_with_people(ctx, images, anns, skel, slot_map, one_based)
     groups: dict[str, list[Frame]] = {}
     for f in frames:
         groups.setdefault(_video_key(f), []).append(f)
