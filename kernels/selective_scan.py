@@ -58,6 +58,20 @@ def _dt_tile(delta_ptr, t, d, mask, s_l, s_d, bias, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _channel_params(A_ptr, bias_ptr, D_ptr, d, n, m_d, m_dn, s_Ad, s_An, BLOCK_D: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """This block's A ``[BLOCK_D, NP]``, delta_bias and D ``[BLOCK_D]`` in float32 (zeros when absent)."""
+    A = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=m_dn, other=0.0).to(tl.float32)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=m_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=m_d, other=0.0).to(tl.float32)
+    return A, bias, Dv
+
+
+@triton.jit
 def _ss_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     hin_ptr, out_ptr, ckpt_ptr, hend_ptr, dsum_ptr,
@@ -78,13 +92,8 @@ def _ss_fwd_kernel(
     n = tl.arange(0, NP)
     m_n = n < NSTATE
     m_dn = m_d[:, None] & m_n[None, :]
-    A2 = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=m_dn, other=0.0).to(tl.float32) * 1.4426950408889634
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=m_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=m_d, other=0.0).to(tl.float32)
+    A, bias, Dv = _channel_params(A_ptr, bias_ptr, D_ptr, d, n, m_d, m_dn, s_Ad, s_An, BLOCK_D, HAS_BIAS, HAS_D)
+    A2 = A * 1.4426950408889634
     o_state = ((i_b * N_CHUNKS + i_c) * DIM + d[:, None]) * NSTATE + n[None, :]
     if HAS_HIN:
         h = tl.load(hin_ptr + o_state, mask=m_dn, other=0.0)
@@ -179,15 +188,8 @@ def _ss_bwd_kernel(
     n = tl.arange(0, NP)
     m_n = n < NSTATE
     m_dn = m_d[:, None] & m_n[None, :]
-    A = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=m_dn, other=0.0).to(tl.float32)
+    A, bias, Dv = _channel_params(A_ptr, bias_ptr, D_ptr, d, n, m_d, m_dn, s_Ad, s_An, BLOCK_D, HAS_BIAS, HAS_D)
     A2 = A * 1.4426950408889634
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=m_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=m_d, other=0.0).to(tl.float32)
     o_state = ((i_b * N_CHUNKS + i_c) * DIM + d[:, None]) * NSTATE + n[None, :]
     if HAS_LAMIN:
         lam = tl.load(lamin_ptr + o_state, mask=m_dn, other=0.0)
