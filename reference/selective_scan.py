@@ -17,17 +17,22 @@ Two implementations:
   * :func:`selective_scan_recurrent` -- the step-by-step loop. It is the oracle of every test.
   * :func:`selective_scan` -- vectorised: L is cut into chunks of ``CHUNK`` tokens; inside a chunk the
     recurrence is solved in closed form. With ``c_t`` the cumulative sum of dt from the chunk start and ``r`` the
-    chunk's middle, ``h_t = e^{A (c_t - c_r)} (e^{A c_r} h_0 + sum_{s<=t} e^{-A (c_s - c_r)} b_s)``; the sum over
-    s is one batched matmul with a lower-triangular matrix of ones (much faster on CPU than ``cumsum``). Centring
-    on ``r`` keeps every exponent within the chunk's decay range; a chunk whose range exceeds what float32 can
-    hold (|A| * range > 80) is halved until it fits, down to single tokens, so the result never depends on the
-    input's scale. Channels are laid out last inside (contiguous ``D x N`` rows), so the channel-last variant is
-    the native one.
+    chunk's middle, ``h_t = e^{A (c_t - c_r)} (e^{A c_r} h_0 + sum_{s<=t} e^{-A (c_s - c_r)} b_s)``. The sum over
+    s is a prefix sum done as small triangular matmuls (much faster on CPU than ``cumsum``); ``GROUP`` consecutive
+    chunks are solved in one batched step from a zero start, and the true start states are then carried across
+    them with one ``addcmul`` per chunk. Centring on ``r`` keeps every exponent within the chunk's decay range; a
+    chunk whose range exceeds what float32 can hold (|A| * range > 80) is halved until it fits, down to single
+    exact steps, so the result never depends on the input's scale. The scan runs token-major (states stored
+    ``(N, D)``, D contiguous); per-token elementwise work stays in the caller's layout. Without autograd
+    recording, the chunk temporaries live in reused buffers and are updated in place (``bench/
+    bench_reference_speed.py`` measures the effect); with it, every op is out of place.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -118,23 +123,34 @@ def check_selective_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=No
     return ScanDims(batch, dim, length, dstate, groups)
 
 
-# Tokens solved in closed form at once (reference-only tuning; 32 is fastest on CPU for D=256, N=16).
+# Tokens solved in closed form at once (reference-only tuning, fastest on a 2-core CPU for D=256, N=16).
 CHUNK = 32
+# Consecutive chunks handled by one batched step (the sequential part is one ``addcmul`` per chunk).
+GROUP = 4
+# Keep the per-step working set (b x GROUP x CHUNK x N x D) near the L2 cache: fewer chunks per step when b*N*D is big.
+_GROUP_ELEMS = 1 << 19
+# The prefix sum inside a chunk: triangular matmuls over blocks of SUB tokens, then the block totals carried.
+SUB = 8
 # exp() of float32 overflows past 88.7: every exponent of the closed form is kept within +-80.
 _MAX_EXPONENT = 80.0
+_LOG2E = 1.0 / math.log(2.0)
+# Test hook: [True] runs the torch.compile path (see _scan_tokens_traced) in eager mode.
+_TRACED_PATH = [False]
+  # exp(x) = exp2(x * log2(e)); exp2 is several times faster than exp on CPU
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
-def _finish(y, u, D, z, ct, channel_dim):
+def _finish(y, u, D, z, ct, channel_dim, inplace=False):
+    """``y + D u``, gated by ``silu(z)``, in u's dtype; ``inplace`` updates y (a buffer of ours, no autograd)."""
     if D is not None:
         shape = [1, 1, 1]
         shape[channel_dim] = -1
-        y = y + D.to(ct).view(shape) * u.to(ct)
+        y = (y.addcmul_ if inplace else partial(torch.addcmul, y))(D.to(ct).view(shape), u.to(ct))
     if z is not None:
-        y = y * F.silu(z.to(ct))
+        y = y.mul_(F.silu(z.to(ct))) if inplace else y * F.silu(z.to(ct))
     return y.to(u.dtype)
 
 
@@ -172,74 +188,262 @@ def selective_scan_recurrent(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return (out, h) if return_last_state else out
 
 
-def _scan_chunk(h, dt, dtu, A, Amax, Bc, Cc, groups):
-    """Closed-form scan of one chunk, channel-last. h (b, D, N); dt, dtu (b, q, D); Bc, Cc (b, q, G, N).
+def _prefix_sum(W, q, out=None):
+    """Inclusive prefix sum over dim 2 of ``W (b, K, q, F)`` as small triangular matmuls (``cumsum`` over a
+    non-inner dim is far slower on CPU). Writes into ``out`` when given."""
+    b, K, _, f = W.shape
+    kw = dict(dtype=W.dtype, device=W.device)
+    if q <= SUB or q % SUB:
+        return torch.matmul(torch.ones(q, q, **kw).tril(), W, out=out)
+    m = q // SUB
+    inner = torch.matmul(torch.ones(SUB, SUB, **kw).tril(), W.view(b, K, m, SUB, f),
+                         out=None if out is None else out.view(b, K, m, SUB, f))  # prefix inside each block
+    for i in range(1, m):  # carry the running total block by block (in place: autograd records the slices)
+        inner[:, :, i] += inner[:, :, i - 1, -1:]
+    return inner.view(b, K, q, f)
 
-    Returns y (b, q, D) and the chunk-end state, or None when the chunk's decay range is too wide for float32.
+
+class _Workspace:
+    """Reusable buffers for the no-grad path: fresh multi-megabyte temporaries per chunk cost page faults and
+    cache misses that dominate the arithmetic. ``None`` everywhere when autograd records (out= is not allowed)."""
+
+    def __init__(self, enabled: bool, dtype: torch.dtype, device: torch.device):
+        self.enabled, self.dtype, self.device = enabled, dtype, device
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, *shape: int) -> torch.Tensor | None:
+        if not self.enabled:
+            return None
+        numel = math.prod(shape)
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < numel:
+            buf = self._bufs[name] = torch.empty(numel, dtype=self.dtype, device=self.device)
+        return buf[:numel].view(shape)
+
+
+def _scan_chunks(h, dt, dtu, A2t, Bc, Cc, y_out, ws):
+    """Closed form over K consecutive chunks of q tokens (channel-last, states stored ``(b, N, D)``).
+
+    h (b, N, D) state before the first chunk (None: zero, carried in log depth); dt, dtu (b, K, q, D);
+    Bc, Cc (b, K, q, G, N). Returns (y (b, K, q, D), state after the last chunk). ``y_out`` (a view of the output)
+    and ``ws`` are only given on the no-grad path.
     """
-    b, q, dim = dt.shape
-    n = A.shape[1]
-    cum = torch.cumsum(dt, dim=1)
-    cref = cum[:, q // 2 : q // 2 + 1]  # centre of the chunk
-    X = cum - cref
-    # widest exponent: |A| * |c_t - c_r| over the chunk, and |A| * |c_r| for the initial-state term
-    span = torch.maximum(X.abs().amax(1), cref[:, 0].abs()) * Amax
-    if not bool(span.max() <= _MAX_EXPONENT):  # also False for NaN/inf: then the exact path is taken
-        return None
-    XA = X[..., None] * A  # (b, q, D, N)
-    E = torch.exp(XA)
+    b, K, q, dim = dt.shape
+    groups, n = Bc.shape[3], Bc.shape[4]
     rep = dim // groups
-    # multiply by e^{-XA} rather than divide by E: exp is cheaper than division on CPU
-    W = (dtu.view(b, q, groups, rep, 1) * Bc[:, :, :, None, :]).view(b, q, dim, n) * torch.exp(-XA)
-    h0 = (torch.exp(cref[:, 0, :, None] * A) * h).reshape(b, 1, dim * n)
-    tril = torch.ones(q, q, dtype=dt.dtype, device=dt.device).tril()
-    # acc_t = h0' + sum_{s<=t} W_s: the prefix sum as one batched matmul
-    acc = torch.baddbmm(h0, tril.expand(b, q, q), W.reshape(b, q, dim * n)).view(b, q, dim, n)
-    hs = acc * E
-    y = torch.matmul(hs.view(b, q, groups, rep, n), Cc[..., None]).view(b, q, dim)
-    return y, hs[:, -1]
+    cum = _prefix_sum(dt, q)  # c_t: cumulative dt inside each chunk
+    cref = cum[:, :, q // 2]  # (b, K, D): each chunk's centre
+    X = cum - cref[:, :, None]
+    fast = y_out is not None
+    E = ws("E", b, K, q, n, dim)
+    E = torch.exp2(torch.mul(X[:, :, :, None, :], A2t, out=E), out=E)  # e^{A (c_t - c_r)}
+    # e^{-A (c_s - c_r)} from its own exp2, not 1/E: reciprocal's backward squares it (overflow past e^44)
+    W = ws("W", b, K, q, n, dim)
+    W = torch.exp2(torch.mul(X[:, :, :, None, :], -A2t, out=W), out=W).view(b, K, q, n, groups, rep)
+    W = torch.mul(W, Bc.transpose(3, 4)[..., None], out=W if fast else None).view(b, K, q, n, dim)
+    W = torch.mul(W, dtu[:, :, :, None, :], out=W if fast else None)  # e^{-A (c_s - c_r)} dt_s u_s B_s
+    Estart = torch.exp2(cref[:, :, None, :] * A2t)  # (b, K, N, D): e^{A (c_r - c_start)}
+    Elast = E[:, :, -1]
+    decay = Estart * Elast  # whole-chunk decay
+    hend = W.sum(2) * Elast  # chunk-end state from a zero start
+    if h is None:  # log-depth carry from a zero start (torch.compile: no per-chunk Python)
+        hins, h = _carry_doubling(decay, hend)
+    else:
+        hins = []
+        for k in range(K):  # the only sequential step: carry the state across the K chunks
+            hins.append(h)
+            h = torch.addcmul(hend[:, k], decay[:, k], h)
+        hins = torch.stack(hins, 1)
+    h0 = Estart * hins  # (b, K, N, D): each chunk's start state moved to its centre
+    acc = _prefix_sum(W.view(b, K, q, n * dim), q, out=ws("acc", b, K, q, n * dim)).view(b, K, q, n, dim)
+    if y_out is None:
+        hs = (acc + h0[:, :, None]) * E
+    else:
+        hs = acc.add_(h0[:, :, None]).mul_(E)
+    if groups == 1:  # y_t = C_t . h_t as one batched (1 x N) @ (N x D) product
+        direct = y_out is not None and b == 1  # with b > 1 the output rows of a chunk group are not one block
+        y = torch.bmm(Cc.reshape(b * K * q, 1, n), hs.view(b * K * q, n, dim),
+                      out=y_out.view(b * K * q, 1, dim) if direct else None)
+        if y_out is not None and not direct:
+            y = y_out.copy_(y.view(b, K, q, dim))
+    else:
+        prod = hs.view(b, K, q, n, groups, rep) * Cc.transpose(3, 4)[..., None]
+        y = torch.sum(prod, 3, out=None if y_out is None else y_out.view(b, K, q, groups, rep))
+    return y.view(b, K, q, dim), h
 
 
-def _scan_exact(h, dt, dtu, A, Bc, Cc, groups):
-    """Step-by-step scan of a short piece (used where the closed form's exponents would overflow)."""
-    b, q, dim = dt.shape
-    rep = dim // groups
-    ys = []
-    for t in range(q):
-        Bt = Bc[:, t].repeat_interleave(rep, dim=1)  # (b, D, N)
-        h = torch.exp(dt[:, t, :, None] * A) * h + dtu[:, t, :, None] * Bt
-        ys.append((h * Cc[:, t].repeat_interleave(rep, dim=1)).sum(-1))
-    return torch.stack(ys, dim=1), h
+def _carry_doubling(decay, hend):
+    """States entering each chunk, from a zero start: the scan ``h_{k+1} = decay_k h_k + hend_k`` over dim 1 in
+    log2(K) doubling steps (Hillis-Steele). Returns (states entering chunks (b, K, N, D), final state)."""
+    K = decay.shape[1]
+    a, s = decay, hend
+    d = 1
+    while d < K:
+        s = torch.cat([s[:, :d], torch.addcmul(s[:, d:], a[:, d:], s[:, :-d])], 1)
+        a = torch.cat([a[:, :d], a[:, d:] * a[:, :-d]], 1)
+        d *= 2
+    return torch.cat([torch.zeros_like(s[:, :1]), s[:, :-1]], 1), s[:, -1]
 
 
-def _scan_channel_last(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dims):
-    ct = _compute_dtype(u)
-    uf = u.to(ct)
-    dt = _dt(delta, delta_bias, delta_softplus, ct, 2)
-    dtu = dt * uf
+def _scan_exact(h, dt, dtu, A, Bc, Cc):
+    """One token stepped exactly (where even a two-token closed form would overflow). h (b, N, D)."""
+    rep = dt.shape[2] // Bc.shape[2]
+    Bt = Bc[:, 0].repeat_interleave(rep, dim=1).transpose(1, 2)  # (b, N, D)
+    Ct = Cc[:, 0].repeat_interleave(rep, dim=1).transpose(1, 2)
+    h = torch.exp(dt[:, 0, None, :] * A.t()) * h + dtu[:, 0, None, :] * Bt
+    return (h * Ct).sum(1)[:, None], h
+
+
+def _swap_last(x: torch.Tensor) -> torch.Tensor:
+    """``x (b, P, Q)`` -> contiguous ``(b, Q, P)``. One 2-D transpose per batch row: torch copies a transposed 2-D
+    matrix with a cache-blocked kernel, three to five times faster than the generic strided copy of a 3-D view."""
+    rows = [r.t().contiguous() for r in x.unbind(0)]
+    return rows[0][None] if len(rows) == 1 else torch.stack(rows)
+
+
+def _scan_tokens_traced(dt, dtu, A, B, C, nonneg_dt):
+    """The path taken while torch.compile traces: every chunk in one batched closed form and a log-depth carry,
+    so the graph does not grow with L (the eager driver would be unrolled chunk by chunk). L is padded to a
+    whole number of chunks with dt = 0 and zero input, which leaves the state unchanged. An input whose decay
+    range needs smaller chunks runs the eager driver outside the graph."""
+    ct = dt.dtype
+    b, L, dim = dt.shape
     Af = A.to(ct)
+    K = -(-L // CHUNK)
+    pad = K * CHUNK - L
+    dtp = F.pad(dt, (0, 0, 0, pad)).view(b, K, CHUNK, dim)
+    adt = dtp if nonneg_dt else dtp.abs()
+    r = CHUNK // 2 + 1
+    width = torch.maximum(adt[:, :, :r].sum(2), adt[:, :, r:].sum(2)) * Af.abs().amax(1)
+    if not bool(width.amax() <= _MAX_EXPONENT):
+        return _scan_tokens_eager(dt, dtu, A, B, C, nonneg_dt)
+    Bc, Cc = (F.pad(t.to(ct), (0, 0, 0, 0, 0, pad)).view(b, K, CHUNK, *t.shape[2:]) for t in (B, C))
+    y, h = _scan_chunks(None, dtp, F.pad(dtu, (0, 0, 0, pad)).view(b, K, CHUNK, dim), (Af * _LOG2E).t().contiguous(),
+                        Bc, Cc, None, _Workspace(False, ct, dt.device))
+    return y.reshape(b, K * CHUNK, dim)[:, :L], h.transpose(1, 2)
+
+
+@torch.compiler.disable
+def _scan_tokens_eager(dt, dtu, A, B, C, nonneg_dt):
+    return _scan_tokens_driver(dt, dtu, A, B, C, nonneg_dt, record_grad=True)
+
+
+def _scan_tokens(dt, dtu, A, B, C, nonneg_dt, record_grad, out=None):
+    """The chunked scan, token-major. dt, dtu contiguous ``(b, L, D)``; A ``(D, N)``; B, C ``(b, L, G, N)``.
+
+    Returns y ``(b, L, D)`` (contiguous, without the D skip and the gate) and the last state ``(b, D, N)``.
+    ``nonneg_dt`` (softplus was applied) spares an ``abs``; ``record_grad`` selects the autograd-safe path
+    (out-of-place ops) over the no-grad one (reused buffers, results written in place); there, ``out`` (which may
+    be dt itself) receives y.
+    """
+    if _TRACED_PATH[0] or torch.compiler.is_compiling():
+        return _scan_tokens_traced(dt, dtu, A, B, C, nonneg_dt)
+    return _scan_tokens_driver(dt, dtu, A, B, C, nonneg_dt, record_grad, out)
+
+
+def _scan_tokens_driver(dt, dtu, A, B, C, nonneg_dt, record_grad, out=None):
+    """Eager driver: groups of chunks in closed form, chunks too wide for it halved (see _scan_tokens)."""
+    ct = dt.dtype
+    b, L, dim = dt.shape
+    n = A.shape[1]
+    Af = A.to(ct)
+    A2t = (Af * _LOG2E).t().contiguous()  # (N, D): states are laid out (N, D) inside, D contiguous
     Amax = Af.abs().amax(1)
-    if B.dim() == 3:
-        B, C = B[:, :, None], C[:, :, None]
-    Bc, Cc = B.to(ct), C.to(ct)
-    h = uf.new_zeros(dims.batch, dims.dim, dims.dstate)
+    Bc, Cc = B.to(ct).contiguous(), C.to(ct).contiguous()  # small (b, L, G, N): token rows for the chunk views
+    ws = _Workspace(not record_grad, ct, dt.device)
+    # ``out`` may be dt itself: every read of dt[:, a:c] (range check, cumulative sums) precedes the write of
+    # y[:, a:c], and later chunks only read later tokens
+    y = out if out is not None or record_grad else torch.empty(b, L, dim, dtype=ct, device=dt.device)
     ys = []
-    pending = [(s, min(s + CHUNK, dims.length)) for s in range(0, dims.length, CHUNK)][::-1]
-    while pending:
-        s, e = pending.pop()
-        res = None
-        if e - s > 1:
-            res = _scan_chunk(h, dt[:, s:e], dtu[:, s:e], Af, Amax, Bc[:, s:e], Cc[:, s:e], dims.groups)
-        if res is None and e - s > 1:
-            m = (s + e) // 2
-            pending += [(m, e), (s, m)]  # halve the chunk: the halves have narrower decay ranges
-            continue
-        if res is None:
-            res = _scan_exact(h, dt[:, s:e], dtu[:, s:e], Af, Bc[:, s:e], Cc[:, s:e], dims.groups)
-        y, h = res
-        ys.append(y)
-    y = torch.cat(ys, dim=1) if ys else uf.new_zeros(dims.batch, 0, dims.dim)
-    return _finish(y, u, D, z, ct, 2), h
+    group = max(1, min(GROUP, _GROUP_ELEMS // max(1, b * CHUNK * n * dim)))
+
+    def span(h, s, e, q):
+        """Scan tokens [s, e) in chunks of q (q divides e - s); a chunk whose decay range would overflow the
+        closed form is rescanned in halves, down to single exact steps."""
+        K = (e - s) // q
+        adt = dt[:, s:e].view(b, K, q, dim)
+        adt = adt if nonneg_dt else adt.abs()
+        r = q // 2 + 1  # tokens up to the centre c_r, and after it
+        # |c_t - c_r| and |c_r| are at most the |dt| mass on one side of the centre (exact up to one token)
+        width = adt[:, :, :r].sum(2) if r == q else torch.maximum(adt[:, :, :r].sum(2), adt[:, :, r:].sum(2))
+        ok = ((width * Amax).amax((0, 2)) <= _MAX_EXPONENT).tolist()  # False for NaN/inf: the exact path
+        k = 0
+        while k < K:
+            a = s + k * q
+            if not ok[k]:
+                if q > 1:
+                    h = span(h, a, a + q // 2 * 2, q // 2)
+                    if q % 2:
+                        h = span(h, a + q - 1, a + q, 1)
+                else:
+                    one = slice(a, a + 1)
+                    yk, h = _scan_exact(h, dt[:, one], dtu[:, one], Af, Bc[:, one], Cc[:, one])
+                    if y is None:
+                        ys.append(yk)
+                    else:
+                        y[:, one] = yk
+                k += 1
+                continue
+            j = k + 1
+            while j < K and j - k < group and ok[j]:
+                j += 1
+            c = s + j * q
+            chunk = (b, j - k, q)
+            yk, h = _scan_chunks(h, dt[:, a:c].view(*chunk, dim), dtu[:, a:c].view(*chunk, dim), A2t,
+                                 Bc[:, a:c].view(*chunk, *Bc.shape[2:]), Cc[:, a:c].view(*chunk, *Cc.shape[2:]),
+                                 None if y is None else y[:, a:c].view(*chunk, dim), ws)
+            if y is None:
+                ys.append(yk.reshape(b, c - a, dim))
+            k = j
+        return h
+
+    h = dt.new_zeros(b, n, dim)
+    full = L // CHUNK * CHUNK
+    if full:
+        h = span(h, 0, full, CHUNK)
+    if L > full:
+        h = span(h, full, L, L - full)
+    if y is None:
+        y = torch.cat(ys, dim=1) if ys else dt.new_zeros(b, 0, dim)
+    return y, h.transpose(1, 2)
+
+
+def _token_major(x, ct, channel_last):
+    """A fresh contiguous ``(b, L, D)`` copy of x in dtype ct (ours to update in place)."""
+    if not channel_last:
+        return _swap_last(x.to(ct))
+    out = torch.empty(x.shape, dtype=ct, device=x.device)
+    return out.copy_(x)
+
+
+def _run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, channel_last):
+    """Both layouts: the scan runs token-major. With autograd recording, dt and dt*u are formed in the caller's
+    layout and transposed (out of place); without, they are formed in place on token-major copies and the
+    whole-sequence temporaries are freed early (fewer fresh pages: the page faults of multi-megabyte temporaries
+    cost as much as the arithmetic on CPU)."""
+    ct = _compute_dtype(u)
+    record_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    cdim = 2 if channel_last else 1
+    if B.dim() == 3:
+        B, C = B.unsqueeze(cdim), C.unsqueeze(cdim)
+    if not channel_last:
+        B, C = B.permute(0, 3, 1, 2), C.permute(0, 3, 1, 2)
+    if record_grad:
+        dt = _dt(delta, delta_bias, delta_softplus, ct, cdim)
+        dtu = dt * u.to(ct)
+        swap = (lambda t: t.contiguous()) if channel_last else _swap_last
+        y, h = _scan_tokens(swap(dt), swap(dtu), A, B, C, delta_softplus, record_grad)
+        return _finish(y if channel_last else _swap_last(y), u, D, z, ct, cdim), h
+    dt = _token_major(delta, ct, channel_last)
+    if delta_bias is not None:
+        dt.add_(delta_bias.to(ct))
+    if delta_softplus:
+        torch.ops.aten.softplus.out(dt, 1, 20, out=dt)  # threshold 20, as mamba_ssm
+    dtu = _token_major(u, ct, channel_last).mul_(dt)
+    y, h = _scan_tokens(dt, dtu, A, B, C, delta_softplus, record_grad, out=dt)  # y overwrites dt in place
+    del dt, dtu
+    return _finish(y if channel_last else _swap_last(y), u, D, z, ct, cdim, inplace=True), h
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -265,11 +469,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         >>> u = torch.randn(2, 8, 100); A = -torch.rand(8, 4)
         >>> out = selective_scan(u, torch.rand_like(u), A, torch.randn(2, 4, 100), torch.randn(2, 4, 100))
     """
-    dims = check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    bc = (lambda t: t.transpose(1, 2)) if B.dim() == 3 else (lambda t: t.permute(0, 3, 1, 2))
-    out, h = _scan_channel_last(u.transpose(1, 2), delta.transpose(1, 2), A, bc(B), bc(C), D,
-                                None if z is None else z.transpose(1, 2), delta_bias, delta_softplus, dims)
-    out = out.transpose(1, 2)
+    check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    out, h = _run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, channel_last=False)
     return (out, h) if return_last_state else out
 
 
@@ -277,6 +478,6 @@ def selective_scan_channel_last(u, delta, A, B, C, D=None, z=None, delta_bias=No
                                 return_last_state=False):
     """:func:`selective_scan` with tokens channel-last: u, delta, z ``[B, L, D]``; B, C ``[B, L, N]`` or
     ``[B, L, G, N]``. Returns ``out [B, L, D]`` (and ``last_state [B, D, N]``)."""
-    dims = check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, channel_last=True)
-    out, h = _scan_channel_last(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dims)
+    check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, channel_last=True)
+    out, h = _run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, channel_last=True)
     return (out, h) if return_last_state else out

@@ -154,6 +154,95 @@ def test_reference_splits_chunks_with_wide_decay_range():
     check_against_oracle("reference", inputs, True)
 
 
+# The reference has two paths: out-of-place ops when autograd records, reused buffers and in-place ops otherwise.
+# These cases span several chunk groups (CHUNK x GROUP tokens), a partial last chunk, and B, G > 1.
+LONG_CASES = [
+    pytest.param(dict(batch=2, length=300, dim=6, dstate=4, groups=2), id="B2-L300-G2"),
+    pytest.param(dict(batch=1, length=333, dim=5, dstate=16, has_z=False), id="B1-L333-N16"),
+    pytest.param(dict(batch=3, length=161, dim=4, dstate=1, has_D=False, has_bias=False), id="B3-L161-N1"),
+]
+
+
+@pytest.mark.parametrize("kwargs", LONG_CASES)
+@pytest.mark.parametrize("channel_last", [False, True], ids=["channel-first", "channel-last"])
+def test_reference_no_grad_path_matches_oracle(kwargs, channel_last):
+    inputs = make_inputs(**kwargs, channel_last=channel_last)
+    with torch.no_grad():
+        check_against_oracle("reference", inputs, True, channel_last=channel_last, return_last_state=True,
+                             grads=False)
+
+
+@pytest.mark.parametrize("kwargs", LONG_CASES[:2])
+def test_reference_paths_agree(kwargs):
+    """The no-grad path (buffers, in place) and the autograd path compute the same numbers."""
+    inputs = make_inputs(**kwargs)
+    fn = get_impl("selective_scan", "reference")
+    with torch.no_grad():
+        fast = fn(**inputs, delta_softplus=True, return_last_state=True)
+    leaves = {k: None if v is None else v.clone().requires_grad_() for k, v in inputs.items()}
+    slow = fn(**leaves, delta_softplus=True, return_last_state=True)
+    assert slow[0].requires_grad and not fast[0].requires_grad
+    assert_close("out", slow[0].detach(), fast[0], torch.float32)
+    assert_close("last_state", slow[1].detach(), fast[1], torch.float32)
+
+
+def test_reference_mixed_decay_ranges_no_grad():
+    """Only some chunks are too wide for the closed form: they are halved while their neighbours stay batched."""
+    inputs = make_inputs(batch=2, length=290, dim=4, dstate=4, has_bias=False)
+    inputs["delta"][:, :, 70:110] = 6.0  # softplus ~6 per token, |A| up to ~1.7: ~10 per token inside this span
+    inputs["delta"][:, :, 200] = 60.0  # one token alone exceeds the exponent budget
+    for grads in (False, True):
+        with torch.set_grad_enabled(grads):
+            check_against_oracle("reference", inputs, True, return_last_state=True, grads=grads)
+
+
+def test_reference_float64_long():
+    """float64 stays float64 on both paths (the oracle here is float64 too, unlike check_against_oracle's)."""
+    inputs = {k: None if v is None else v.double() for k, v in make_inputs(length=170, dim=3, dstate=4).items()}
+    fn = get_impl("selective_scan", "reference")
+    want = selective_scan_recurrent(**inputs, delta_softplus=True, return_last_state=True)
+    for grads in (False, True):
+        leaves = {k: None if v is None else v.clone().requires_grad_(grads) for k, v in inputs.items()}
+        got = fn(**leaves, delta_softplus=True, return_last_state=True)
+        assert got[0].dtype == got[1].dtype == torch.float64
+        assert_close("out", want[0], got[0].detach(), torch.float64)
+        assert_close("last_state", want[1], got[1].detach(), torch.float64)
+
+
+@pytest.mark.parametrize("case", ["long", "wide"])
+def test_reference_compile_path_matches_oracle(case, monkeypatch):
+    """The path torch.compile traces (all chunks batched, log-depth carry, L padded), run eagerly."""
+    import reference.selective_scan as ref
+
+    monkeypatch.setattr(ref, "_TRACED_PATH", [True])
+    if case == "long":
+        inputs = make_inputs(batch=2, length=301, dim=6, dstate=4, groups=2)
+    else:  # too wide for the closed form: the eager driver runs instead
+        inputs = make_inputs(length=70, dim=4, dstate=4, dt_scale=3.0, has_bias=False)
+        inputs["A"] = inputs["A"] * 20.0
+    check_against_oracle("reference", inputs, True, return_last_state=True)
+
+
+def test_reference_compiled_graph_does_not_grow_with_length():
+    """torch.compile of the reference traces O(log L) ops (log-depth carry), not one block per chunk: L=300 and
+    L=500 (10 and 16 chunks, four doubling steps each) give the same graph size."""
+    from torch._dynamo.testing import CompileCounter
+
+    fn = get_impl("selective_scan", "reference")
+    counts = []
+    for length in (300, 500):
+        x = make_inputs(length=length, dim=4, dstate=2, has_z=False)
+        counter = CompileCounter()
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda *a: fn(*a, delta_softplus=True), backend=counter, dynamic=False)
+        with torch.no_grad():
+            out = compiled(*(x[k] for k in NAMES))
+        assert_close("out", oracle(x, False, True), out, torch.float32)
+        counts.append(counter.op_count)
+    torch._dynamo.reset()
+    assert counts[0] == counts[1] < 400, counts
+
+
 def test_reference_gradcheck_float64():
     inputs = make_inputs(batch=2, length=9, dim=3, dstate=2, groups=1, dtype=torch.float64)
     inputs = {k: None if v is None else v.double().requires_grad_() for k, v in inputs.items()}
