@@ -112,12 +112,14 @@ def _fwd_tile_loads(tile, idx, rst_ptr, x_base, dl_base, B_base, C_base, i_k, L,
 def _oss_fwd_kernel(
     x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr, rst_ptr,
     hin_ptr, y_ptr, ck_ptr, hend_ptr, dsum_ptr,
+    s_dlb, s_dlk, s_Bb, s_Bk, s_Cb, s_Ck,
     L, CH, K, NS, NT, TILES, NCHUNK, NCB,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, NP: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
     HAS_HIN: tl.constexpr, FINAL: tl.constexpr, SAVE: tl.constexpr,
 ):
     # x (Bsz, L, CH); delta, y (Bsz, K, L, CH); B, C (Bsz, K, L, NS); A (K, CH, NS); D, bias (K, CH);
+    # delta, B, C: rows contiguous, batch/direction strides s_* (0 for a view expanded over the directions);
     # orders (K, L) int64; reset (K, L) int8; states (Bsz*K, NCHUNK, CH, NS); checkpoints (Bsz*K, NT, CH, NS)
     pid = tl.program_id(0).to(tl.int64)
     i_cb = pid % NCB
@@ -146,9 +148,9 @@ def _oss_fwd_kernel(
     dsum = tl.zeros([BLOCK_C], dtype=tl.float32)
     rows = tl.arange(0, BLOCK_T)
     x_base = x_ptr + i_b * L * CH
-    dl_base = dl_ptr + i_bk * L * CH
-    B_base = B_ptr + i_bk * L * NS
-    C_base = C_ptr + i_bk * L * NS
+    dl_base = dl_ptr + i_b * s_dlb + i_k * s_dlk
+    B_base = B_ptr + i_b * s_Bb + i_k * s_Bk
+    C_base = C_ptr + i_b * s_Cb + i_k * s_Ck
     o_ord = ord_ptr + i_k * L
     # Software pipeline: while tile t is computed, the loads of tile t+1 and the order indices of tile t+2 are in
     # flight (prefetched values are carried to the next iteration untouched, so issuing them never stalls).
@@ -229,12 +231,14 @@ def _oss_carry_kernel(hend_ptr, dsum_ptr, A_ptr, crst_ptr, hin_ptr, CH, K, NS, N
 def _oss_bwd_kernel(
     x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr, rst_ptr, grp_ptr, dout_ptr, ck_ptr,
     dx_ptr, ddl_ptr, dBp_ptr, dCp_ptr, dAp_ptr, dDp_ptr, dbp_ptr,
+    s_dlb, s_dlk, s_Bb, s_Bk, s_Cb, s_Ck,
     L, CH, K, G, NS, NT, NCB, BK_TOTAL,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, NP: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
     FLIP_BY_DOT: tl.constexpr,
 ):
-    # dout (Bsz, G, L, CH) natural order; dx (Bsz, K, L, CH) fp32 per direction; ddelta like delta;
+    # dout (Bsz, G, L, CH) natural order; dx (Bsz, K, L, CH) fp32 per direction; ddelta (Bsz, K, L, CH)
+    # contiguous (inputs delta, B, C strided as in the forward);
     # dB/dC partials (NCB, Bsz*K, L, NS) fp32; dA partials (Bsz*K, CH, NS); dD, dbias partials (Bsz*K, CH)
     pid = tl.program_id(0).to(tl.int64)
     i_cb = pid % NCB
@@ -263,7 +267,9 @@ def _oss_bwd_kernel(
     db_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
     rows = tl.arange(0, BLOCK_T)
     x_base = x_ptr + i_b * L * CH
-    dl_base = dl_ptr + i_bk * L * CH
+    dl_base = dl_ptr + i_b * s_dlb + i_k * s_dlk
+    B_base = B_ptr + i_b * s_Bb + i_k * s_Bk
+    C_base = C_ptr + i_b * s_Cb + i_k * s_Ck
     go_base = dout_ptr + (i_b * G + i_g) * L * CH
     for it in range(NT):
         tile = NT - 1 - it
@@ -274,7 +280,7 @@ def _oss_bwd_kernel(
         m_fc = m_f[:, None] & m_c[None, :]
         dt_f, _ = _dt_tile(dl_base, idx_f * CH, o_c, m_fc, bias, SOFTPLUS)
         u_f = tl.load(x_base + idx_f[:, None] * CH + o_c[None, :], mask=m_fc, other=0.0).to(tl.float32)
-        B_f = tl.load(B_ptr + (i_bk * L + idx_f)[:, None] * NS + o_n[None, :], mask=m_f[:, None] & m_n[None, :],
+        B_f = tl.load(B_base + idx_f[:, None] * NS + o_n[None, :], mask=m_f[:, None] & m_n[None, :],
                       other=0.0).to(tl.float32)
         a_f = tl.exp2(dt_f[:, :, None] * A2[None, :, :])
         if HAS_RESET:
@@ -292,8 +298,8 @@ def _oss_bwd_kernel(
         m_rn = m_r[:, None] & m_n[None, :]
         dt, pre = _dt_tile(dl_base, idx * CH, o_c, m_rc, bias, SOFTPLUS)
         u = tl.load(x_base + idx[:, None] * CH + o_c[None, :], mask=m_rc, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + (i_bk * L + idx)[:, None] * NS + o_n[None, :], mask=m_rn, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + (i_bk * L + idx)[:, None] * NS + o_n[None, :], mask=m_rn, other=0.0).to(tl.float32)
+        Bt = tl.load(B_base + idx[:, None] * NS + o_n[None, :], mask=m_rn, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + idx[:, None] * NS + o_n[None, :], mask=m_rn, other=0.0).to(tl.float32)
         dy = tl.load(go_base + idx[:, None] * CH + o_c[None, :], mask=m_rc, other=0.0).to(tl.float32)
         a = tl.exp2(dt[:, :, None] * A2[None, :, :])
         if HAS_RESET:
@@ -367,6 +373,19 @@ class _Cfg:
         self.num_warps = 4
 
 
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """t itself when its last two dims (L, C) are contiguous rows, whatever its batch/direction strides (a view
+    expanded over the directions stays a view: no K copies); a contiguous copy otherwise."""
+    if t.stride(-1) == 1 and (t.shape[-2] == 1 or t.stride(-2) == t.shape[-1]):
+        return t
+    return t.contiguous()
+
+
+def _bk_strides(delta, B, C) -> tuple[int, ...]:
+    """Element strides of the batch and direction dims of delta, B and C (kernel arguments s_*)."""
+    return delta.stride(0), delta.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1)
+
+
 def _fwd(x, delta, A, B, C, D, delta_bias, orders, reset, softplus: bool, save: bool):
     Bsz, L, CH = x.shape
     K, NS = A.shape[0], A.shape[2]
@@ -380,14 +399,15 @@ def _fwd(x, delta, A, B, C, D, delta_bias, orders, reset, softplus: bool, save: 
                   HAS_BIAS=delta_bias is not None, HAS_RESET=reset is not None, num_warps=cfg.num_warps)
     args = (x, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
             orders, reset if reset is not None else dummy)
+    strides = _bk_strides(delta, B, C)
     grid = (Bsz * K * cfg.NCHUNK * cfg.NCB,)
     with device_guard(x):
         hin = None
         if cfg.NCHUNK > 1:
             hend = torch.empty(Bsz * K, cfg.NCHUNK, CH, NS, **f32)
             dsum = torch.empty(Bsz * K, cfg.NCHUNK, CH, **f32)
-            _oss_fwd_kernel[grid](*args, dummy, y, dummy, hend, dsum, HAS_HIN=False, FINAL=False, SAVE=False,
-                                  **common)
+            _oss_fwd_kernel[grid](*args, dummy, y, dummy, hend, dsum, *strides, HAS_HIN=False, FINAL=False,
+                                  SAVE=False, **common)
             crst = dummy
             if reset is not None:  # does chunk i of direction k contain a reset? (then nothing carries through)
                 pad = cfg.NCHUNK * cfg.TILES * cfg.BLOCK_T - L
@@ -395,7 +415,7 @@ def _fwd(x, delta, A, B, C, D, delta_bias, orders, reset, softplus: bool, save: 
             hin = torch.empty_like(hend)
             _oss_carry_kernel[(Bsz * K * cfg.NCB,)](hend, dsum, A, crst, hin, CH, K, NS, cfg.NCHUNK, cfg.NCB,
                                                     BLOCK_C=cfg.BLOCK_C, NP=cfg.NP, HAS_RESET=reset is not None)
-        _oss_fwd_kernel[grid](*args, hin if hin is not None else dummy, y, ckpt, dummy, dummy,
+        _oss_fwd_kernel[grid](*args, hin if hin is not None else dummy, y, ckpt, dummy, dummy, *strides,
                               HAS_HIN=hin is not None, FINAL=True, SAVE=save, **common)
     return y, ckpt
 
@@ -407,7 +427,7 @@ def _bwd(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softp
     cfg = _Cfg(Bsz, K, CH, L, NS, x.device)
     f32 = dict(dtype=torch.float32, device=x.device)
     dxk = torch.empty(Bsz, K, L, CH, **f32)
-    ddelta = torch.empty_like(delta)
+    ddelta = delta.new_empty(delta.shape)  # contiguous even where delta is an expanded view
     dBp = torch.empty(cfg.NCB, Bsz * K, L, NS, **f32)
     dCp = torch.empty(cfg.NCB, Bsz * K, L, NS, **f32)
     dAp = torch.empty(Bsz * K, CH, NS, **f32)
@@ -418,7 +438,7 @@ def _bwd(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softp
         _oss_bwd_kernel[(Bsz * K * cfg.NCB,)](
             x, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
             orders, reset if reset is not None else dummy, grp, dout, ckpt,
-            dxk, ddelta, dBp, dCp, dAp, dDp, dbp,
+            dxk, ddelta, dBp, dCp, dAp, dDp, dbp, *_bk_strides(delta, B, C),
             L, CH, K, G, NS, cfg.NT, cfg.NCB, Bsz * K,
             BLOCK_T=cfg.BLOCK_T, BLOCK_C=cfg.BLOCK_C, NP=cfg.NP, SOFTPLUS=softplus, HAS_D=D is not None,
             HAS_BIAS=delta_bias is not None, HAS_RESET=reset is not None, FLIP_BY_DOT=cfg.FLIP_BY_DOT,
@@ -488,8 +508,8 @@ def _bwd_op(dout: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: torch.T
 
 @_bwd_op.register_fake
 def _(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softplus):
-    def like(t):
-        return x.new_empty(0) if t is None else torch.empty_like(t)
+    def like(t):  # contiguous, as the real op returns them
+        return x.new_empty(0) if t is None else t.new_empty(t.shape)
 
     return [like(x), like(delta), like(A), like(B), like(C), like(D), like(delta_bias)]
 
@@ -527,7 +547,9 @@ def ordered_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
 
     Args:
         x: ``[Bsz, L, C]`` natural-order input, shared by all directions.
-        delta: ``[Bsz, K, L, C]`` natural-order time steps per direction (before bias / softplus).
+        delta: ``[Bsz, K, L, C]`` natural-order time steps per direction (before bias / softplus). delta, B and
+            C may have any batch / direction strides (a view expanded over K is read in place, not copied K
+            times); rows that are not contiguous are copied.
         A: ``[K, C, N]`` (float32 inside).
         B: ``[Bsz, K, L, N]`` natural order.
         C: ``[Bsz, K, L, N]`` natural order.
@@ -544,7 +566,8 @@ def ordered_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
     """
     dims, _ = _check_ordered_scan(x, delta, A, B, C, D, orders, groups, reset, delta_bias)
     check_runnable(x, delta, A, B, C, D, delta_bias, orders, op="ordered_selective_scan")
-    x, delta, B, C = (t.contiguous() for t in (x, delta, B, C))
+    x = x.contiguous()
+    delta, B, C = (_rows_contiguous(t) for t in (delta, B, C))
     A = A.float().contiguous()
     D = None if D is None else D.contiguous()
     delta_bias = None if delta_bias is None else delta_bias.contiguous()

@@ -155,6 +155,7 @@ class SpaceTimeS6(nn.Module):
         else:
             delta = torch.einsum("bklr,kdr->bkld", dt_in, self.dt_proj_weight)
             flops.add(self, 2 * b * k * l * r * di)
+        # shared projections: zero-stride views over the directions (the Triton op reads them in place)
         delta = delta.contiguous().expand(b, k, l, di)
         bm = bm.contiguous().expand(b, k, l, n)
         cm = cm.contiguous().expand(b, k, l, n)

@@ -155,6 +155,35 @@ def test_triton_windows_chunked_matches_reference(device, single_pass_knobs):
     compare(make_inputs(3, shape=shape, C=12, N=1, device=device, has_D=False), orders, (0, 0, 1), reset)
 
 
+def test_triton_reads_views_expanded_over_directions(device):
+    """delta, B, C shared by the directions and passed as zero-stride expanded views (as the model does) are read
+    in place, not copied K times; results and gradients (summed over directions by autograd) match the reference."""
+    K, Bsz, C, N = 2, 2, 5, 4
+    orders, reset = window_case(device)
+    L = orders.shape[1]
+    base = make_inputs(K, B=Bsz, C=C, N=N, device=device)
+    shared = {"delta": base["delta"][:, 0].clone(), "B": base["B"][:, 0].clone(), "C": base["C"][:, 0].clone()}
+    expanded = shared["delta"][:, None].expand(Bsz, K, L, C)
+    assert kos._rows_contiguous(expanded) is expanded  # no copy
+    assert kos._rows_contiguous(expanded.transpose(2, 3)).is_contiguous()  # rows not contiguous: copied
+
+    def run(backend):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in shared.items()}
+        views = {"delta": leaves["delta"][:, None].expand(Bsz, K, L, C),
+                 "B": leaves["B"][:, None].expand(Bsz, K, L, N), "C": leaves["C"][:, None].expand(Bsz, K, L, N)}
+        out = get_impl("ordered_selective_scan", backend)(
+            x=base["x"], **views, A=base["A"], D=base["D"], delta_bias=base["delta_bias"], orders=orders,
+            groups=(0, 0), reset=reset)
+        dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(out.device)
+        return out, torch.autograd.grad(out, list(leaves.values()), dy)
+
+    out, grads = run("triton")
+    ref, ref_grads = run("reference")
+    assert_close("out", ref, out, torch.float32)
+    for name, g, r in zip(shared, grads, ref_grads, strict=True):
+        assert_close(f"d{name}", r, g, torch.float32, kind="grad")
+
+
 def test_triton_mixed_orders(device):
     # global and window orders together, per-direction groups (G = K: no group sum)
     wo, wr = window_case(device)
