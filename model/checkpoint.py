@@ -106,7 +106,7 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", strict: bool = True,
-         backbone: str | os.PathLike | None = None, **config_overrides: Any):
+         backbone: str | os.PathLike | None = None, trust_backbone: bool = False, **config_overrides: Any):
     """Build a :class:`model.GLSMamba` from a file written by :func:`save`.
 
     Args:
@@ -114,6 +114,7 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", s
         map_location: device for the returned model.
         strict: raise :class:`CheckpointError` on missing or unexpected keys (shape mismatches always raise).
         backbone: a ViTPose file to fill the encoder when the checkpoint was saved without frozen weights.
+        trust_backbone: read ``backbone`` with full unpickling (see :func:`load_vitpose`'s ``trusted``).
         **config_overrides: config fields to change that do not alter parameter shapes (e.g. ``backend``).
     """
     from .glsmamba import GLSMamba
@@ -130,7 +131,7 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", s
     _check_and_load(net, payload["state_dict"], f"checkpoint {os.fspath(path)} does not match the model", strict,
                     allow_missing=allow)
     if backbone is not None:
-        load_vitpose(net, backbone)
+        load_vitpose(net, backbone, trusted=trust_backbone)
     return net.to(map_location)
 
 
@@ -150,7 +151,8 @@ def _read_state_dict(path: str | os.PathLike, trusted: bool) -> dict[str, torch.
             obj = torch.load(path, map_location="cpu", weights_only=not trusted)
         except pickle.UnpicklingError as e:
             raise ValueError(f"{path} holds objects other than tensors (mmpose checkpoints often store their config "
-                             f"in 'meta'); if you trust the file, pass trusted=True: {e}") from e
+                             f"in 'meta'); if you trust the file, pass trusted=True (command line: --trust-backbone): "
+                             f"{e}") from e
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

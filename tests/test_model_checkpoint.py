@@ -231,6 +231,29 @@ def test_load_vitpose_untrusted_pickle_explains(tmp_path):
     assert net.load_vitpose(tmp_path / "m.pth", trusted=True)["missing"] == []
 
 
+def test_checkpoint_without_encoder_reads_an_mmpose_backbone_only_when_trusted(tmp_path):
+    """A checkpoint saved without its frozen encoder + an mmpose backbone file that pickles metadata: refused by
+    default (the message names the option), read with trust_backbone=True through load, load_model and the CLI."""
+    from vhpe.cli import build_parser
+    from vhpe.infer import load_model
+
+    sd = _vitpose_state_dict(64, 2, (4, 3), 32, 17, "keypoint_head", seed=4)
+    torch.save({"state_dict": sd, "meta": Meta()}, tmp_path / "vitpose.pth")
+    net = GLSMamba("base", **SMALL_VIT)
+    assert net.encoder_frozen
+    model.save(net, tmp_path / "ck.pth", include_frozen=False)
+    with pytest.raises(ValueError, match="--trust-backbone"):
+        model.load(tmp_path / "ck.pth", backbone=tmp_path / "vitpose.pth")
+    loaded = model.load(tmp_path / "ck.pth", backbone=tmp_path / "vitpose.pth", trust_backbone=True)
+    assert torch.equal(loaded.encoder.vit.patch_embed.proj.weight, sd["backbone.patch_embed.proj.weight"])
+    via_infer = load_model(tmp_path / "ck.pth", "cpu", "reference", tmp_path / "vitpose.pth", trust_backbone=True)
+    assert torch.equal(via_infer.encoder.vit.patch_embed.proj.weight, sd["backbone.patch_embed.proj.weight"])
+    for cmd in (["eval", "--checkpoint", "ck.pth", "--data", "d"], ["demo", "v.mp4", "--checkpoint", "ck.pth"],
+                ["train", "--data", "d", "--out", "o"]):
+        args = build_parser().parse_args([*cmd, "--backbone", "b.pth", "--trust-backbone"])
+        assert args.backbone == "b.pth" and args.trust_backbone is True
+
+
 def test_config_overrides_in_model_construction():
     cfg = get_config("tiny")
     assert GLSMamba(cfg, num_joints=3).config.num_joints == 3

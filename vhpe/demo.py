@@ -103,7 +103,7 @@ def draw_poses(frame: np.ndarray, instances: Iterable[dict[str, Any]], kpt_thr: 
 def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video: str | os.PathLike | None,
              out_json: str | os.PathLike | None, boxes: str | os.PathLike | None = None, device: str | None = None,
              backend: str = "auto", batch_size: int = 16, flip: bool = False, kpt_thr: float = 0.3,
-             backbone: str | None = None, progress: bool = False) -> dict[str, Any]:
+             backbone: str | None = None, progress: bool = False, trust_backbone: bool = False) -> dict[str, Any]:
     """Run a checkpoint on a video (see the module docstring).
 
     Args:
@@ -117,6 +117,7 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
         flip: flip test.
         kpt_thr: drawing threshold on joint scores.
         backbone: ViTPose weights for checkpoints saved without their frozen encoder.
+        trust_backbone: allow full unpickling of ``backbone`` (mmpose files with non-tensor metadata).
         progress: print a progress line to stderr.
 
     Returns:
@@ -133,7 +134,7 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
     reader = VideoReader(video)  # opens and checks the video before the model is loaded
     writer = None
     try:
-        net = load_model(checkpoint, dev, backend, backbone)
+        net = load_model(checkpoint, dev, backend, backbone, trust_backbone)
         cfg = net.config
         t_clip, half = cfg.num_frames, cfg.num_frames // 2
         after = t_clip - 1 - half  # frames needed after the key frame

@@ -29,7 +29,7 @@ from .transforms import box_to_center_scale, get_affine_transform, warp_affine
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu", backend: str = "auto",
-               backbone: str | os.PathLike | None = None):
+               backbone: str | os.PathLike | None = None, trust_backbone: bool = False):
     """A :class:`model.GLSMamba` from ``checkpoint`` on ``device``, in eval mode, running ``backend``.
 
     Args:
@@ -37,10 +37,11 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
         device: where the model runs.
         backend: ``auto``, ``reference`` or ``triton``.
         backbone: ViTPose weights for checkpoints saved without their frozen encoder.
+        trust_backbone: allow full unpickling of ``backbone`` (mmpose files with non-tensor metadata).
     """
     from model.checkpoint import load
 
-    net = load(checkpoint, map_location=device, backbone=backbone)
+    net = load(checkpoint, map_location=device, backbone=backbone, trust_backbone=trust_backbone)
     net.backend = backend
     return net.eval()
 
@@ -231,7 +232,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
                         boxes: str = "gt", flip: bool = False, out: str | os.PathLike | None = None,
                         batch_size: int = 32, device: str | None = None, backend: str = "auto",
                         decode: str = "msra", workers: int = 0, backbone: str | None = None,
-                        det_score_thr: float = 0.0, progress: bool = False) -> dict[str, Any]:
+                        det_score_thr: float = 0.0, progress: bool = False,
+                        trust_backbone: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint on ``data/annotations/<split>``: writes ``out/predictions/<video>.json`` (PoseTrack18)
     and ``out/results.json`` (metrics + the settings that produced them: checkpoint, boxes, flip, decode).
 
@@ -244,6 +246,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         out: output folder (default ``<checkpoint folder>/eval-<split>-<gt|det>[-flip]``).
         batch_size, device, backend, decode, workers, progress: inference settings.
         backbone: ViTPose weights for checkpoints saved without their frozen encoder.
+        trust_backbone: allow full unpickling of ``backbone`` (mmpose files with non-tensor metadata).
         det_score_thr: minimum detection score.
 
     Returns:
@@ -253,7 +256,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
 
     ckpt = Path(checkpoint)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    net = load_model(ckpt, dev, backend, backbone)
+    net = load_model(ckpt, dev, backend, backbone, trust_backbone)
     cfg = net.config
     ann = Path(data) / "annotations" / split
     if not ann.exists():

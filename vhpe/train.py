@@ -74,6 +74,7 @@ class TrainConfig:
             so a mirrored figure contradicts its swapped labels).
         freeze_encoder: override the preset's ``freeze_encoder``.
         backbone: ViTPose weights loaded into the encoder before training.
+        trust_backbone: allow full unpickling of ``backbone`` (mmpose files with non-tensor metadata).
         amp: autocast ``auto`` (bf16 on a GPU that supports it, else fp16; off on CPU), ``off``, ``bf16``, ``fp16``.
         clip_grad: max gradient norm (0 = no clipping).
         seed: seed of initialisation, data order and augmentation.
@@ -111,6 +112,7 @@ class TrainConfig:
     flip_prob: float = 0.5
     freeze_encoder: bool | None = None
     backbone: str | None = None
+    trust_backbone: bool = False
     amp: str = "auto"
     clip_grad: float = 1.0
     seed: int = 0
@@ -581,7 +583,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         if mcfg.encoder != "vit":
             raise ValueError(f"backbone (ViTPose weights) needs a ViT encoder; preset {cfg.preset!r} has "
                              f"encoder={mcfg.encoder!r}")
-        net.load_vitpose(cfg.backbone, strict=False)
+        net.load_vitpose(cfg.backbone, strict=False, trusted=cfg.trust_backbone)
     net.backend = cfg.backend
     start_epoch, step = 0, 0
     history: list[dict[str, Any]] = []

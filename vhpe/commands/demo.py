@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from vhpe.commands import add_backbone_arguments
+
 HELP = "run a checkpoint on a video: overlay mp4 (source fps) + per-frame JSON"
 
 
@@ -27,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cuda when available)")
-    parser.add_argument("--backbone", default=None, help="ViTPose weights (checkpoints saved without the encoder)")
+    add_backbone_arguments(parser, "ViTPose weights (checkpoints saved without the encoder)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         doc = run_demo(args.video, args.checkpoint, args.out, args.json, boxes=args.boxes, device=args.device,
                        backend=args.backend, batch_size=args.batch_size, flip=args.flip, kpt_thr=args.kpt_thr,
-                       backbone=args.backbone, progress=sys.stderr.isatty())
+                       backbone=args.backbone, progress=sys.stderr.isatty(), trust_backbone=args.trust_backbone)
     except ImportError as e:
         print(f"glsmamba demo: error: {e}", file=sys.stderr)
         return 1

@@ -23,6 +23,8 @@ import os
 import sys
 from pathlib import Path
 
+from vhpe.commands import add_backbone_arguments
+
 HELP = ("evaluate predictions (PoseTrack mAP, COCO OKS AP/AR, PCK) or a checkpoint on a dataset split "
         "(--checkpoint)")
 
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ck.add_argument("--batch-size", type=int, default=32)
     ck.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     ck.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cuda when available)")
-    ck.add_argument("--backbone", default=None, help="ViTPose weights (checkpoints saved without the encoder)")
+    add_backbone_arguments(ck, "ViTPose weights (checkpoints saved without the encoder)")
     ck.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--format", choices=("json", "table"), default="table", help="output (default table)")
     parser.add_argument("--thr", type=float, default=None,
@@ -113,7 +115,8 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         res = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, boxes=args.boxes, flip=args.flip,
                                   out=args.out, batch_size=args.batch_size, device=args.device,
                                   backend=args.backend, decode=args.decode, backbone=args.backbone,
-                                  det_score_thr=args.det_thr, progress=sys.stderr.isatty())
+                                  det_score_thr=args.det_thr, progress=sys.stderr.isatty(),
+                                  trust_backbone=args.trust_backbone)
     except (ValueError, FileNotFoundError) as e:
         print(f"glsmamba eval: error: {e}", file=sys.stderr)
         return 1

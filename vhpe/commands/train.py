@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from vhpe.commands import add_backbone_arguments
+
 HELP = "train GLSMamba on PoseTrack-layout data (paper schedule by default; torchrun for multi-GPU)"
 
 
@@ -48,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="flip probability (use 0 on glsmamba synth data: its figures are colour-coded)")
     parser.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
                         help="freeze the encoder (default: the preset's choice; frozen for base/huge)")
-    parser.add_argument("--backbone", default=None, help="ViTPose weights for the encoder (.pth/.safetensors)")
+    add_backbone_arguments(parser, "ViTPose weights for the encoder (.pth/.safetensors)")
     parser.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
                         help="autocast (auto: bf16/fp16 on GPU, off on CPU)")
     parser.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0 = off)")
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
             lr_factor=args.lr_factor, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
             batch_size=args.batch_size, input_size=args.input_size, sigma=args.sigma, augment=args.augment,
             scale_factor=args.scale_factor, rot_factor=args.rot_factor, flip_prob=args.flip_prob,
-            freeze_encoder=args.freeze_encoder, backbone=args.backbone, amp=args.amp, clip_grad=args.clip_grad,
+            freeze_encoder=args.freeze_encoder, backbone=args.backbone,
+            trust_backbone=args.trust_backbone, amp=args.amp, clip_grad=args.clip_grad,
             seed=args.seed, workers=args.workers, device=args.device, threads=args.threads,
             frame_stride=args.frame_stride, eval_every=args.eval_every, keep=args.keep, log_every=args.log_every,
             max_steps=args.max_steps, resume=args.resume, deterministic=args.deterministic, sync_bn=args.sync_bn,
