@@ -16,3 +16,15 @@ def affine_combine(a1, b1, a2, b2):
 def softplus20(x):
     """softplus with mamba_ssm's threshold: x above 20 passes through (no libdevice log1p: interpreter-safe)."""
     return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+
+@triton.jit
+def dt_from_raw(raw, mask, bias, SOFTPLUS: tl.constexpr):
+    """(dt, pre) for a ``[steps, channels]`` tile of raw delta: pre = delta + bias (fp32), dt = softplus20(pre)
+    or pre, and dt = 0 where masked (padded steps then decay by 1 and add nothing)."""
+    pre = raw.to(tl.float32) + bias[None, :]
+    if SOFTPLUS:
+        dt = softplus20(pre)
+    else:
+        dt = pre
+    return tl.where(mask, dt, 0.0), pre

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._scan_common import affine_combine, softplus20
+from kernels._scan_common import affine_combine, dt_from_raw
 from kernels._utils import INTERPRET, cdiv, check_runnable, device_guard, next_pow2
 from kernels.space_time import st_merge
 from reference.ordered_scan import _check_ordered_scan
@@ -64,13 +64,9 @@ def _row(x, r, BLOCK_T: tl.constexpr):
 
 @triton.jit
 def _dt_tile(dl_ptr, rowoff, o_c, mask, bias, SOFTPLUS: tl.constexpr):
-    """(dt, pre): pre = delta + bias, dt = softplus(pre) (threshold 20) or pre; dt = 0 where masked."""
-    pre = tl.load(dl_ptr + rowoff[:, None] + o_c[None, :], mask=mask, other=0.0).to(tl.float32) + bias[None, :]
-    if SOFTPLUS:
-        dt = softplus20(pre)
-    else:
-        dt = pre
-    return tl.where(mask, dt, 0.0), pre
+    """(dt, pre) of the delta rows at ``rowoff`` (see ``dt_from_raw``)."""
+    raw = tl.load(dl_ptr + rowoff[:, None] + o_c[None, :], mask=mask, other=0.0)
+    return dt_from_raw(raw, mask, bias, SOFTPLUS)
 
 
 @triton.jit
@@ -171,12 +167,7 @@ def _oss_fwd_kernel(
             # (the scalar condition is broadcast explicitly: the interpreter rejects scalar & tensor masks)
             tl.store(ck_ptr + o_ck, h, mask=m_cn & ((tile + tl.zeros([BLOCK_C, NP], dtype=tl.int64)) < NT))
         m_jc = ((tile * BLOCK_T + rows) < L)[:, None] & m_c[None, :]
-        pre = c_dl.to(tl.float32) + bias[None, :]
-        if SOFTPLUS:
-            dt = softplus20(pre)
-        else:
-            dt = pre
-        dt = tl.where(m_jc, dt, 0.0)  # padded steps: a = 1, b = 0
+        dt, _ = dt_from_raw(c_dl, m_jc, bias, SOFTPLUS)  # padded steps: a = 1, b = 0
         u = c_u.to(tl.float32)
         a = tl.exp2(dt[:, :, None] * A2[None, :, :])
         if HAS_RESET:

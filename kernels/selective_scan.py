@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._scan_common import affine_combine, softplus20
+from kernels._scan_common import affine_combine, dt_from_raw
 from kernels._utils import INTERPRET, check_runnable, device_guard, next_pow2
 from reference.selective_scan import check_selective_scan_inputs
 
@@ -48,13 +48,8 @@ def _load_tn(ptr, t, n, mask, s_l, s_n):
 
 @triton.jit
 def _dt_tile(delta_ptr, t, d, mask, s_l, s_d, bias, SOFTPLUS: tl.constexpr):
-    """Returns (dt, x): dt = softplus(x) (threshold 20) or x, with x = delta + bias; 0 where masked."""
-    x = _load_td(delta_ptr, t, d, mask, s_l, s_d) + bias[None, :]
-    if SOFTPLUS:
-        dt = softplus20(x)
-    else:
-        dt = x
-    return tl.where(mask, dt, 0.0), x
+    """(dt, pre) of the delta tile at steps t, channels d (see ``dt_from_raw``)."""
+    return dt_from_raw(_load_td(delta_ptr, t, d, mask, s_l, s_d), mask, bias, SOFTPLUS)
 
 
 @triton.jit
