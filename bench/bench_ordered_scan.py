@@ -2,6 +2,7 @@
 
     python -m bench.bench_ordered_scan                       # 5 x 64 x 48 tokens, STS6D (K=6, 3 groups)
     python -m bench.bench_ordered_scan --mode fwd+bwd --dtype bf16 --batch 4
+    python -m bench.bench_ordered_scan --out DIR              # also append rows to DIR/ordered_scan_fused.csv
 
 Implementations timed (same inputs, same result):
   * ``fused``     ``ordered_selective_scan`` (Triton): each order read in place from natural-order tensors.
@@ -118,6 +119,25 @@ def _runner(impl: str, inputs: dict, mode: str) -> Callable[[], object]:
     return run_fb
 
 
+def _write_csv(rows: list[dict], out: str, device: torch.device) -> None:
+    """Append ``rows`` to ``out/ordered_scan_fused.csv`` in the harness schema (one run id, environment columns)."""
+    from pathlib import Path
+
+    from bench.harness import CsvWriter, environment, now_iso
+
+    env = environment(device)
+    env.pop("_peaks")
+    writer = CsvWriter(Path(out) / "ordered_scan_fused.csv")
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-ordered-scan-fused"
+    for r in rows:
+        writer.write({
+            "run_id": run_id, "timestamp": now_iso(), "op": r["op"], "variant": "sts6d", "backend": r["impl"],
+            "mode": r["mode"], "status": r["status"], "note": r["note"], "B": r["B"], "T": r["T"], "H": r["H"],
+            "W": r["W"], "C": r["C"], "N": r["N"], "K": r["K"], "dtype": r["dtype"], "tokens": r["T"] * r["H"] * r["W"],
+            "ms_p50": r["ms"], "timer": "do_bench" if device.type == "cuda" else "wallclock", **env,
+        })  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Time the three implementations; prints one line per row and returns the rows (dicts)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -130,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--impls", nargs="+", default=("fused", "unfused", "reference"))
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--interpret", action="store_true", help="on CPU, also time the Triton rows (interpreter)")
+    p.add_argument("--out", default=None,
+                   help="folder: append the rows to ordered_scan_fused.csv (the bench harness schema, with device "
+                        "and versions; backend fused/unfused/reference)")
     args = p.parse_args(argv)
     if args.interpret and not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
@@ -151,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             except Exception as e:  # keep the other rows
                 row.update(status="error", ms=float("nan"), note=f"{type(e).__name__}: {e}"[:200])
         rows.append(row)
+    if args.out:
+        _write_csv(rows, args.out, device)
     ms = {r["impl"]: r["ms"] for r in rows if r["status"] == "ok"}
     for r in rows:
         extra = ""

@@ -2,7 +2,7 @@
 
     python -m bench.store OUT_DIR [--dest bench/results]
 
-Copies results.csv, the PNGs, summary.md, sweep-*.json and the logs (*.log, env.txt). The device folder name
+Copies results.csv, ordered_scan_fused.csv, the PNGs, summary.md, sweep-*.json and the logs (*.log, env.txt). The device folder name
 comes from the CSV's ``device`` column (``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``). Files of an
 earlier run in that folder are replaced (git keeps the history).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.harness import device_slug, read_rows
 
-PATTERNS = ("results.csv", "*.png", "summary.md", "sweep-*.json", "*.log", "env.txt")
+PATTERNS = ("results.csv", "ordered_scan_fused.csv", "*.png", "summary.md", "sweep-*.json", "*.log", "env.txt")
 
 
 def store(src: Path, dest_root: Path) -> Path:

@@ -273,11 +273,16 @@ def test_bad_input(backend, device):
         fn(**dict(inp, delta=inp["delta"][:, :, :10]), orders=orders, groups=(0, 0))
 
 
-def test_bench_script_runs_reference_row():
+def test_bench_script_runs_reference_row(tmp_path):
     from bench.bench_ordered_scan import main
+    from bench.harness import COLUMNS, read_rows
 
-    rows = main(["--shape", "2", "3", "5", "--channels", "4", "--dstate", "2", "--impls", "reference", "--reps", "1"])
+    rows = main(["--shape", "2", "3", "5", "--channels", "4", "--dstate", "2", "--impls", "reference", "--reps", "1",
+                 "--out", str(tmp_path)])
     assert [r["impl"] for r in rows] == ["reference"] and rows[0]["status"] == "ok" and rows[0]["ms"] > 0
+    written = read_rows(tmp_path / "ordered_scan_fused.csv")
+    assert tuple(written[0]) == COLUMNS and len(written) == 1
+    assert written[0]["backend"] == "reference" and written[0]["tokens"] == "30" and written[0]["torch"]
 
 
 # ------------------------------------------------------------------------------------------------ torch.compile
