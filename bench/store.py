@@ -2,9 +2,9 @@
 
     python -m bench.store OUT_DIR [--dest bench/results]
 
-Copies results.csv, ordered_scan_fused.csv, the PNGs, summary.md, sweep-*.json and the logs (*.log, env.txt). The device folder name
-comes from the CSV's ``device`` column (``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``). Files of an
-earlier run in that folder are replaced (git keeps the history).
+Copies results.csv, ordered_scan_fused.csv, the PNGs, summary.md, sweep-*.json and the logs (*.log, env.txt).
+The device folder name comes from the CSV's ``device`` column (``NVIDIA H100 80GB HBM3`` ->
+``nvidia-h100-80gb-hbm3``). Files of an earlier run in that folder are replaced (git keeps the history).
 """
 
 from __future__ import annotations

@@ -315,7 +315,7 @@ def _scan_tokens_traced(dt, dtu, A, B, C, nonneg_dt):
     adt = dtp if nonneg_dt else dtp.abs()
     r = CHUNK // 2 + 1
     width = torch.maximum(adt[:, :, :r].sum(2), adt[:, :, r:].sum(2)) * Af.abs().amax(1)
-    if not bool(width.amax() <= _MAX_EXPONENT):
+    if K == 0 or not bool(width.amax() <= _MAX_EXPONENT):
         return _scan_tokens_eager(dt, dtu, A, B, C, nonneg_dt)
     Bc, Cc = (F.pad(t.to(ct), (0, 0, 0, 0, 0, pad)).view(b, K, CHUNK, *t.shape[2:]) for t in (B, C))
     y, h = _scan_chunks(None, dtp, F.pad(dtu, (0, 0, 0, pad)).view(b, K, CHUNK, dim), (Af * _LOG2E).t().contiguous(),

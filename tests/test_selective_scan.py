@@ -223,6 +223,18 @@ def test_reference_compile_path_matches_oracle(case, monkeypatch):
     check_against_oracle("reference", inputs, True, return_last_state=True)
 
 
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "compile-path"])
+def test_reference_empty_sequence(traced, monkeypatch):
+    import reference.selective_scan as ref
+
+    monkeypatch.setattr(ref, "_TRACED_PATH", [traced])
+    x = make_inputs(length=0, dim=3, dstate=2)
+    for grads in (False, True):
+        leaves = {k: None if v is None else v.clone().requires_grad_(grads) for k, v in x.items()}
+        out, last = ref.selective_scan(**leaves, delta_softplus=True, return_last_state=True)
+        assert out.shape == (2, 3, 0) and last.shape == (2, 3, 2) and not last.any()
+
+
 def test_reference_compiled_graph_does_not_grow_with_length():
     """torch.compile of the reference traces O(log L) ops (log-depth carry), not one block per chunk: L=300 and
     L=500 (10 and 16 chunks, four doubling steps each) give the same graph size."""
