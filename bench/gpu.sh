@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# One command for an H100/H200 (about 8-9 minutes): GPU tests, glsmamba verify, fused vs unfused ordered scan,
+# One command for an H100/H200 (at most about 8 minutes): GPU tests, glsmamba verify, fused vs unfused ordered scan,
 # the benchmark sweeps, plots and summary, all into one folder. Then commit that folder's files under bench/results/<device>/:
 #     bash bench/gpu.sh [OUT_DIR]            # default: $OUT, else bench/results/local/gpu-<timestamp>
 #     python -m bench.store OUT_DIR          # copies CSV, PNGs, summary.md, logs to bench/results/<device>/
 # Each stage has a hard time limit, so a slow stage cannot eat the others' time; the sweeps write their CSV row by
 # row, so a stage cut short keeps what it measured. Limits can be changed through the environment (seconds):
-#     TESTS_S=120 VERIFY_S=45 FUSED_S=40 HEADLINE_S=75 NET_S=70 OPS_S=70 (sweeps get GRACE_S=20 more to finish a measurement)
+#     TESTS_S=120 VERIFY_S=45 FUSED_S=35 HEADLINE_S=75 NET_S=55 OPS_S=55 (sweeps get GRACE_S=20 more to finish a measurement)
 # torch.compile is measured at the headline size only (one compile per op and size takes tens of seconds to
 # minutes); for compile curves run e.g. `python -m bench --backends reference compile --T 5 8 --hw 32x24 64x48`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-bench/results/local/gpu-$(date +%Y%m%d-%H%M%S)}}"
 mkdir -p "$OUT_DIR"
-TESTS_S=${TESTS_S:-120}; VERIFY_S=${VERIFY_S:-45}; FUSED_S=${FUSED_S:-40}; HEADLINE_S=${HEADLINE_S:-75}; NET_S=${NET_S:-70}; OPS_S=${OPS_S:-70}
+TESTS_S=${TESTS_S:-120}; VERIFY_S=${VERIFY_S:-45}; FUSED_S=${FUSED_S:-35}; HEADLINE_S=${HEADLINE_S:-75}; NET_S=${NET_S:-55}; OPS_S=${OPS_S:-55}
 GRACE_S=${GRACE_S:-20}
 PY=${PYTHON:-python3}
 t0=$SECONDS
