@@ -172,6 +172,21 @@ def test_reference_no_grad_path_matches_oracle(kwargs, channel_last):
                              grads=False)
 
 
+def test_reference_no_grad_path_low_precision_and_strided():
+    """The no-grad path copies its inputs token-major itself: strided and fp16/bf16 inputs give the oracle's result."""
+    base = make_inputs(length=150, dim=6, dstate=4, groups=2)
+    strided = dict(base)
+    for k in ("u", "delta", "z", "B"):
+        strided[k] = base[k].transpose(1, 2).contiguous().transpose(1, 2)
+        assert not strided[k].is_contiguous()
+    with torch.no_grad():
+        check_against_oracle("reference", strided, True, return_last_state=True, grads=False)
+        for dtype in (torch.float16, torch.bfloat16):
+            for cl in (False, True):
+                check_against_oracle("reference", make_inputs(length=150, dtype=dtype, channel_last=cl), True,
+                                     channel_last=cl, grads=False)
+
+
 @pytest.mark.parametrize("kwargs", LONG_CASES[:2])
 def test_reference_paths_agree(kwargs):
     """The no-grad path (buffers, in place) and the autograd path compute the same numbers."""
