@@ -25,6 +25,10 @@ Backward (one program per (batch, direction, channel block), tiles in reverse or
     ``lam_last = S + P * a_before * lam_before`` with ``E`` the segment's last ``a`` (no shifted reloads).
   * ``dx`` is written per direction (fp32) and summed over directions in torch; ``ddelta`` directly; dB, dC as
     per-channel-block partials and dA, dD, d(delta_bias) as per-program partials, summed in torch: deterministic.
+  * The dB/dC partials (channel blocks x batch x directions x positions x N fp32, eight times the size of dx)
+    are bounded by running the order in segments of tiles, last segment first, one launch each: the adjoint
+    state crossing a segment boundary goes through a small buffer, and each segment's partials (indexed by scan
+    position) are reduced before the next launch reuses them; one gather puts dB/dC back in natural order.
 """
 
 from __future__ import annotations
@@ -218,19 +222,23 @@ def _oss_carry_kernel(hend_ptr, dsum_ptr, A_ptr, crst_ptr, hin_ptr, CH, K, NS, N
         h = decay * h + tl.load(hend_ptr + o_state, mask=m_cn, other=0.0)
 
 
-@triton.jit(do_not_specialize=["L", "NT"])
+@triton.jit(do_not_specialize=["L", "NT", "T_LO", "T_HI"])
 def _oss_bwd_kernel(
     x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr, rst_ptr, grp_ptr, dout_ptr, ck_ptr,
-    dx_ptr, ddl_ptr, dBp_ptr, dCp_ptr, dAp_ptr, dDp_ptr, dbp_ptr,
+    dx_ptr, ddl_ptr, dBp_ptr, dCp_ptr, dAp_ptr, dDp_ptr, dbp_ptr, lam_ptr, anx_ptr,
     s_dlb, s_dlk, s_Bb, s_Bk, s_Cb, s_Ck,
-    L, CH, K, G, NS, NT, NCB, BK_TOTAL,
+    L, CH, K, G, NS, NT, NCB, BK_TOTAL, T_LO, T_HI, LSEG,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, NP: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
-    FLIP_BY_DOT: tl.constexpr,
+    FLIP_BY_DOT: tl.constexpr, HAS_LAMIN: tl.constexpr, STORE_LAM: tl.constexpr,
 ):
+    # One segment of the scan order: tiles T_LO..T_HI-1, walked in reverse. The adjoint state entering the segment
+    # from the later tiles (lam, and the a of the step after it) is read from lam/anx (HAS_LAMIN) and the state
+    # leaving it is stored there for the next launch (STORE_LAM).
     # dout (Bsz, G, L, CH) natural order; dx (Bsz, K, L, CH) fp32 per direction; ddelta (Bsz, K, L, CH)
-    # contiguous (inputs delta, B, C strided as in the forward);
-    # dB/dC partials (NCB, Bsz*K, L, NS) fp32; dA partials (Bsz*K, CH, NS); dD, dbias partials (Bsz*K, CH)
+    # contiguous (inputs delta, B, C strided as in the forward); lam, anx (Bsz*K, CH, NS) fp32;
+    # dB/dC partials (NCB, Bsz*K, LSEG, NS) fp32 by scan position inside the segment; dA partials (Bsz*K, CH, NS);
+    # dD, dbias partials (Bsz*K, CH) (this segment's slot)
     pid = tl.program_id(0).to(tl.int64)
     i_cb = pid % NCB
     i_bk = pid // NCB
@@ -251,8 +259,13 @@ def _oss_bwd_kernel(
     Dv = tl.zeros([BLOCK_C], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + i_k * CH + o_c, mask=m_c, other=0.0).to(tl.float32)
-    lam = tl.zeros([BLOCK_C, NP], dtype=tl.float32)  # lam at the first step of the tile after this one
-    a_nx = tl.zeros([BLOCK_C, NP], dtype=tl.float32)  # a at that step (0 past the end)
+    o_lam = (i_bk * CH + o_c[:, None]) * NS + o_n[None, :]
+    if HAS_LAMIN:  # lam at the first step of the tile after this one, and a at that step (0 past the end)
+        lam = tl.load(lam_ptr + o_lam, mask=m_cn, other=0.0)
+        a_nx = tl.load(anx_ptr + o_lam, mask=m_cn, other=0.0)
+    else:
+        lam = tl.zeros([BLOCK_C, NP], dtype=tl.float32)
+        a_nx = tl.zeros([BLOCK_C, NP], dtype=tl.float32)
     dA_acc = tl.zeros([BLOCK_C, NP], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -262,8 +275,8 @@ def _oss_bwd_kernel(
     B_base = B_ptr + i_b * s_Bb + i_k * s_Bk
     C_base = C_ptr + i_b * s_Cb + i_k * s_Ck
     go_base = dout_ptr + (i_b * G + i_g) * L * CH
-    for it in range(NT):
-        tile = NT - 1 - it
+    for it in range(T_HI - T_LO):
+        tile = T_HI - 1 - it
         # ---- recompute h over the tile in step order, from the checkpoint at its start
         jf = tile * BLOCK_T + rows
         m_f = jf < L
@@ -318,9 +331,12 @@ def _oss_bwd_kernel(
         tl.store(dx_ptr + o_row, du, mask=m_rc)
         tl.store(ddl_ptr + o_row, ddt.to(ddl_ptr.dtype.element_ty), mask=m_rc)
         # dB_j = sum_c lam dt u, dC_j = sum_c dy h: reduced over this block's channels, summed in torch
-        o_part = ((i_cb * BK_TOTAL + i_bk) * L + idx)[:, None] * NS + o_n[None, :]
+        o_part = ((i_cb * BK_TOTAL + i_bk) * LSEG + (jr - T_LO * BLOCK_T))[:, None] * NS + o_n[None, :]
         tl.store(dBp_ptr + o_part, tl.sum(lam_t * (dt * u)[:, :, None], axis=1), mask=m_rn)
         tl.store(dCp_ptr + o_part, tl.sum(h * dy[:, :, None], axis=1), mask=m_rn)
+    if STORE_LAM:
+        tl.store(lam_ptr + o_lam, lam, mask=m_cn)
+        tl.store(anx_ptr + o_lam, a_nx, mask=m_cn)
     tl.store(dAp_ptr + (i_bk * CH + o_c[:, None]) * NS + o_n[None, :], dA_acc, mask=m_cn)
     tl.store(dDp_ptr + i_bk * CH + o_c, dD_acc, mask=m_c)
     tl.store(dbp_ptr + i_bk * CH + o_c, db_acc, mask=m_c)
@@ -334,6 +350,9 @@ def _oss_bwd_kernel(
 # backward reverses a tile (True: exchange-matrix dot, False: tl.flip).
 _TILES_PER_CHUNK: list[int | None] = [None]
 _FLIP_BY_DOT: list[bool | None] = [None]
+# Tiles per backward segment (None: as many as keep the dB/dC partials within _BWD_PARTIAL_BYTES).
+_BWD_SEG_TILES: list[int | None] = [None]
+_BWD_PARTIAL_BYTES = 256 << 20
 
 
 class _Cfg:
@@ -417,31 +436,55 @@ def _bwd(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softp
     G = dout.shape[1]
     cfg = _Cfg(Bsz, K, CH, L, NS, x.device)
     f32 = dict(dtype=torch.float32, device=x.device)
+    BK = Bsz * K
+    seg = _BWD_SEG_TILES[0] or max(1, _BWD_PARTIAL_BYTES // (2 * 4 * cfg.NCB * BK * NS * cfg.BLOCK_T))
+    seg = min(seg, cfg.NT)
+    nseg = cdiv(cfg.NT, seg)
+    LSEG = seg * cfg.BLOCK_T
     dxk = torch.empty(Bsz, K, L, CH, **f32)
     ddelta = delta.new_empty(delta.shape)  # contiguous even where delta is an expanded view
-    dBp = torch.empty(cfg.NCB, Bsz * K, L, NS, **f32)
-    dCp = torch.empty(cfg.NCB, Bsz * K, L, NS, **f32)
-    dAp = torch.empty(Bsz * K, CH, NS, **f32)
-    dDp = torch.empty(Bsz * K, CH, **f32)
-    dbp = torch.empty(Bsz * K, CH, **f32)
+    # dB/dC partials per channel block for one segment of scan positions (reused), reduced into scan order
+    dBp = torch.empty(cfg.NCB, BK, LSEG, NS, **f32)
+    dCp = torch.empty(cfg.NCB, BK, LSEG, NS, **f32)
+    dB_scan = torch.empty(BK, L, NS, **f32)
+    dC_scan = torch.empty(BK, L, NS, **f32)
+    dAp = torch.empty(nseg, BK, CH, NS, **f32)
+    dDp = torch.empty(nseg, BK, CH, **f32)
+    dbp = torch.empty(nseg, BK, CH, **f32)
+    lam = torch.empty(BK, CH, NS, **f32) if nseg > 1 else torch.empty(1, **f32)
+    anx = torch.empty_like(lam)
     dummy = torch.empty(1, **f32)
     with device_guard(x):
-        _oss_bwd_kernel[(Bsz * K * cfg.NCB,)](
-            x, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
-            orders, reset if reset is not None else dummy, grp, dout, ckpt,
-            dxk, ddelta, dBp, dCp, dAp, dDp, dbp, *_bk_strides(delta, B, C),
-            L, CH, K, G, NS, cfg.NT, cfg.NCB, Bsz * K,
-            BLOCK_T=cfg.BLOCK_T, BLOCK_C=cfg.BLOCK_C, NP=cfg.NP, SOFTPLUS=softplus, HAS_D=D is not None,
-            HAS_BIAS=delta_bias is not None, HAS_RESET=reset is not None, FLIP_BY_DOT=cfg.FLIP_BY_DOT,
-            num_warps=cfg.num_warps)
-    # deterministic reductions of the per-direction / per-block partials
+        for s in reversed(range(nseg)):  # later segments first: the adjoint runs backwards along the order
+            t_lo, t_hi = s * seg, min(cfg.NT, (s + 1) * seg)
+            _oss_bwd_kernel[(BK * cfg.NCB,)](
+                x, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+                orders, reset if reset is not None else dummy, grp, dout, ckpt,
+                dxk, ddelta, dBp, dCp, dAp[s], dDp[s], dbp[s], lam, anx, *_bk_strides(delta, B, C),
+                L, CH, K, G, NS, cfg.NT, cfg.NCB, BK, t_lo, t_hi, LSEG,
+                BLOCK_T=cfg.BLOCK_T, BLOCK_C=cfg.BLOCK_C, NP=cfg.NP, SOFTPLUS=softplus, HAS_D=D is not None,
+                HAS_BIAS=delta_bias is not None, HAS_RESET=reset is not None, FLIP_BY_DOT=cfg.FLIP_BY_DOT,
+                HAS_LAMIN=s < nseg - 1, STORE_LAM=s > 0, num_warps=cfg.num_warps)
+            j_lo, j_hi = t_lo * cfg.BLOCK_T, min(L, t_hi * cfg.BLOCK_T)
+            dB_scan[:, j_lo:j_hi] = dBp[:, :, : j_hi - j_lo].sum(0)
+            dC_scan[:, j_lo:j_hi] = dCp[:, :, : j_hi - j_lo].sum(0)
+    # deterministic reductions of the per-direction / per-block / per-segment partials
     dx = dxk.sum(1).to(x.dtype)
-    dB = dBp.sum(0).view(Bsz, K, L, NS).to(B.dtype)
-    dC = dCp.sum(0).view(Bsz, K, L, NS).to(C.dtype)
-    dA = dAp.view(Bsz, K, CH, NS).sum(0).to(A.dtype)
-    dD = None if D is None else dDp.view(Bsz, K, CH).sum(0).to(D.dtype)
-    dbias = None if delta_bias is None else dbp.view(Bsz, K, CH).sum(0).to(delta_bias.dtype)
+    inv = _inverse_orders(orders)  # scan position of every natural index, per direction
+    to_natural = inv.view(1, K, L, 1).expand(Bsz, K, L, NS)
+    dB = dB_scan.view(Bsz, K, L, NS).gather(2, to_natural).to(B.dtype)
+    dC = dC_scan.view(Bsz, K, L, NS).gather(2, to_natural).to(C.dtype)
+    dA = dAp.sum(0).view(Bsz, K, CH, NS).sum(0).to(A.dtype)
+    dD = None if D is None else dDp.sum(0).view(Bsz, K, CH).sum(0).to(D.dtype)
+    dbias = None if delta_bias is None else dbp.sum(0).view(Bsz, K, CH).sum(0).to(delta_bias.dtype)
     return dx, ddelta, dA, dB, dC, dD, dbias
+
+
+def _inverse_orders(orders: torch.Tensor) -> torch.Tensor:
+    """``inv[k, orders[k, j]] = j`` for each permutation row of ``orders (K, L)``."""
+    K, L = orders.shape
+    pos = torch.arange(L, device=orders.device).expand(K, L)
+    return torch.empty_like(orders).scatter_(1, orders, pos)
 
 
 _GROUP_TABLES: dict = {}

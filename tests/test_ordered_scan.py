@@ -135,6 +135,7 @@ def single_pass_knobs():
     yield
     kos._TILES_PER_CHUNK[0] = None
     kos._FLIP_BY_DOT[0] = None
+    kos._BWD_SEG_TILES[0] = None
 
 
 def test_triton_sts6d_matches_reference(device):
@@ -182,6 +183,19 @@ def test_triton_reads_views_expanded_over_directions(device):
     assert_close("out", ref, out, torch.float32)
     for name, g, r in zip(shared, grads, ref_grads, strict=True):
         assert_close(f"d{name}", r, g, torch.float32, kind="grad")
+
+
+@pytest.mark.parametrize("seg_tiles", [1, 3])
+def test_triton_backward_in_segments(device, single_pass_knobs, seg_tiles):
+    """The backward run in segments of tiles (adjoint state handed between launches, dB/dC partials per
+    segment): 1 tile per segment (4 launches) and 3 (a full and a partial segment), windows with resets and the
+    temporal order, against the reference."""
+    kos._BWD_SEG_TILES[0] = seg_tiles
+    shape = (3, 4, 5)  # L = 60: 4 tiles of 16 steps under the interpreter
+    wo, wr = window_case(device, shape, (2, 3))
+    orders = torch.cat([wo, scan_orders(shape, ["temporal"], device=device)])
+    reset = torch.cat([wr, torch.zeros_like(wr[:1])])
+    compare(make_inputs(3, shape=shape, C=6, N=4, device=device), orders, (0, 1, 1), reset)
 
 
 def test_triton_mixed_orders(device):
