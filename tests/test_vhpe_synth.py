@@ -238,3 +238,27 @@ def test_eval_accepts_annolist_predictions_without_ids(synth_root, tmp_path, cap
         assert main(["eval", "--metric", metric, "--gt", str(val), "--pred", str(tmp_path / "al"),
                      "--format", "json"]) == 0
         assert json.loads(capsys.readouterr().out)[key] == 100.0
+
+
+def test_synth_records_its_settings_and_the_mirror_conflict(synth_root, tmp_path):
+    import json
+
+    from vhpe.synth import SYNTH_META, mirror_inconsistent
+
+    meta = json.loads((synth_root / SYNTH_META).read_text())
+    assert meta["generator"] == "glsmamba synth" and meta["mirror_consistent"] is False
+    assert mirror_inconsistent(synth_root)
+    assert not mirror_inconsistent(tmp_path)  # no synth.json: real data
+    (tmp_path / SYNTH_META).write_text("{not json")
+    assert not mirror_inconsistent(tmp_path)
+
+
+def test_train_flip_default_follows_the_data(synth_root, tmp_path):
+    from vhpe.train import TrainConfig, _resolve_flip
+
+    said = []
+    assert _resolve_flip(TrainConfig(data=str(synth_root), out="o"), said.append).flip_prob == 0.0
+    assert "flip augmentation off" in said[-1]
+    assert _resolve_flip(TrainConfig(data=str(tmp_path), out="o"), said.append).flip_prob == 0.5
+    kept = _resolve_flip(TrainConfig(data=str(synth_root), out="o", flip_prob=0.3), said.append)
+    assert kept.flip_prob == 0.3 and said[-1].startswith("warning:")

@@ -25,6 +25,8 @@ Everything is a pure function of ``seed`` and the video's ``seq`` number (NumPy 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ from .formats import Frame, Person, Video, write_posetrack18
 from .skeleton import POSETRACK15, SLOTS_15, slots15_to_17
 
 _J = {n: i for i, n in enumerate(POSETRACK15.joints)}
+SYNTH_META = "synth.json"  # dataset-level record of the generator settings, next to images/ and annotations/
 
 # marker colour of each joint (15-joint order): every joint has its own colour, the person's left side warm,
 # right side cool, so a joint is identifiable from its marker and its place in the figure
@@ -401,7 +404,8 @@ def make_dataset(root: str | Path, videos: int, frames: int, seed: int = 0, val_
                  cfg: SynthConfig | None = None) -> dict[str, list[str]]:
     """Write a synthetic dataset in PoseTrack18 layout.
 
-    Layout: ``root/images/{train,val}/<video>/NNNNNN.<ext>`` and ``root/annotations/{train,val}/<video>.json``.
+    Layout: ``root/images/{train,val}/<video>/NNNNNN.<ext>``, ``root/annotations/{train,val}/<video>.json`` and
+    ``root/synth.json`` (the settings, and ``"mirror_consistent": false``: see :func:`mirror_inconsistent`).
     Videos ``1..videos - val_videos`` go to train, the rest to val.
 
     Args:
@@ -422,6 +426,13 @@ def make_dataset(root: str | Path, videos: int, frames: int, seed: int = 0, val_
         raise ValueError(f"val_videos must be in [0, {videos}], got {val_videos}")
     cfg = cfg or SynthConfig()
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    meta = {"generator": "glsmamba synth", "seed": seed, "videos": videos, "frames": frames, "val_videos": n_val,
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
+            "mirror_consistent": False,
+            "note": "figures are colour-coded left (warm) / right (cool): a mirrored image contradicts its swapped "
+                    "labels, so train without flip augmentation and evaluate without the flip test"}
+    (root / SYNTH_META).write_text(json.dumps(meta, indent=1) + "\n")
     out: dict[str, list[str]] = {"train": [], "val": []}
     for seq in range(1, videos + 1):
         split = "train" if seq <= videos - n_val else "val"
@@ -429,6 +440,19 @@ def make_dataset(root: str | Path, videos: int, frames: int, seed: int = 0, val_
         write_posetrack18(video, root / "annotations" / split / f"{video.name}.json")
         out[split].append(video.name)
     return out
+
+
+def mirror_inconsistent(root: str | Path) -> bool:
+    """True when ``root`` was written by :func:`make_dataset` with left/right colour coding (``synth.json``):
+    flip augmentation and the flip test then contradict the labels."""
+    path = Path(root) / SYNTH_META
+    if not path.is_file():
+        return False
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("mirror_consistent") is False
 
 
 def occluded_mask(person: Person) -> np.ndarray:

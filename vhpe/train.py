@@ -70,8 +70,8 @@ class TrainConfig:
         sigma: target Gaussian sigma in heatmap pixels.
         augment: DCPose augmentation (scale, rotation, flip); off = plain crops.
         scale_factor, rot_factor, flip_prob: the augmentation's scale range, rotation sigma (degrees) and flip
-            probability (set ``flip_prob`` 0 on ``glsmamba synth`` data: its figures are colour-coded left/right,
-            so a mirrored figure contradicts its swapped labels).
+            probability; ``None`` = 0.5, or 0 on ``glsmamba synth`` data (its figures are colour-coded left/right,
+            so a mirrored figure contradicts its swapped labels; an explicit value there is kept, with a warning).
         freeze_encoder: override the preset's ``freeze_encoder``.
         backbone: ViTPose weights loaded into the encoder before training.
         trust_backbone: allow full unpickling of ``backbone`` (mmpose files with non-tensor metadata).
@@ -109,7 +109,7 @@ class TrainConfig:
     augment: bool = True
     scale_factor: float = 0.35
     rot_factor: float = 45.0
-    flip_prob: float = 0.5
+    flip_prob: float | None = None
     freeze_encoder: bool | None = None
     backbone: str | None = None
     trust_backbone: bool = False
@@ -518,6 +518,22 @@ def _check_resume_config(saved: dict[str, Any], current: dict[str, Any], path: s
 
 
 # ------------------------------------------------------------------------------------------------ data
+def _resolve_flip(cfg: TrainConfig, say) -> TrainConfig:
+    """``flip_prob=None`` -> 0.5, or 0 on colour-coded synthetic data (:func:`vhpe.synth.mirror_inconsistent`)."""
+    from .synth import mirror_inconsistent
+
+    coded = mirror_inconsistent(cfg.data)
+    if cfg.flip_prob is None:
+        if coded:
+            say(f"{cfg.data}: glsmamba synth data with left/right colour coding: flip augmentation off "
+                f"(flip_prob 0)")
+        return dataclasses.replace(cfg, flip_prob=0.0 if coded else 0.5)
+    if coded and cfg.flip_prob > 0 and cfg.augment:
+        say(f"warning: {cfg.data} is glsmamba synth data with left/right colour coding; flip_prob "
+            f"{cfg.flip_prob} mirrors figures against their labels")
+    return cfg
+
+
 def build_dataset(cfg: TrainConfig, mcfg, split: str, train: bool):
     from .dataset import PoseTrackClipDataset
     from .transforms import Augment
@@ -562,6 +578,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         torch.backends.cudnn.deterministic = True
     out = Path(cfg.out)
     say = log if info.main else (lambda *a, **k: None)
+    cfg = _resolve_flip(cfg, say)
 
     mcfg = model_config(cfg)
     resume_path = None

@@ -111,6 +111,11 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     if args.data is None:
         print("glsmamba eval: error: --checkpoint needs --data DIR", file=sys.stderr)
         return 2
+    from vhpe.synth import mirror_inconsistent
+
+    if args.flip and mirror_inconsistent(args.data):
+        print(f"glsmamba eval: warning: {args.data} is glsmamba synth data with left/right colour coding; the flip "
+              f"test averages in mirrored figures that contradict their labels", file=sys.stderr)
     try:
         res = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, boxes=args.boxes, flip=args.flip,
                                   out=args.out, batch_size=args.batch_size, device=args.device,

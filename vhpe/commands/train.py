@@ -46,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "rotation or flip)")
     parser.add_argument("--scale-factor", type=float, default=0.35)
     parser.add_argument("--rot-factor", type=float, default=45.0)
-    parser.add_argument("--flip-prob", type=float, default=0.5,
-                        help="flip probability (use 0 on glsmamba synth data: its figures are colour-coded)")
+    parser.add_argument("--flip-prob", type=float, default=None,
+                        help="flip probability (default 0.5; 0 on glsmamba synth data, whose figures are "
+                             "colour-coded left/right)")
     parser.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
                         help="freeze the encoder (default: the preset's choice; frozen for base/huge)")
     add_backbone_arguments(parser, "ViTPose weights for the encoder (.pth/.safetensors)")
