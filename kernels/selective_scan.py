@@ -168,13 +168,15 @@ def _ss_bwd_kernel(
     du_ptr, ddelta_ptr, dz_ptr, dBp_ptr, dCp_ptr, dAp_ptr, dDp_ptr, dbiasp_ptr, lamloc_ptr, dsum_ptr,
     s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_zb, s_zl, s_zd, s_gb, s_gl, s_gd,
     s_Bb, s_Bg, s_Bl, s_Bn, s_Cb, s_Cg, s_Cl, s_Cn, s_Ad, s_An,
-    L, DIM, NSTATE, GROUP_SIZE, BLOCKS_PER_GROUP, TILES, N_CHUNKS, N_TILES, N_DBLOCKS,
+    L, DIM, NSTATE, GROUP_SIZE, BLOCKS_PER_GROUP, TILES, N_CHUNKS, N_TILES, N_DBLOCKS, C_LO, LSEG,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_LAMIN: tl.constexpr, FINAL: tl.constexpr,
 ):
+    # Chunks C_LO + program_id(1). The final pass writes dB/dC partials (B, N_DBLOCKS, LSEG, N) for the tokens
+    # of its launch's chunks only (LSEG of them from chunk C_LO on): the launcher reduces them per launch.
     pid0 = tl.program_id(0)
-    i_c = tl.program_id(1).to(tl.int64)
+    i_c = C_LO + tl.program_id(1).to(tl.int64)
     i_b = tl.program_id(2).to(tl.int64)
     i_g = pid0 // BLOCKS_PER_GROUP
     o_dg = (pid0 % BLOCKS_PER_GROUP) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -267,7 +269,7 @@ def _ss_bwd_kernel(
             # dB_t = sum_d lam dt u,  dC_t = sum_d dy h: reduced over this block's channels, summed in torch
             dB = tl.sum(lam_f * (dt * u)[:, :, None], axis=1)
             dC = tl.sum(hs * dy[:, :, None], axis=1)
-            o_part = ((i_b * N_DBLOCKS + pid0) * L + t[:, None]) * NSTATE + n[None, :]
+            o_part = ((i_b * N_DBLOCKS + pid0) * LSEG + (t - C_LO * TILES * BLOCK_T)[:, None]) * NSTATE + n[None, :]
             tl.store(dBp_ptr + o_part, dB, mask=m_tn)
             tl.store(dCp_ptr + o_part, dC, mask=m_tn)
     if FINAL:
@@ -304,6 +306,9 @@ class _Cfg:
 
 # tests set this to exercise several chunks on tiny inputs; None = the heuristic above
 TILES_PER_CHUNK: int | None = None
+# Chunks per final backward launch (None: as many as keep the dB/dC partials within _BWD_PARTIAL_BYTES).
+_BWD_SEG_CHUNKS: list[int | None] = [None]
+_BWD_PARTIAL_BYTES = 256 << 20
 
 
 def _as_bgln(B: torch.Tensor, channel_last: bool) -> torch.Tensor:
@@ -367,8 +372,14 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus: bool,
     ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
     dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else None
     Bv, Cv = _as_bgln(B, channel_last), _as_bgln(C, channel_last)
-    dBp = torch.empty(batch, cfg.n_dblocks, length, dstate, **f32)
-    dCp = torch.empty(batch, cfg.n_dblocks, length, dstate, **f32)
+    # dB/dC partials per channel block for the chunks of one final-pass launch (reused; see _BWD_PARTIAL_BYTES)
+    chunk_tokens = cfg.tiles * cfg.BLOCK_T
+    seg = _BWD_SEG_CHUNKS[0] or max(1, _BWD_PARTIAL_BYTES // (2 * 4 * batch * cfg.n_dblocks * chunk_tokens * dstate))
+    seg = min(seg, cfg.n_chunks)
+    dBp = torch.empty(batch, cfg.n_dblocks, seg * chunk_tokens, dstate, **f32)
+    dCp = torch.empty_like(dBp)
+    dB = torch.empty(batch, groups, length, dstate, **f32)
+    dC = torch.empty_like(dB)
     dAp = torch.empty(batch, cfg.n_chunks, dim, dstate, **f32)
     dDp = torch.empty(batch, cfg.n_chunks, dim, **f32)
     dbp = torch.empty(batch, cfg.n_chunks, dim, **f32)
@@ -386,6 +397,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus: bool,
             delta_bias if delta_bias is not None else dummy, dout, ckpt)
     grid = (cfg.n_dblocks, cfg.n_chunks, batch)
     dlast = dlast.float().contiguous() if dlast is not None else None
+    common.update(C_LO=0, LSEG=dBp.shape[2])
     with device_guard(u):
         lamin = None
         if cfg.n_chunks > 1:
@@ -400,12 +412,17 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus: bool,
                 HAS_INIT=dlast is not None)
         elif dlast is not None:
             lamin = dlast[:, None]  # one chunk: the incoming adjoint is d(last_state) itself
-        _ss_bwd_kernel[grid](*args, lamin if lamin is not None else dummy, du, ddelta,
-                             dz if dz is not None else dummy, dBp, dCp, dAp, dDp, dbp, dummy, dummy, *strides,
-                             HAS_LAMIN=lamin is not None, FINAL=True, **common)
-    # deterministic reductions of the partials
-    dB = dBp.view(batch, groups, cfg.blocks_per_group, length, dstate).sum(2)  # (B, G, L, N)
-    dC = dCp.view(batch, groups, cfg.blocks_per_group, length, dstate).sum(2)
+        for c_lo in range(0, cfg.n_chunks, seg):  # final pass, a group of chunks per launch
+            c_hi = min(cfg.n_chunks, c_lo + seg)
+            common.update(C_LO=c_lo)
+            _ss_bwd_kernel[(cfg.n_dblocks, c_hi - c_lo, batch)](
+                *args, lamin if lamin is not None else dummy, du, ddelta, dz if dz is not None else dummy, dBp, dCp,
+                dAp, dDp, dbp, dummy, dummy, *strides, HAS_LAMIN=lamin is not None, FINAL=True, **common)
+            t_lo, t_hi = c_lo * chunk_tokens, min(length, c_hi * chunk_tokens)
+            # deterministic reductions of the partials over the blocks of each group: (B, G, tokens, N)
+            parts = (batch, groups, cfg.blocks_per_group, dBp.shape[2], dstate)
+            dB[:, :, t_lo:t_hi] = dBp.view(parts)[:, :, :, : t_hi - t_lo].sum(2)
+            dC[:, :, t_lo:t_hi] = dCp.view(parts)[:, :, :, : t_hi - t_lo].sum(2)
     dA = dAp.sum((0, 1))
     dD = dDp.sum((0, 1)) if D is not None else None
     dbias = dbp.sum((0, 1)) if delta_bias is not None else None

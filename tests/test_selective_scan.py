@@ -114,6 +114,18 @@ def test_triton_many_chunks(device, monkeypatch):
                          return_last_state=True)
 
 
+@pytest.mark.parametrize("seg_chunks", [1, 3])
+def test_triton_backward_final_pass_in_launch_groups(device, monkeypatch, seg_chunks):
+    """The final backward pass launched a group of chunks at a time (dB/dC partials per launch, reduced in
+    between): 1 and 3 of the 4 chunks per launch, groups G=2, with the last state's gradient."""
+    import kernels.selective_scan as ks
+
+    monkeypatch.setattr(ks, "TILES_PER_CHUNK", 1)
+    monkeypatch.setattr(ks, "_BWD_SEG_CHUNKS", [seg_chunks])
+    check_against_oracle("triton", make_inputs(length=53, dim=4, dstate=2, groups=2, device=device), True,
+                         return_last_state=True)
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_last_state_and_its_gradient(backend, device):
     inputs = make_inputs(length=40, dim=4, dstate=4, device=device)
