@@ -361,3 +361,6 @@ def test_gpu_triton_matches_reference_long(dtype, case, single_pass_knobs):
     compare(inp, orders, groups, reset, dtype=dtype)
     kos._TILES_PER_CHUNK[0] = 4  # the chunk-parallel forward as well
     compare(inp, orders, groups, reset, dtype=dtype, grads=False)
+    kos._TILES_PER_CHUNK[0] = None
+    kos._BWD_SEG_TILES[0] = 7  # the backward in segments (30 tiles of 32 steps: 5 launches)
+    compare(inp, orders, groups, reset, dtype=dtype)

@@ -384,8 +384,12 @@ def test_torch_compile_smoke(backend):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("channel_last", [False, True], ids=["BDL", "BLD"])
-def test_gpu_triton_matches_oracle_long(dtype, channel_last):
+def test_gpu_triton_matches_oracle_long(dtype, channel_last, monkeypatch):
+    import kernels.selective_scan as ks
+
     inputs = make_inputs(batch=2, length=1531, dim=70, dstate=16, groups=2, dtype=dtype, device="cuda",
                          channel_last=channel_last, dt_scale=0.3)
     inputs["delta"] = inputs["delta"] - 2.0  # realistic small steps: softplus(-2) ~ 0.13
+    check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)
+    monkeypatch.setattr(ks, "_BWD_SEG_CHUNKS", [2])  # the final backward pass in launch groups (6 chunks: 3)
     check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)
