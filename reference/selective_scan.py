@@ -154,13 +154,18 @@ def _finish(y, u, D, z, ct, channel_dim, inplace=False):
     return y.to(u.dtype)
 
 
-def _dt(delta, delta_bias, delta_softplus, ct, channel_dim):
+def _dt(delta, delta_bias, delta_softplus, ct, channel_dim, inplace=False):
+    """``softplus(delta + delta_bias)`` (threshold 20, as mamba_ssm) in ct; ``inplace`` updates delta (a buffer of
+    ours in ct, no autograd)."""
     dt = delta.to(ct)
     if delta_bias is not None:
         shape = [1, 1, 1]
         shape[channel_dim] = -1
-        dt = dt + delta_bias.to(ct).view(shape)
-    return F.softplus(dt) if delta_softplus else dt  # threshold 20, as mamba_ssm
+        bias = delta_bias.to(ct).view(shape)
+        dt = dt.add_(bias) if inplace else dt + bias
+    if not delta_softplus:
+        return dt
+    return torch.ops.aten.softplus.out(dt, 1, 20, out=dt) if inplace else F.softplus(dt)
 
 
 def selective_scan_recurrent(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -301,6 +306,22 @@ def _swap_last(x: torch.Tensor) -> torch.Tensor:
     return rows[0][None] if len(rows) == 1 else torch.stack(rows)
 
 
+def _decay_terms(A, ct):
+    """(A in ct, A * log2(e) as ``(N, D)`` (states are laid out (N, D) inside, D contiguous), max |A| per channel)."""
+    Af = A.to(ct)
+    return Af, (Af * _LOG2E).t().contiguous(), Af.abs().amax(1)
+
+
+def _chunk_widths(dt_chunks, nonneg_dt, Amax):
+    """``(b, K, D)``: the widest exponent |A| * |c_t - c_r| (and |A| * |c_r| for the start state) of each chunk of
+    ``dt_chunks (b, K, q, D)``, bounded by the |dt| mass on one side of the centre (exact up to one token)."""
+    adt = dt_chunks if nonneg_dt else dt_chunks.abs()
+    q = adt.shape[2]
+    r = q // 2 + 1  # tokens up to the centre c_r, and after it
+    width = adt[:, :, :r].sum(2) if r == q else torch.maximum(adt[:, :, :r].sum(2), adt[:, :, r:].sum(2))
+    return width * Amax
+
+
 def _scan_tokens_traced(dt, dtu, A, B, C, nonneg_dt):
     """The path taken while torch.compile traces: every chunk in one batched closed form and a log-depth carry,
     so the graph does not grow with L (the eager driver would be unrolled chunk by chunk). L is padded to a
@@ -308,18 +329,15 @@ def _scan_tokens_traced(dt, dtu, A, B, C, nonneg_dt):
     range needs smaller chunks runs the eager driver outside the graph."""
     ct = dt.dtype
     b, L, dim = dt.shape
-    Af = A.to(ct)
+    _, A2t, Amax = _decay_terms(A, ct)
     K = -(-L // CHUNK)
     pad = K * CHUNK - L
     dtp = F.pad(dt, (0, 0, 0, pad)).view(b, K, CHUNK, dim)
-    adt = dtp if nonneg_dt else dtp.abs()
-    r = CHUNK // 2 + 1
-    width = torch.maximum(adt[:, :, :r].sum(2), adt[:, :, r:].sum(2)) * Af.abs().amax(1)
-    if K == 0 or not bool(width.amax() <= _MAX_EXPONENT):
+    if K == 0 or not bool(_chunk_widths(dtp, nonneg_dt, Amax).amax() <= _MAX_EXPONENT):
         return _scan_tokens_eager(dt, dtu, A, B, C, nonneg_dt)
     Bc, Cc = (F.pad(t.to(ct), (0, 0, 0, 0, 0, pad)).view(b, K, CHUNK, *t.shape[2:]) for t in (B, C))
-    y, h = _scan_chunks(None, dtp, F.pad(dtu, (0, 0, 0, pad)).view(b, K, CHUNK, dim), (Af * _LOG2E).t().contiguous(),
-                        Bc, Cc, None, _Workspace(False, ct, dt.device))
+    y, h = _scan_chunks(None, dtp, F.pad(dtu, (0, 0, 0, pad)).view(b, K, CHUNK, dim), A2t, Bc, Cc, None,
+                        _Workspace(False, ct, dt.device))
     return y.reshape(b, K * CHUNK, dim)[:, :L], h.transpose(1, 2)
 
 
@@ -346,9 +364,7 @@ def _scan_tokens_driver(dt, dtu, A, B, C, nonneg_dt, record_grad, out=None):
     ct = dt.dtype
     b, L, dim = dt.shape
     n = A.shape[1]
-    Af = A.to(ct)
-    A2t = (Af * _LOG2E).t().contiguous()  # (N, D): states are laid out (N, D) inside, D contiguous
-    Amax = Af.abs().amax(1)
+    Af, A2t, Amax = _decay_terms(A, ct)
     Bc, Cc = B.to(ct).contiguous(), C.to(ct).contiguous()  # small (b, L, G, N): token rows for the chunk views
     ws = _Workspace(not record_grad, ct, dt.device)
     # ``out`` may be dt itself: every read of dt[:, a:c] (range check, cumulative sums) precedes the write of
@@ -361,12 +377,8 @@ def _scan_tokens_driver(dt, dtu, A, B, C, nonneg_dt, record_grad, out=None):
         """Scan tokens [s, e) in chunks of q (q divides e - s); a chunk whose decay range would overflow the
         closed form is rescanned in halves, down to single exact steps."""
         K = (e - s) // q
-        adt = dt[:, s:e].view(b, K, q, dim)
-        adt = adt if nonneg_dt else adt.abs()
-        r = q // 2 + 1  # tokens up to the centre c_r, and after it
-        # |c_t - c_r| and |c_r| are at most the |dt| mass on one side of the centre (exact up to one token)
-        width = adt[:, :, :r].sum(2) if r == q else torch.maximum(adt[:, :, :r].sum(2), adt[:, :, r:].sum(2))
-        ok = ((width * Amax).amax((0, 2)) <= _MAX_EXPONENT).tolist()  # False for NaN/inf: the exact path
+        width = _chunk_widths(dt[:, s:e].view(b, K, q, dim), nonneg_dt, Amax)
+        ok = (width.amax((0, 2)) <= _MAX_EXPONENT).tolist()  # False for NaN/inf: the exact path
         k = 0
         while k < K:
             a = s + k * q
@@ -435,11 +447,7 @@ def _run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, channel_last):
         swap = (lambda t: t.contiguous()) if channel_last else _swap_last
         y, h = _scan_tokens(swap(dt), swap(dtu), A, B, C, delta_softplus, record_grad)
         return _finish(y if channel_last else _swap_last(y), u, D, z, ct, cdim), h
-    dt = _token_major(delta, ct, channel_last)
-    if delta_bias is not None:
-        dt.add_(delta_bias.to(ct))
-    if delta_softplus:
-        torch.ops.aten.softplus.out(dt, 1, 20, out=dt)  # threshold 20, as mamba_ssm
+    dt = _dt(_token_major(delta, ct, channel_last), delta_bias, delta_softplus, ct, 2, inplace=True)
     dtu = _token_major(u, ct, channel_last).mul_(dt)
     y, h = _scan_tokens(dt, dtu, A, B, C, delta_softplus, record_grad, out=dt)  # y overwrites dt in place
     del dt, dtu
