@@ -40,9 +40,10 @@ import triton
 import triton.language as tl
 
 from kernels._scan_common import affine_combine, dt_from_raw
-from kernels._utils import INTERPRET, cdiv, check_runnable, device_guard, next_pow2
+from kernels._utils import INTERPRET, cdiv, check_runnable, device_guard, next_pow2, units_per_launch
 from kernels.space_time import st_merge
 from reference.ordered_scan import _check_ordered_scan
+from reference.space_time import _inverse_permutations
 
 __all__ = ["ordered_selective_scan"]
 
@@ -350,9 +351,8 @@ def _oss_bwd_kernel(
 # backward reverses a tile (True: exchange-matrix dot, False: tl.flip).
 _TILES_PER_CHUNK: list[int | None] = [None]
 _FLIP_BY_DOT: list[bool | None] = [None]
-# Tiles per backward segment (None: as many as keep the dB/dC partials within _BWD_PARTIAL_BYTES).
+# Tiles per backward segment (None: as many as keep the dB/dC partials within kernels._utils.PARTIAL_BYTES).
 _BWD_SEG_TILES: list[int | None] = [None]
-_BWD_PARTIAL_BYTES = 256 << 20
 
 
 class _Cfg:
@@ -437,8 +437,7 @@ def _bwd(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softp
     cfg = _Cfg(Bsz, K, CH, L, NS, x.device)
     f32 = dict(dtype=torch.float32, device=x.device)
     BK = Bsz * K
-    seg = _BWD_SEG_TILES[0] or max(1, _BWD_PARTIAL_BYTES // (2 * 4 * cfg.NCB * BK * NS * cfg.BLOCK_T))
-    seg = min(seg, cfg.NT)
+    seg = units_per_launch(2 * 4 * cfg.NCB * BK * NS * cfg.BLOCK_T, cfg.NT, _BWD_SEG_TILES[0])  # dB + dC, fp32
     nseg = cdiv(cfg.NT, seg)
     LSEG = seg * cfg.BLOCK_T
     dxk = torch.empty(Bsz, K, L, CH, **f32)
@@ -454,13 +453,14 @@ def _bwd(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softp
     lam = torch.empty(BK, CH, NS, **f32) if nseg > 1 else torch.empty(1, **f32)
     anx = torch.empty_like(lam)
     dummy = torch.empty(1, **f32)
+    strides = _bk_strides(delta, B, C)
     with device_guard(x):
         for s in reversed(range(nseg)):  # later segments first: the adjoint runs backwards along the order
             t_lo, t_hi = s * seg, min(cfg.NT, (s + 1) * seg)
             _oss_bwd_kernel[(BK * cfg.NCB,)](
                 x, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
                 orders, reset if reset is not None else dummy, grp, dout, ckpt,
-                dxk, ddelta, dBp, dCp, dAp[s], dDp[s], dbp[s], lam, anx, *_bk_strides(delta, B, C),
+                dxk, ddelta, dBp, dCp, dAp[s], dDp[s], dbp[s], lam, anx, *strides,
                 L, CH, K, G, NS, cfg.NT, cfg.NCB, BK, t_lo, t_hi, LSEG,
                 BLOCK_T=cfg.BLOCK_T, BLOCK_C=cfg.BLOCK_C, NP=cfg.NP, SOFTPLUS=softplus, HAS_D=D is not None,
                 HAS_BIAS=delta_bias is not None, HAS_RESET=reset is not None, FLIP_BY_DOT=cfg.FLIP_BY_DOT,
@@ -470,7 +470,7 @@ def _bwd(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softp
             dC_scan[:, j_lo:j_hi] = dCp[:, :, : j_hi - j_lo].sum(0)
     # deterministic reductions of the per-direction / per-block / per-segment partials
     dx = dxk.sum(1).to(x.dtype)
-    inv = _inverse_orders(orders)  # scan position of every natural index, per direction
+    inv = _inverse_permutations(orders)  # scan position of every natural index, per direction
     to_natural = inv.view(1, K, L, 1).expand(Bsz, K, L, NS)
     dB = dB_scan.view(Bsz, K, L, NS).gather(2, to_natural).to(B.dtype)
     dC = dC_scan.view(Bsz, K, L, NS).gather(2, to_natural).to(C.dtype)
@@ -478,13 +478,6 @@ def _bwd(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softp
     dD = None if D is None else dDp.sum(0).view(Bsz, K, CH).sum(0).to(D.dtype)
     dbias = None if delta_bias is None else dbp.sum(0).view(Bsz, K, CH).sum(0).to(delta_bias.dtype)
     return dx, ddelta, dA, dB, dC, dD, dbias
-
-
-def _inverse_orders(orders: torch.Tensor) -> torch.Tensor:
-    """``inv[k, orders[k, j]] = j`` for each permutation row of ``orders (K, L)``."""
-    K, L = orders.shape
-    pos = torch.arange(L, device=orders.device).expand(K, L)
-    return torch.empty_like(orders).scatter_(1, orders, pos)
 
 
 _GROUP_TABLES: dict = {}

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from kernels._scan_common import affine_combine, dt_from_raw
-from kernels._utils import INTERPRET, check_runnable, device_guard, next_pow2
+from kernels._utils import INTERPRET, check_runnable, device_guard, next_pow2, units_per_launch
 from reference.selective_scan import check_selective_scan_inputs
 
 __all__ = ["selective_scan", "selective_scan_channel_last"]
@@ -306,9 +306,8 @@ class _Cfg:
 
 # tests set this to exercise several chunks on tiny inputs; None = the heuristic above
 TILES_PER_CHUNK: int | None = None
-# Chunks per final backward launch (None: as many as keep the dB/dC partials within _BWD_PARTIAL_BYTES).
+# Chunks per final backward launch (None: as many as keep the dB/dC partials within kernels._utils.PARTIAL_BYTES).
 _BWD_SEG_CHUNKS: list[int | None] = [None]
-_BWD_PARTIAL_BYTES = 256 << 20
 
 
 def _as_bgln(B: torch.Tensor, channel_last: bool) -> torch.Tensor:
@@ -372,10 +371,9 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus: bool,
     ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
     dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else None
     Bv, Cv = _as_bgln(B, channel_last), _as_bgln(C, channel_last)
-    # dB/dC partials per channel block for the chunks of one final-pass launch (reused; see _BWD_PARTIAL_BYTES)
+    # dB/dC partials per channel block for the chunks of one final-pass launch (reused)
     chunk_tokens = cfg.tiles * cfg.BLOCK_T
-    seg = _BWD_SEG_CHUNKS[0] or max(1, _BWD_PARTIAL_BYTES // (2 * 4 * batch * cfg.n_dblocks * chunk_tokens * dstate))
-    seg = min(seg, cfg.n_chunks)
+    seg = units_per_launch(2 * 4 * batch * cfg.n_dblocks * chunk_tokens * dstate, cfg.n_chunks, _BWD_SEG_CHUNKS[0])
     dBp = torch.empty(batch, cfg.n_dblocks, seg * chunk_tokens, dstate, **f32)
     dCp = torch.empty_like(dBp)
     dB = torch.empty(batch, groups, length, dstate, **f32)

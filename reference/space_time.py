@@ -108,10 +108,15 @@ def _check_orders(orders: object, L: int | None = None, argname: str = "orders")
         bad = [k for k in range(K) if not torch.equal(orders[k].sort().values, ar)]
         raise ValueError(f"{argname} rows must be permutations of range({n}); row(s) {bad} of shape "
                          f"{tuple(orders.shape)} are not (repeated or out-of-range indices)")
-    inv = torch.empty_like(orders)
-    inv.scatter_(1, orders, ar.expand(K, n).contiguous())
+    inv = _inverse_permutations(orders)
     _VERIFIED_ORDERS[orders] = (orders._version, inv)
     return inv
+
+
+def _inverse_permutations(orders: torch.Tensor) -> torch.Tensor:
+    """``inv[k, orders[k, j]] = j`` for each row of ``orders (K, L)`` (rows already known to be permutations)."""
+    K, n = orders.shape
+    return torch.empty_like(orders).scatter_(1, orders, torch.arange(n, device=orders.device).expand(K, n))
 
 
 def _check_groups(groups: object, K: int, argname: str = "groups") -> tuple[int, ...]:
@@ -172,10 +177,7 @@ def _check_merge(ys: object, orders: object, groups: object) -> tuple[torch.Tens
 
 def _register(order: torch.Tensor) -> torch.Tensor:
     """Mark a freshly built (K, L) permutation table as checked (its inverse is computed here)."""
-    K, n = order.shape
-    inv = torch.empty_like(order)
-    inv.scatter_(1, order, torch.arange(n, device=order.device).expand(K, n).contiguous())
-    _VERIFIED_ORDERS[order] = (order._version, inv)
+    _VERIFIED_ORDERS[order] = (order._version, _inverse_permutations(order))
     return order
 
 
