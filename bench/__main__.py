@@ -1,7 +1,7 @@
-"""``python -m bench [options]``: the resolution sweep (same options as ``glsmamba bench``)."""
+"""``python -m glsmamba.bench [options]``: the resolution sweep (same options as ``glsmamba bench``)."""
 
 import sys
 
-from bench.sweep import main
+from glsmamba.bench.sweep import main
 
 sys.exit(main())

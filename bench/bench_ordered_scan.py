@@ -1,8 +1,8 @@
 """Fused direction-aware scan vs the unfused three-step pipeline vs the reference, on whatever device is here.
 
-    python -m bench.bench_ordered_scan                       # 5 x 64 x 48 tokens, STS6D (K=6, 3 groups)
-    python -m bench.bench_ordered_scan --mode fwd+bwd --dtype bf16 --batch 4
-    python -m bench.bench_ordered_scan --out DIR              # also append rows to DIR/ordered_scan_fused.csv
+    python -m glsmamba.bench.bench_ordered_scan                       # 5 x 64 x 48 tokens, STS6D (K=6, 3 groups)
+    python -m glsmamba.bench.bench_ordered_scan --mode fwd+bwd --dtype bf16 --batch 4
+    python -m glsmamba.bench.bench_ordered_scan --out DIR              # also append rows to DIR/ordered_scan_fused.csv
 
 Implementations timed (same inputs, same result):
   * ``fused``     ``ordered_selective_scan`` (Triton): each order read in place from natural-order tensors.
@@ -37,7 +37,7 @@ def unfused_ordered_scan(x, delta, A, B, C, D, orders, groups, delta_bias=None, 
     grouped per direction), the way VMamba runs its cross-scan. Same contract as ``ordered_selective_scan``
     without ``reset``. Returns ``[Bsz, G, L, C]``.
     """
-    from model.backend import get_op
+    from glsmamba.model.backend import get_op
 
     scan, merge = get_op("space_time_scan", backend), get_op("space_time_merge", backend)
     ss = get_op("selective_scan_channel_last", backend)
@@ -60,7 +60,7 @@ def unfused_ordered_scan(x, delta, A, B, C, D, orders, groups, delta_bias=None, 
 
 def make_inputs(batch: int, shape: Sequence[int], channels: int, dstate: int, dtype: torch.dtype,
                 device: torch.device, seed: int = 0) -> dict:
-    from reference.space_time import STS6D, scan_orders
+    from glsmamba.reference.space_time import STS6D, scan_orders
 
     g = torch.Generator().manual_seed(seed)
     T, H, W = shape
@@ -92,7 +92,7 @@ def _timer(fn: Callable[[], object], device: torch.device, reps: int) -> float:
 
 
 def _runner(impl: str, inputs: dict, mode: str) -> Callable[[], object]:
-    from model.backend import get_impl
+    from glsmamba.model.backend import get_impl
 
     if impl == "fused":
         fn = get_impl("ordered_selective_scan", "triton")
@@ -123,7 +123,7 @@ def _write_csv(rows: list[dict], out: str, device: torch.device) -> None:
     """Append ``rows`` to ``out/ordered_scan_fused.csv`` in the harness schema (one run id, environment columns)."""
     from pathlib import Path
 
-    from bench.harness import CsvWriter, environment, now_iso
+    from glsmamba.bench.harness import CsvWriter, environment, now_iso
 
     env = environment(device)
     env.pop("_peaks")

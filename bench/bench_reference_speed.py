@@ -5,7 +5,7 @@ B=1, D=256, N=16, L=15360 (5 x 64 x 48 tokens), fp32, no grad, prints the ratio,
 implementation through the bench harness (backend ``reference`` and ``recurrent``). The foundation issue asks
 for >= 10x.
 
-    python bench/bench_reference_speed.py [--out DIR] [--L 15360] [--threads N]
+    python -m glsmamba.bench.bench_reference_speed [--out DIR] [--L 15360] [--threads N]
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.cases import _ssm_params, selective_scan_traffic  # noqa: E402
-from bench.harness import CsvWriter, environment, now_iso, roofline, time_cpu, time_first_call  # noqa: E402
+from glsmamba.bench.cases import _ssm_params, selective_scan_traffic
+from glsmamba.bench.harness import CsvWriter, environment, now_iso, roofline, time_cpu, time_first_call
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from reference.selective_scan import selective_scan, selective_scan_recurrent
+    from glsmamba.reference.selective_scan import selective_scan, selective_scan_recurrent
 
     torch.manual_seed(0)
     device = torch.device("cpu")

@@ -13,7 +13,7 @@ up once it is merged. Backends:
   ``compile``    ``torch.compile(reference)`` (fresh compile per shape; compile time in ``compile_ms``);
   baselines      ``sdpa`` / ``sdpa_math`` (full attention), ``mambapy`` (parallel scan, if installed).
 
-Traffic model (kernel-notes section 5; s = bytes per element of the I/O dtype, G = B/C groups = 1 here):
+Traffic model (docs/kernels.md section 5; s = bytes per element of the I/O dtype, G = B/C groups = 1 here):
   selective scan fwd: Bsz*L*(3*C*s + 2*N*s) bytes (read u, delta; write out; read B, C), MUFU Bsz*C*L*(N + 2)
   (N exps + the softplus exp and log per element); bwd: Bsz*L*(5*C*s + 4*N*s) (read u, delta, dout; write du,
   ddelta; read B, C; write dB, dC) and the same MUFU count (exps recomputed). The K-direction scans count the
@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from bench.baselines import (
+from glsmamba.bench.baselines import (
     ATTENTION_IMPLS,
     AttentionNet,
     attention,
@@ -43,7 +43,7 @@ from bench.baselines import (
     mambapy_available,
     mambapy_selective_scan,
 )
-from bench.harness import MODES, Skip
+from glsmamba.bench.harness import MODES, Skip
 
 REGISTRY_BACKENDS = ("reference", "triton", "compile")
 
@@ -144,7 +144,7 @@ def registry_impl(op: str, backend: str, device: torch.device) -> Callable[..., 
     Raises:
         Skip: the op's module has not landed, or the backend cannot be benched on ``device``.
     """
-    from model import backend as registry
+    from glsmamba.model import backend as registry
 
     impl_backend = "reference" if backend == "compile" else backend
     if backend == "triton":
@@ -196,7 +196,7 @@ def _ssm_params(C: int, N: int, device: torch.device, K: int | None = None) -> d
 def _orders(shape: Shape, device: torch.device, kind: str) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor | None]:
     """(orders (K, L), groups, reset (K, L) or None) for ``kind`` in {"sts6d", "wsts"}."""
     try:
-        from reference import space_time
+        from glsmamba.reference import space_time
     except ImportError as e:
         raise Skip(f"reference.space_time is not importable yet ({e})") from None
     if kind == "sts6d":
@@ -336,7 +336,7 @@ def _build_ordered(kind: str):
 def build_deformable_aggregate(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
     fn = registry_impl("deformable_aggregate", backend, device)
     try:
-        from reference.deformable import SPATIAL_TAPS
+        from glsmamba.reference.deformable import SPATIAL_TAPS
     except ImportError as e:
         raise Skip(f"reference.deformable.SPATIAL_TAPS is not importable yet ({e})") from None
     taps = torch.as_tensor(SPATIAL_TAPS, dtype=torch.long, device=device)
@@ -386,11 +386,11 @@ _STATE_FIELDS = ("d_state", "state_dim", "N")
 def _load_model_api() -> tuple[Any, Callable[[str], Any]]:
     """(the network class ``model.GLSMamba``, preset name -> config): ``model.get_config`` or ``from_name``."""
     try:
-        mod = importlib.import_module("model")
+        mod = importlib.import_module("glsmamba.model")
         net = mod.GLSMamba
-        get_config = (
-            getattr(mod, "get_config", None) or importlib.import_module("model.config").GLSMambaConfig.from_name
-        )
+        get_config = getattr(mod, "get_config", None) or importlib.import_module(
+            "glsmamba.model.config"
+        ).GLSMambaConfig.from_name
     except (ImportError, AttributeError) as e:
         raise Skip(f"the network is not importable yet (model.GLSMamba, model.get_config: {e})") from None
     return net, get_config
@@ -428,7 +428,7 @@ def _net_case(net: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Case
 def build_glsmamba(preset: str):
     def build(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
         GLSMamba, get_config = _load_model_api()
-        from model.backend import use_backend
+        from glsmamba.model.backend import use_backend
 
         if backend == "triton" and device.type != "cuda":
             raise Skip("triton is benched on CUDA only (on CPU it runs under the interpreter, far too slow)")

@@ -8,7 +8,7 @@
 - ``crossover.png``: GLSMamba vs full attention: time, time per token and memory vs tokens (network level when
   the network was measured, else the token-mixing ops: scan vs attention).
 
-``python -m bench.plot DIR_OR_CSV`` redraws them.
+``python -m glsmamba.bench.plot DIR_OR_CSV`` redraws them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from bench.harness import read_rows
+from glsmamba.bench.harness import read_rows
 
 COLORS = {
     "reference": "tab:blue", "triton": "tab:orange", "compile": "tab:green", "mambapy": "tab:purple",
@@ -325,7 +325,7 @@ def plot_all(csv_path: str | Path, out_dir: str | Path | None = None) -> list[Pa
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m bench.plot DIR_OR_CSV", file=sys.stderr)
+        print("usage: python -m glsmamba.bench.plot DIR_OR_CSV", file=sys.stderr)
         return 2
     p = Path(args[0])
     csv_path = p / "results.csv" if p.is_dir() else p

@@ -1,6 +1,6 @@
 """Copy a finished GPU run into ``bench/results/<device>/`` for committing.
 
-    python -m bench.store OUT_DIR [--dest bench/results]
+    python -m glsmamba.bench.store OUT_DIR [--dest bench/results]
 
 Copies results.csv, ordered_scan_fused.csv, the PNGs, summary.md, sweep-*.json and the logs (*.log, env.txt).
 The device folder name comes from the CSV's ``device`` column (``NVIDIA H100 80GB HBM3`` ->
@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench.harness import device_slug, read_rows
+from glsmamba.bench.harness import device_slug, read_rows
 
 PATTERNS = ("results.csv", "ordered_scan_fused.csv", "*.png", "summary.md", "sweep-*.json", "*.log", "env.txt")
 

@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from bench.harness import read_rows
+from glsmamba.bench.harness import read_rows
 
 TARGET_SCAN = {"B": 2, "C": 384, "N": 16, "tokens": 15360, "dtype": "bfloat16"}
 HEADLINE = {"T": 5, "H": 64, "W": 48}

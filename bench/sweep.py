@@ -1,6 +1,6 @@
 """The resolution sweep: every target x backend x mode x (T, H, W), one CSV row per measurement, then plots.
 
-``python -m bench [options]`` and ``glsmamba bench [options]`` run :func:`run`. Nothing here crashes on a
+``python -m glsmamba.bench [options]`` and ``glsmamba bench [options]`` run :func:`run`. Nothing here crashes on a
 failing measurement: out-of-memory is recorded as status ``oom``, other exceptions as ``error`` (with the
 message in ``note``), and points that are skipped on purpose (time budget, predicted too slow, compile size
 limit) as ``skip``. Targets or backends that cannot run at all here (an op that has not landed, triton without
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from bench import cases
-from bench.cases import Case, Shape, Target
-from bench.harness import (
+from glsmamba.bench import cases
+from glsmamba.bench.cases import Case, Shape, Target
+from glsmamba.bench.harness import (
     MODES,
     CsvWriter,
     Skip,
@@ -66,7 +66,7 @@ def _hw(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sweep's options (shared by ``python -m bench`` and ``glsmamba bench``)."""
+    """The sweep's options (shared by ``python -m glsmamba.bench`` and ``glsmamba bench``)."""
     g = parser.add_argument_group("what to run")
     g.add_argument("--quick", action="store_true", help="small sweep (T in 1,5; 16x12 and 32x24; C=64): < 2 min on CPU")
     g.add_argument(
@@ -497,7 +497,7 @@ def _first_tensor(out: Any) -> torch.Tensor:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep (or only the plots) described by ``args``; returns a process exit code."""
-    from bench import plot, summary
+    from glsmamba.bench import plot, summary
 
     if args.plot_only:
         folder = Path(args.plot_only)
@@ -519,7 +519,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description="glsmamba speed/memory sweep over resolution (CSV + PNG plots)"
+        prog="python -m glsmamba.bench", description="glsmamba speed/memory sweep over resolution (CSV + PNG plots)"
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -12,9 +12,9 @@ import torch
 
 pytest.importorskip("pytest_benchmark", reason="pip install pytest-benchmark (in the [test] extra)")
 
-from bench.cases import Shape, targets  # noqa: E402
-from bench.harness import Skip  # noqa: E402
-from bench.sweep import make_runner  # noqa: E402
+from glsmamba.bench.cases import Shape, targets  # noqa: E402
+from glsmamba.bench.harness import Skip  # noqa: E402
+from glsmamba.bench.sweep import make_runner  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32

@@ -5,6 +5,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from glsmamba.kernels._utils import record_build
+
+record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
+
 
 @triton.jit
 def affine_combine(a1, b1, a2, b2):

@@ -22,8 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._utils import cdiv, check_runnable, device_guard, interpreting, next_pow2
-from reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS, _check_deformable  # noqa: F401  (re-exported)
+from glsmamba.kernels._utils import cdiv, check_runnable, device_guard, interpreting, next_pow2, record_build
+from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS, _check_deformable  # noqa: F401  (re-exported)
+
+record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
 
 # ------------------------------------------------------------------------------------------------------------------
 # kernels

@@ -39,11 +39,21 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._scan_common import affine_combine, dt_from_raw
-from kernels._utils import INTERPRET, cdiv, check_runnable, device_guard, next_pow2, units_per_launch
-from kernels.space_time import st_merge
-from reference.ordered_scan import _check_ordered_scan
-from reference.space_time import _inverse_permutations
+from glsmamba.kernels._scan_common import affine_combine, dt_from_raw
+from glsmamba.kernels._utils import (
+    cdiv,
+    check_runnable,
+    device_guard,
+    interpreting,
+    next_pow2,
+    record_build,
+    units_per_launch,
+)
+from glsmamba.kernels.space_time import st_merge
+from glsmamba.reference.ordered_scan import _check_ordered_scan
+from glsmamba.reference.space_time import _inverse_permutations
+
+record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
 
 __all__ = ["ordered_selective_scan"]
 
@@ -360,8 +370,8 @@ class _Cfg:
 
     def __init__(self, batch: int, K: int, CH: int, L: int, NS: int, device: torch.device):
         self.NP = next_pow2(NS)
-        self.BLOCK_T = 16 if INTERPRET else 32
-        if INTERPRET:  # few programs; BLOCK_C * NP >= 16 so the dot flip has legal shapes
+        self.BLOCK_T = 16 if interpreting() else 32
+        if interpreting():  # few programs; BLOCK_C * NP >= 16 so the dot flip has legal shapes
             self.BLOCK_C = max(min(next_pow2(CH), 16), 16 // min(self.NP, 16))
         else:  # keep one [BLOCK_T, BLOCK_C, NP] fp32 tile near 2k elements (register budget)
             self.BLOCK_C = max(1, min(next_pow2(CH), 2048 // (self.BLOCK_T * self.NP)))
@@ -379,7 +389,7 @@ class _Cfg:
         self.TILES = max(1, min(tiles, self.NT))
         self.NCHUNK = cdiv(self.NT, self.TILES)
         flip = _FLIP_BY_DOT[0]
-        self.FLIP_BY_DOT = INTERPRET if flip is None else flip
+        self.FLIP_BY_DOT = interpreting() if flip is None else flip
         self.num_warps = 4
 
 

@@ -23,9 +23,18 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._scan_common import affine_combine, dt_from_raw
-from kernels._utils import INTERPRET, check_runnable, device_guard, next_pow2, units_per_launch
-from reference.selective_scan import check_selective_scan_inputs
+from glsmamba.kernels._scan_common import affine_combine, dt_from_raw
+from glsmamba.kernels._utils import (
+    check_runnable,
+    device_guard,
+    interpreting,
+    next_pow2,
+    record_build,
+    units_per_launch,
+)
+from glsmamba.reference.selective_scan import check_selective_scan_inputs
+
+record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
 
 __all__ = ["selective_scan", "selective_scan_channel_last"]
 
@@ -290,15 +299,15 @@ class _Cfg:
 
     def __init__(self, batch: int, dim: int, length: int, dstate: int, groups: int, tiles: int | None = None):
         self.NP = next_pow2(dstate)
-        self.BLOCK_T = 16 if INTERPRET else 32
+        self.BLOCK_T = 16 if interpreting() else 32
         self.group_size = dim // groups
         # GPU: keep a [BLOCK_T, BLOCK_D, N] fp32 tile near 2k elements per live tensor (register budget)
-        cap = 16 if INTERPRET else max(1, 2048 // (self.BLOCK_T * self.NP))
+        cap = 16 if interpreting() else max(1, 2048 // (self.BLOCK_T * self.NP))
         self.BLOCK_D = max(1, min(next_pow2(self.group_size), cap))
         self.blocks_per_group = triton.cdiv(self.group_size, self.BLOCK_D)
         self.n_dblocks = groups * self.blocks_per_group
         self.n_tiles = max(1, triton.cdiv(length, self.BLOCK_T))
-        self.tiles = tiles if tiles is not None else (2 if INTERPRET else 8)
+        self.tiles = tiles if tiles is not None else (2 if interpreting() else 8)
         self.n_chunks = triton.cdiv(self.n_tiles, self.tiles)
         self.carry_block_d = min(next_pow2(dim), 64)
         self.num_warps = 4

@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._utils import cdiv, check_runnable, device_guard, interpreting, next_pow2
-from reference.space_time import (  # noqa: F401  (re-exported index functions)
+from glsmamba.kernels._utils import cdiv, check_runnable, device_guard, interpreting, next_pow2, record_build
+from glsmamba.reference.space_time import (  # noqa: F401  (re-exported index functions)
     DEFAULT_WINDOW,
     STS6D,
     _check_merge,
@@ -32,6 +32,8 @@ from reference.space_time import (  # noqa: F401  (re-exported index functions)
     window_order,
     window_orders,
 )
+
+record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
 
 # ------------------------------------------------------------------------------------------------------------------
 # kernels

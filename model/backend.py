@@ -24,6 +24,13 @@ from typing import Any
 
 import torch
 
+from glsmamba.kernels._utils import (  # noqa: F401  (re-exported: the one answer to "can Triton run here")
+    BackendUnavailableError,
+    interpreter_enabled,
+    triton_import_error,
+    triton_unavailable_reason,
+)
+
 BACKENDS = ("reference", "triton")
 CHOICES = ("auto", *BACKENDS)
 
@@ -36,10 +43,6 @@ OPS: dict[str, str] = {
     "ordered_selective_scan": "ordered_scan",
     "deformable_aggregate": "deformable",
 }
-
-
-class BackendUnavailableError(RuntimeError):
-    """An explicitly requested backend cannot run here (the message says why)."""
 
 
 _state = threading.local()
@@ -89,50 +92,6 @@ def current_backend() -> str:
     return "auto"
 
 
-def interpreter_enabled() -> bool:
-    """True when Triton kernels are (or will be) built for the CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-_triton_import: list[str | None] = []
-
-
-def triton_import_error() -> str | None:
-    """``None`` if Triton imports, else the reason (computed once)."""
-    if not _triton_import:
-        try:
-            import triton  # noqa: F401
-            import triton.language  # noqa: F401
-
-            _triton_import.append(None)
-        except Exception as e:  # pragma: no cover - depends on the install
-            _triton_import.append(f"triton is not importable ({type(e).__name__}: {e})")
-    return _triton_import[0]
-
-
-def triton_unavailable_reason(device: torch.device | None = None) -> str | None:
-    """Why the Triton backend cannot run on ``device`` (``None`` = it can).
-
-    ``device=None`` asks about the machine: any CUDA device, or the interpreter.
-    """
-    err = triton_import_error()
-    if err is not None:
-        return err
-    if device is None:
-        if torch.cuda.is_available() or interpreter_enabled():
-            return None
-        return "no CUDA device and the Triton interpreter is off (set TRITON_INTERPRET=1 before importing triton)"
-    if device.type == "cuda":
-        if interpreter_enabled():
-            return "TRITON_INTERPRET=1 is set: the interpreter runs kernels on CPU tensors only, got CUDA tensors"
-        return None
-    if device.type == "cpu":
-        if interpreter_enabled():
-            return None
-        return "CPU tensors need the Triton interpreter (set TRITON_INTERPRET=1 before importing triton)"
-    return f"Triton kernels do not support device type {device.type!r}"
-
-
 def backend_status() -> dict[str, str | None]:
     """Backend name -> ``None`` if it can run on this machine, else the reason (for ``glsmamba info``)."""
     return {"reference": None, "triton": triton_unavailable_reason(None)}
@@ -170,7 +129,7 @@ _impls: dict[tuple[str, str], Callable[..., Any]] = {}
 def _load(op: str, backend: str) -> Callable[..., Any]:
     key = (op, backend)
     if key not in _impls:
-        package = "kernels" if backend == "triton" else "reference"
+        package = "glsmamba.kernels" if backend == "triton" else "glsmamba.reference"
         _impls[key] = getattr(importlib.import_module(f"{package}.{OPS[op]}"), op)
     return _impls[key]
 

@@ -1,4 +1,4 @@
-"""GSM and LRM blocks (design.md section 4; the decisions are documented in :mod:`model.config`).
+"""GSM and LRM blocks (docs/design.md section 4; the decisions are documented in :mod:`glsmamba.model.config`).
 
 Tokens are channel-last ``(B, L, C)`` with ``L = T*H*W`` in natural order ``l = (t*H + h)*W + w``; every block gets
 the clip ``shape = (T, H, W)``. The scans and the deformable merge run through the backend registry at call time
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
-from reference.space_time import STS6D, scan_orders, window_order
+from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
+from glsmamba.reference.space_time import STS6D, scan_orders, window_order
 
 from . import flops
 from .backend import get_op

@@ -1,8 +1,8 @@
 """``GLSMambaConfig``: every size and switch of the network, with the named presets.
 
-The paper (arXiv 2510.11017, see ``shared/paper.md``) fixes the pipeline (frozen ViTPose encoder + 4x deconvolution,
+The paper (arXiv 2510.11017, see ``docs/paper.md``) fixes the pipeline (frozen ViTPose encoder + 4x deconvolution,
 4 GSM blocks then 2 LRM blocks, 5-frame clips with the centre frame as key frame, features at 1/4 of 256 x 192,
-~9.8M trainable parameters for the B variant) but leaves most sizes open (paper.md section 6). The decisions taken
+~9.8M trainable parameters for the B variant) but leaves most sizes open (docs/paper.md section 6). The decisions taken
 here, and why:
 
 * **Trunk width** ``dim`` (D) = 256 for ``base``/``huge``: the width of ViTPose's deconvolution output. With

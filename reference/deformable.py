@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from reference.space_time import _check_same_device, _check_shape, _check_tensor
+from glsmamba.reference.space_time import _check_same_device, _check_shape, _check_tensor
 
 SPATIAL_TAPS: torch.Tensor = torch.tensor([[0, dh, dw] for dh in (-1, 0, 1) for dw in (-1, 0, 1)], dtype=torch.int64)
 """The 3x3 spatial taps at dt = 0, ``(9, 3)`` rows ``(dt, dh, dw)``, dh major."""

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from reference.selective_scan import selective_scan_channel_last
-from reference.space_time import (
+from glsmamba.reference.selective_scan import selective_scan_channel_last
+from glsmamba.reference.space_time import (
     _check_groups,
     _check_orders,
     _check_reset,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import backend
+from glsmamba.model import backend
 
 
 def test_auto_resolves_cpu_to_reference():
@@ -55,7 +55,7 @@ def test_unknown_op():
 
 
 def test_info_command_reports_backends(capsys):
-    from vhpe.cli import main
+    from glsmamba.cli import main
 
     assert main(["info", "--json"]) == 0
     out = capsys.readouterr().out

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench import baselines, cases, harness, summary, sweep
-from bench.cases import Case, Shape, Target
+from glsmamba.bench import baselines, cases, harness, summary, sweep
+from glsmamba.bench.cases import Case, Shape, Target
 from tests.harness import assert_close
 
 
@@ -58,7 +58,7 @@ def test_selective_scan_traffic_target_shape():
     assert mufu == 2 * 384 * 15360 * 18
     assert flops is None
     r = harness.roofline(1.0, nbytes, mufu, None, harness.device_peaks("NVIDIA H100 80GB HBM3"))
-    assert r["bound"] == "exp"  # kernel-notes section 5: N=16 bf16 is MUFU-bound on H100
+    assert r["bound"] == "exp"  # docs/kernels.md section 5: N=16 bf16 is MUFU-bound on H100
     both = cases.selective_scan_traffic(2, 384, 15360, 16, 2)
     assert both["fwd+bwd"][0] == both["fwd"][0] + both["bwd"][0]
 
@@ -121,7 +121,7 @@ def test_attention_net_shapes():
 
 def test_mambapy_baseline_matches_recurrent_oracle():
     pytest.importorskip("mambapy", reason="optional baseline: pip install --no-deps mambapy")
-    rs = pytest.importorskip("reference.selective_scan", reason="reference selective scan not landed")
+    rs = pytest.importorskip("glsmamba.reference.selective_scan", reason="reference selective scan not landed")
     torch.manual_seed(0)
     Bsz, D, N, L = 2, 6, 4, 37
     u, delta = torch.randn(Bsz, D, L), torch.randn(Bsz, D, L) * 0.5
@@ -238,7 +238,7 @@ def test_summary_target_checks(tmp_path):
 
 
 def test_crossover_verdict():
-    from bench.plot import _crossover_tokens
+    from glsmamba.bench.plot import _crossover_tokens
 
     def rows(op, pts, oom=()):
         out = [{"op": op, "status": "ok", "tokens": str(n), "T": "1", "ms_p50": str(ms)} for n, ms in pts]

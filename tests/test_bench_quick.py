@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from bench import harness
-from vhpe import cli
+from glsmamba import cli
+from glsmamba.bench import harness
 
 
 def _has(module: str) -> bool:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vhpe.cli import main
-from vhpe.synth import SynthConfig, make_dataset
+from glsmamba.cli import main
+from glsmamba.vhpe.synth import SynthConfig, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--preset", "tiny", "--set", "num_frames=3", "--input-size", "32x24", "--batch-size", "4", "--lr", "2e-3",
@@ -44,7 +44,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
            "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "vhpe.cli", "train", "--data", str(data), "--out", str(tmp_path / "two"), *ARGS]
+           "-m", "glsmamba", "train", "--data", str(data), "--out", str(tmp_path / "two"), *ARGS]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.backend import get_impl
-from reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
-from reference.deformable import deformable_aggregate as ref_aggregate
+from glsmamba.model.backend import get_impl
+from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
+from glsmamba.reference.deformable import deformable_aggregate as ref_aggregate
 from tests.harness import assert_close
 
 BACKENDS = ["reference", "triton"]

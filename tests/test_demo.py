@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from vhpe.cli import main
-from vhpe.dataset import clip_indices
-from vhpe.skeleton import POSETRACK15
+from glsmamba.cli import main
+from glsmamba.vhpe.dataset import clip_indices
+from glsmamba.vhpe.skeleton import POSETRACK15
 
 av = pytest.importorskip("av", reason="PyAV (the optional extra 'video') is not installed")
 
-from vhpe.demo import draw_poses, load_boxes  # noqa: E402
-from vhpe.video import VideoError, VideoReader, check_fps, video_info, write_video  # noqa: E402
+from glsmamba.vhpe.demo import draw_poses, load_boxes  # noqa: E402
+from glsmamba.vhpe.video import VideoError, VideoReader, check_fps, video_info, write_video  # noqa: E402
 
 FPS = Fraction(25, 2)  # a non-integer rate: the demo must keep it, not round it or assume 25
 N_FRAMES = 7
@@ -34,13 +34,12 @@ def _restore_threads():
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from vhpe.synth import SynthConfig, render_video
+    from glsmamba.vhpe.synth import SynthConfig, render_video
 
     tmp = tmp_path_factory.mktemp("demo")
     images, _ = render_video(1, N_FRAMES, seed=4, cfg=SynthConfig(width=96, height=72))
     video = write_video(tmp / "clip.mp4", [np.asarray(im) for im in images], FPS)
-    import model
-
+    from glsmamba import model
     net = model.GLSMamba("tiny", num_frames=3, image_size=(32, 24))
     model.save(net, tmp / "tiny.pth")
     return tmp, video, tmp / "tiny.pth"
@@ -68,21 +67,21 @@ def test_demo_keeps_frame_count_and_fps_and_writes_one_entry_per_frame(clip, tmp
 
 def test_demo_windows_are_clamped_around_each_frame(clip, tmp_path, monkeypatch):
     """The model sees frames clip_indices(t, T, n) for key frame t (recorded through the crop function)."""
-    import vhpe.infer
-    from vhpe.demo import run_demo
+    from glsmamba.vhpe import infer
+    from glsmamba.vhpe.demo import run_demo
 
     tmp, video, ckpt = clip
     with VideoReader(video) as v:
         means = [float(f.mean()) for f in v]
     assert len(set(means)) == N_FRAMES  # frames are distinguishable by their mean
     seen = []
-    real = vhpe.infer.crop_clip
+    real = infer.crop_clip
 
     def spy(images, box, size):
         seen.append([means.index(float(im.mean())) for im in images])
         return real(images, box, size)
 
-    monkeypatch.setattr(vhpe.infer, "crop_clip", spy)
+    monkeypatch.setattr(infer, "crop_clip", spy)
     doc = run_demo(video, ckpt, None, tmp_path / "o.json", batch_size=2)
     assert seen == [clip_indices(t, 3, N_FRAMES) for t in range(N_FRAMES)]
     assert seen[0] == [0, 0, 1] and seen[-1] == [5, 6, 6]
@@ -90,7 +89,7 @@ def test_demo_windows_are_clamped_around_each_frame(clip, tmp_path, monkeypatch)
 
 
 def test_demo_with_boxes_file(clip, tmp_path):
-    from vhpe.demo import run_demo
+    from glsmamba.vhpe.demo import run_demo
 
     tmp, video, ckpt = clip
     boxes = [{"image_id": 0, "category_id": 1, "bbox": [10, 5, 30, 60], "score": 0.9},

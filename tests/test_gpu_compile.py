@@ -27,11 +27,10 @@ SCRIPT = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    import kernels.deformable as kdf
-    import kernels.ordered_scan as kos
-    import kernels.selective_scan as kss
-    import kernels.space_time as kst
-
+    import glsmamba.kernels.deformable as kdf
+    import glsmamba.kernels.ordered_scan as kos
+    import glsmamba.kernels.selective_scan as kss
+    import glsmamba.kernels.space_time as kst
     def build(jit, ptr_types, consts, ints64=()):
         sig = {}
         for n in jit.arg_names:

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import model
-from model import GLSMamba, get_config
-from model.backend import call_counts, reset_call_counts
-from model.blocks import GSMBlock, LRMBlock
+from glsmamba import model
+from glsmamba.model import GLSMamba, get_config
+from glsmamba.model.backend import call_counts, reset_call_counts
+from glsmamba.model.blocks import GSMBlock, LRMBlock
 from tests.harness import assert_close
 
 
@@ -343,7 +343,7 @@ def test_auto_backend_on_cpu_runs_reference():
 
 
 def test_whole_network_reference_vs_triton_outputs_and_all_grads(device):
-    from vhpe.commands.verify import exact_float32, perturb_for_check
+    from glsmamba.commands.verify import exact_float32, perturb_for_check
 
     torch.manual_seed(0)
     # tiny's structure (STMM, windowed LRM with border windows) narrowed for the interpreter: 1 GSM + 1 LRM, D = 8,

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import model
-from model import CheckpointError, GLSMamba, get_config
-from model.checkpoint import map_vitpose_keys
+from glsmamba import model
+from glsmamba.model import CheckpointError, GLSMamba, get_config
+from glsmamba.model.checkpoint import map_vitpose_keys
 
 # a ViT-encoder config small enough for CPU: 2 blocks, 64 wide, 4 heads, a narrow trunk
 SMALL_VIT = dict(vit_embed_dim=64, vit_depth=2, vit_num_heads=4, deconv_channels=32, dim=16, d_state=4,
@@ -234,8 +234,8 @@ def test_load_vitpose_untrusted_pickle_explains(tmp_path):
 def test_checkpoint_without_encoder_reads_an_mmpose_backbone_only_when_trusted(tmp_path):
     """A checkpoint saved without its frozen encoder + an mmpose backbone file that pickles metadata: refused by
     default (the message names the option), read with trust_backbone=True through load, load_model and the CLI."""
-    from vhpe.cli import build_parser
-    from vhpe.infer import load_model
+    from glsmamba.cli import build_parser
+    from glsmamba.vhpe.infer import load_model
 
     sd = _vitpose_state_dict(64, 2, (4, 3), 32, 17, "keypoint_head", seed=4)
     torch.save({"state_dict": sd, "meta": Meta()}, tmp_path / "vitpose.pth")

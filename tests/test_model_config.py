@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from model.config import PRESETS, GLSMambaConfig, get_config
-from model.embeddings import sincos_2d
+from glsmamba.model.config import PRESETS, GLSMambaConfig, get_config
+from glsmamba.model.embeddings import sincos_2d
 
 
 def test_presets_exist_and_follow_the_paper():

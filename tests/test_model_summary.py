@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from model import GLSMamba, get_config
-from model.flops import FlopCounter, count_flops
-from vhpe.cli import main
-from vhpe.commands.summary import parse_overrides, summarize
+from glsmamba.cli import main
+from glsmamba.commands.summary import parse_overrides, summarize
+from glsmamba.model import GLSMamba, get_config
+from glsmamba.model.flops import FlopCounter, count_flops
 
 
 def test_layer_flops_by_hand():

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels.ordered_scan as kos
-from bench.bench_ordered_scan import unfused_ordered_scan
-from model.backend import get_impl
-from reference.space_time import scan_orders, window_orders
+import glsmamba.kernels.ordered_scan as kos
+from glsmamba.bench.bench_ordered_scan import unfused_ordered_scan
+from glsmamba.model.backend import get_impl
+from glsmamba.reference.space_time import scan_orders, window_orders
 from tests.harness import assert_close
 
 SHAPE = (2, 3, 5)  # T, H, W all different; L = 30
@@ -288,8 +288,8 @@ def test_bad_input(backend, device):
 
 
 def test_bench_script_runs_reference_row(tmp_path):
-    from bench.bench_ordered_scan import main
-    from bench.harness import COLUMNS, read_rows
+    from glsmamba.bench.bench_ordered_scan import main
+    from glsmamba.bench.harness import COLUMNS, read_rows
 
     rows = main(["--shape", "2", "3", "5", "--channels", "4", "--dstate", "2", "--impls", "reference", "--reps", "1",
                  "--out", str(tmp_path)])
@@ -312,8 +312,8 @@ class _SpaceTimeModule(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.ones(9, 4))
 
     def forward(self, x, delta, B, C, off, mask, orders, reset):
-        from model.backend import get_op
-        from reference.deformable import SPATIAL_TAPS
+        from glsmamba.model.backend import get_op
+        from glsmamba.reference.deformable import SPATIAL_TAPS
 
         y = get_op("ordered_selective_scan", self.backend)(x, delta, -torch.exp(self.A_log), B, C, None, orders,
                                                            (0, 0), reset)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.backend import get_impl
-from reference.selective_scan import selective_scan_recurrent
+from glsmamba.model.backend import get_impl
+from glsmamba.reference.selective_scan import selective_scan_recurrent
 from tests.harness import assert_close
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -107,8 +107,7 @@ def test_triton_matches_oracle(kwargs, softplus, device):
 
 def test_triton_many_chunks(device, monkeypatch):
     """One tile per chunk: the chunk-carry kernels run forward and in reverse over several chunks."""
-    import kernels.selective_scan as ks
-
+    import glsmamba.kernels.selective_scan as ks
     monkeypatch.setattr(ks, "TILES_PER_CHUNK", 1)
     check_against_oracle("triton", make_inputs(length=53, dim=3, dstate=2, groups=1, device=device), True,
                          return_last_state=True)
@@ -118,8 +117,7 @@ def test_triton_many_chunks(device, monkeypatch):
 def test_triton_backward_final_pass_in_launch_groups(device, monkeypatch, seg_chunks):
     """The final backward pass launched a group of chunks at a time (dB/dC partials per launch, reduced in
     between): 1 and 3 of the 4 chunks per launch, groups G=2, with the last state's gradient."""
-    import kernels.selective_scan as ks
-
+    import glsmamba.kernels.selective_scan as ks
     monkeypatch.setattr(ks, "TILES_PER_CHUNK", 1)
     monkeypatch.setattr(ks, "_BWD_SEG_CHUNKS", [seg_chunks])
     check_against_oracle("triton", make_inputs(length=53, dim=4, dstate=2, groups=2, device=device), True,
@@ -239,8 +237,7 @@ def test_reference_float64_long():
 @pytest.mark.parametrize("case", ["long", "wide"])
 def test_reference_compile_path_matches_oracle(case, monkeypatch):
     """The path torch.compile traces (all chunks batched, log-depth carry, L padded), run eagerly."""
-    import reference.selective_scan as ref
-
+    import glsmamba.reference.selective_scan as ref
     monkeypatch.setattr(ref, "_TRACED_PATH", [True])
     if case == "long":
         inputs = make_inputs(batch=2, length=301, dim=6, dstate=4, groups=2)
@@ -252,8 +249,7 @@ def test_reference_compile_path_matches_oracle(case, monkeypatch):
 
 @pytest.mark.parametrize("traced", [False, True], ids=["eager", "compile-path"])
 def test_reference_empty_sequence(traced, monkeypatch):
-    import reference.selective_scan as ref
-
+    import glsmamba.reference.selective_scan as ref
     monkeypatch.setattr(ref, "_TRACED_PATH", [traced])
     x = make_inputs(length=0, dim=3, dstate=2)
     for grads in (False, True):
@@ -294,7 +290,7 @@ def test_reference_gradcheck_float64():
 
 
 def test_reference_output_linear_in_u_without_z_and_D():
-    """With z=None and D=0 the scan is linear in u (kernel-notes 6.4 property)."""
+    """With z=None and D=0 the scan is linear in u (docs/kernels.md 6.4 property)."""
     x = make_inputs(length=40, has_D=False, has_z=False)
     fn = get_impl("selective_scan", "reference")
     kw = {k: x[k] for k in ("delta", "A", "B", "C")}
@@ -355,7 +351,7 @@ class _ScanModule(torch.nn.Module):
         self.A_log = torch.nn.Parameter(torch.zeros(4, 2))
 
     def forward(self, u, delta, B, C):
-        from model.backend import get_op
+        from glsmamba.model.backend import get_op
 
         return get_op("selective_scan", self.backend)(u, delta, -torch.exp(self.A_log), B, C,
                                                       delta_softplus=True) * 2.0
@@ -385,8 +381,7 @@ def test_torch_compile_smoke(backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("channel_last", [False, True], ids=["BDL", "BLD"])
 def test_gpu_triton_matches_oracle_long(dtype, channel_last, monkeypatch):
-    import kernels.selective_scan as ks
-
+    import glsmamba.kernels.selective_scan as ks
     inputs = make_inputs(batch=2, length=1531, dim=70, dstate=16, groups=2, dtype=dtype, device="cuda",
                          channel_last=channel_last, dt_scale=0.3)
     inputs["delta"] = inputs["delta"] - 2.0  # realistic small steps: softplus(-2) ~ 0.13

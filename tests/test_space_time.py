@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.backend import get_impl
-from reference.space_time import STS6D, scan_order, scan_orders, window_order, window_orders
+from glsmamba.model.backend import get_impl
+from glsmamba.reference.space_time import STS6D, scan_order, scan_orders, window_order, window_orders
 from tests.harness import assert_close
 
 BACKENDS = ["reference", "triton"]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from glsmamba.cli import main
+from glsmamba.vhpe.synth import SynthConfig, make_dataset
+from glsmamba.vhpe.train import TrainConfig, heatmap_loss, lr_at, param_groups, parse_overrides, train_step
 from tests.harness import assert_close
-from vhpe.cli import main
-from vhpe.synth import SynthConfig, make_dataset
-from vhpe.train import TrainConfig, heatmap_loss, lr_at, param_groups, parse_overrides, train_step
 
 # small and fast: 32 x 24 crops (8 x 6 heatmaps), 3-frame clips
 FAST = ["--preset", "tiny", "--set", "num_frames=3", "--input-size", "32x24", "--batch-size", "4", "--lr", "2e-3",
@@ -66,8 +66,7 @@ def test_lr_schedule_is_the_papers_by_default():
 
 
 def test_param_groups_keep_ssm_and_norm_parameters_out_of_weight_decay():
-    import model
-
+    from glsmamba import model
     net = model.GLSMamba("tiny")
     decay, no_decay = param_groups(net, 0.05)
     names = {id(p): n for n, p in net.named_parameters()}
@@ -92,7 +91,7 @@ def test_parse_overrides_types_and_errors():
 def test_progress_line_without_a_terminal():
     import io
 
-    from vhpe.train import Progress
+    from glsmamba.vhpe.train import Progress
 
     buf = io.StringIO()
     p = Progress(5, "epoch 1/2", every=2, stream=buf)
@@ -167,8 +166,7 @@ def test_train_errors_name_the_problem(data, tmp_path, capsys):
 def test_training_step_same_loss_on_reference_and_triton(device):
     """One AdamW training step (loss, gradients, clipping, update) and the loss after it agree between the
     backends (Triton under the interpreter: one GSM block with all six directions and STMM, one LRM block)."""
-    import model
-
+    from glsmamba import model
     rng = np.random.default_rng(0)
     batch = {"frames": torch.from_numpy(rng.standard_normal((1, 3, 3, 16, 12)).astype(np.float32)),
              "target": torch.from_numpy(rng.random((1, 15, 4, 3)).astype(np.float32)),
@@ -197,8 +195,8 @@ def test_training_step_same_loss_on_reference_and_triton(device):
 
 
 def test_eval_checkpoint_mode_records_boxes_and_flip(data, tmp_path, capsys):
-    import model
-    from vhpe.formats import read_videos
+    from glsmamba import model
+    from glsmamba.vhpe.formats import read_videos
 
     ckpt = tmp_path / "tiny.pth"
     torch.manual_seed(0)
@@ -244,9 +242,9 @@ def test_occlusion_metrics_hand_computed():
     score 0.9); person 1: joint 0 occluded and 5 px off (wrong, score 0.8), everything else exact."""
     from types import SimpleNamespace
 
-    from vhpe.formats import Person
-    from vhpe.infer import Predictions, occlusion_metrics
-    from vhpe.skeleton import slots15_to_17
+    from glsmamba.vhpe.formats import Person
+    from glsmamba.vhpe.infer import Predictions, occlusion_metrics
+    from glsmamba.vhpe.skeleton import slots15_to_17
 
     head = np.array([0.0, 0.0, 6 / 0.6 / np.sqrt(2), 6 / 0.6 / np.sqrt(2)])  # 0.6 x diagonal = 6
     samples, kps = [], []
@@ -277,8 +275,8 @@ def test_occlusion_metrics_hand_computed():
 def test_dataset_input_size_scales_crops_and_targets(data):
     """input_size (W, H) = (24, 32): crops (T, 3, 32, 24), targets (15, 8, 6) at stride 4, decoded targets land
     within half a heatmap pixel (per axis) of the GT, as at the default 192 x 256."""
-    from vhpe.codec import keypoints_from_heatmaps
-    from vhpe.dataset import PoseTrackClipDataset
+    from glsmamba.vhpe.codec import keypoints_from_heatmaps
+    from glsmamba.vhpe.dataset import PoseTrackClipDataset
 
     ds = PoseTrackClipDataset(data, split="val", num_frames=3, input_size=(24, 32))
     default = PoseTrackClipDataset(data, split="val", num_frames=3)
@@ -304,8 +302,8 @@ def test_dataset_input_size_scales_crops_and_targets(data):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_training_steps_track_float32(dtype):
     """The GPU mixed-precision path (autocast; fp16 with a GradScaler), exercised with CPU autocast."""
-    import model
-    from vhpe.train import resolve_amp
+    from glsmamba import model
+    from glsmamba.vhpe.train import resolve_amp
 
     cpu = torch.device("cpu")
     assert resolve_amp("auto", cpu) is None and resolve_amp("off", cpu) is None  # CPU default: float32

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from vhpe.cli import main
+from glsmamba.cli import main
 
 
 @pytest.fixture(autouse=True)

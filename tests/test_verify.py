@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import model.backend as registry
+import glsmamba.model.backend as registry
+from glsmamba.cli import main
+from glsmamba.commands import verify
 from tests import harness
-from vhpe.cli import main
-from vhpe.commands import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_verify_sets_the_interpreter_itself():
     env["PYTHONPATH"] = str(ROOT)
     if torch.cuda.is_available():
         pytest.skip("with CUDA the compiled kernels run; the interpreter set-up is for CPU-only machines")
-    proc = subprocess.run([sys.executable, "-m", "vhpe.cli", "verify", "--ops", "space_time_merge", "--no-model",
+    proc = subprocess.run([sys.executable, "-m", "glsmamba", "verify", "--ops", "space_time_merge", "--no-model",
                            "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     info = json.loads(proc.stdout)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vhpe.codec import (
+from glsmamba.vhpe.codec import (
     decode_heatmaps,
     encode_heatmaps,
     flip_back,
@@ -18,8 +18,8 @@ from vhpe.codec import (
     image_to_heatmap,
     keypoints_from_heatmaps,
 )
-from vhpe.skeleton import COCO17, JHMDB15, POSETRACK15, POSETRACK18
-from vhpe.transforms import (
+from glsmamba.vhpe.skeleton import COCO17, JHMDB15, POSETRACK15, POSETRACK18
+from glsmamba.vhpe.transforms import (
     Augment,
     affine_points,
     box_to_center_scale,

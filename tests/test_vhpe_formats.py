@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from vhpe.cli import main
-from vhpe.formats import (
+from glsmamba.cli import main
+from glsmamba.vhpe.formats import (
     FormatError,
     annolist_from_dict,
     annolist_to_dict,
@@ -26,7 +26,7 @@ from vhpe.formats import (
     read_videos,
     write_videos,
 )
-from vhpe.skeleton import POSETRACK18, POSEVAL_JOINTS
+from glsmamba.vhpe.skeleton import POSETRACK18, POSEVAL_JOINTS
 
 PT18_NAMES = list(POSETRACK18.joints)
 

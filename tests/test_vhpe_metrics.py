@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from vhpe.formats import Frame, Person, Video, coco_to_dict
-from vhpe.metrics import MissingPredictionError, evaluate_coco, evaluate_pck, evaluate_posetrack
-from vhpe.metrics.posetrack import MIN_SCORE, point_in_polygon, voc_ap
-from vhpe.skeleton import COCO_SIGMAS, JHMDB15, POSETRACK15, POSETRACK18, POSEVAL_JOINTS, slots15_to_17
+from glsmamba.vhpe.formats import Frame, Person, Video, coco_to_dict
+from glsmamba.vhpe.metrics import MissingPredictionError, evaluate_coco, evaluate_pck, evaluate_posetrack
+from glsmamba.vhpe.metrics.posetrack import MIN_SCORE, point_in_polygon, voc_ap
+from glsmamba.vhpe.skeleton import COCO_SIGMAS, JHMDB15, POSETRACK15, POSETRACK18, POSEVAL_JOINTS, slots15_to_17
 
 # numbers that pass through float arithmetic (means of percentages): compared to 1e-9
 EPS = 1e-9
@@ -261,7 +261,7 @@ def _random_videos(seed: int):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_posetrack_matches_loop_oracle_on_random_fixtures(seed):
-    from vhpe.formats import annolist_to_dict
+    from glsmamba.vhpe.formats import annolist_to_dict
 
     gts, prs = _random_videos(seed)
     ours = evaluate_posetrack(gts, prs).ap

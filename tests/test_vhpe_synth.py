@@ -8,14 +8,14 @@ import re
 import numpy as np
 import pytest
 
-from vhpe.cli import main
-from vhpe.codec import decode_heatmaps, heatmap_to_image, keypoints_from_heatmaps
-from vhpe.dataset import PoseTrackClipDataset, clip_indices, write_posetrack_predictions
-from vhpe.formats import read_videos, write_posetrack18
-from vhpe.metrics import evaluate_posetrack
-from vhpe.skeleton import POSETRACK15, SLOTS_15
-from vhpe.synth import JOINT_MARKER_COLORS, SynthConfig, make_dataset, render_video
-from vhpe.transforms import Augment
+from glsmamba.cli import main
+from glsmamba.vhpe.codec import decode_heatmaps, heatmap_to_image, keypoints_from_heatmaps
+from glsmamba.vhpe.dataset import PoseTrackClipDataset, clip_indices, write_posetrack_predictions
+from glsmamba.vhpe.formats import read_videos, write_posetrack18
+from glsmamba.vhpe.metrics import evaluate_posetrack
+from glsmamba.vhpe.skeleton import POSETRACK15, SLOTS_15
+from glsmamba.vhpe.synth import JOINT_MARKER_COLORS, SynthConfig, make_dataset, render_video
+from glsmamba.vhpe.transforms import Augment
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +221,7 @@ def test_synth_then_eval_gt_as_prediction_is_100(tmp_path, capsys):
 
 def test_eval_accepts_annolist_predictions_without_ids(synth_root, tmp_path, capsys):
     """Predictions from other tools: annolist files without image ids pair with the GT by file name."""
-    from vhpe.formats import annolist_to_dict, save_json
+    from glsmamba.vhpe.formats import annolist_to_dict, save_json
 
     val = synth_root / "annotations" / "val"
     for v in read_videos(val):
@@ -243,7 +243,7 @@ def test_eval_accepts_annolist_predictions_without_ids(synth_root, tmp_path, cap
 def test_synth_records_its_settings_and_the_mirror_conflict(synth_root, tmp_path):
     import json
 
-    from vhpe.synth import SYNTH_META, mirror_inconsistent
+    from glsmamba.vhpe.synth import SYNTH_META, mirror_inconsistent
 
     meta = json.loads((synth_root / SYNTH_META).read_text())
     assert meta["generator"] == "glsmamba synth" and meta["mirror_consistent"] is False
@@ -254,7 +254,7 @@ def test_synth_records_its_settings_and_the_mirror_conflict(synth_root, tmp_path
 
 
 def test_train_flip_default_follows_the_data(synth_root, tmp_path):
-    from vhpe.train import TrainConfig, _resolve_flip
+    from glsmamba.vhpe.train import TrainConfig, _resolve_flip
 
     said = []
     assert _resolve_flip(TrainConfig(data=str(synth_root), out="o"), said.append).flip_prob == 0.0

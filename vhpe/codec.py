@@ -1,6 +1,6 @@
 """Heatmap codec: Gaussian targets, argmax/quarter-offset and DARK decoding, flip test, back-projection.
 
-Conventions (``shared/vhpe-notes.md`` section 3):
+Conventions (``docs/pose-formats.md`` section 3):
 
 * Targets (MSRA): input 192 x 256 -> heatmap 48 x 64 (stride 4), sigma 2. A joint at input ``(x, y)`` gets
   centre ``mu = int(x / 4 + 0.5)`` (``int`` truncates toward zero, as the reference code) and the unnormalised

@@ -1,6 +1,6 @@
 """Pose annotation formats, read into one in-memory model and written back.
 
-Formats (details in ``shared/vhpe-notes.md`` section 1):
+Formats (details in ``docs/pose-formats.md`` section 1):
 
 * **PoseTrack18/21** - one COCO-like JSON per video (``images``, ``annotations``, ``categories``); 17 keypoint
   slots, ears empty, ``bbox_head`` per person, ignore regions per image, ``is_labeled`` per frame.

@@ -39,7 +39,7 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
         backbone: ViTPose weights for checkpoints saved without their frozen encoder.
         trust_backbone: allow full unpickling of ``backbone`` (mmpose files with non-tensor metadata).
     """
-    from model.checkpoint import load
+    from glsmamba.model.checkpoint import load
 
     net = load(checkpoint, map_location=device, backbone=backbone, trust_backbone=trust_backbone)
     net.backend = backend

@@ -1,6 +1,6 @@
 """Training GLSMamba on PoseTrack-layout data (real PoseTrack18/21 or ``glsmamba synth`` output).
 
-Defaults follow the paper (``shared/paper.md``): AdamW, lr 1e-4 divided by 10 at epochs 6 and 12, 20 epochs,
+Defaults follow the paper (``docs/paper.md``): AdamW, lr 1e-4 divided by 10 at epochs 6 and 12, 20 epochs,
 MSE loss on the key-frame heatmap weighted per joint (MSRA ``JointsMSELoss``: ``0.5 * mean(((pred - gt) * w)^2)``
 with ``w`` = 0 for unlabelled joints, 1.2 elbows/knees, 1.5 wrists/ankles), frozen ViTPose encoder for ``base`` /
 ``huge``. Not given by the paper and chosen here: weight decay 1e-4 (not on norms, biases, ``A_log``, ``D``,
@@ -160,7 +160,7 @@ class TrainConfig:
 
 def model_config(cfg: TrainConfig):
     """The :class:`model.GLSMambaConfig` a run trains: preset + overrides + input size + frozen flag."""
-    from model import get_config
+    from glsmamba.model import get_config
 
     overrides = dict(cfg.model_overrides)
     if cfg.input_size is not None:
@@ -172,7 +172,7 @@ def model_config(cfg: TrainConfig):
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``["num_frames=1", "merge=sum", "window=4,3"]`` -> typed config overrides (ints, floats, bools, tuples)."""
-    from model import GLSMambaConfig
+    from glsmamba.model import GLSMambaConfig
 
     fields = {f.name: f for f in dataclasses.fields(GLSMambaConfig)}
     defaults = GLSMambaConfig()
@@ -489,7 +489,7 @@ def plot_loss(run_dir: str | os.PathLike) -> Path | None:
 # ------------------------------------------------------------------------------------------------ checkpoints
 def _atomic_save(net: nn.Module, path: Path, include_frozen: bool, extra: dict[str, Any]) -> None:
     """:func:`model.save` through a temporary file, so a kill while writing never leaves a broken checkpoint."""
-    from model import save
+    from glsmamba.model import save
 
     tmp = path.with_name(path.name + ".tmp")
     save(net, tmp, include_frozen=include_frozen, extra=extra)
@@ -564,8 +564,8 @@ class TrainResult:
 
 def train(cfg: TrainConfig, log=print) -> TrainResult:
     """Train (or resume) a GLSMamba according to ``cfg``; see the module docstring for the run folder."""
-    import model as glsm
-    from model.checkpoint import read as read_checkpoint
+    from glsmamba import model as glsm
+    from glsmamba.model.checkpoint import read as read_checkpoint
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -1,6 +1,6 @@
 """Top-down geometry: box -> centre/scale, the MSRA affine crop, flips, half-body and augmentation sampling.
 
-Conventions (``shared/vhpe-notes.md`` section 3, the HRNet/DCPose "MSRA" ones):
+Conventions (``docs/pose-formats.md`` section 3, the HRNet/DCPose "MSRA" ones):
 
 * A box ``x, y, w, h`` becomes a centre ``(x + w/2, y + h/2)`` and a scale in units of ``PIXEL_STD = 200`` px:
   the box is widened or heightened to the aspect ratio ``w/h = 0.75`` and padded by 1.25.

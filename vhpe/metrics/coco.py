@@ -1,7 +1,7 @@
 """COCO keypoint AP/AR (OKS), a NumPy re-implementation of pycocotools' ``COCOeval(iouType="keypoints")``.
 
 Written here so that evaluation needs no compiled extra; ``tests/test_vhpe_metrics.py`` checks it against
-hand-computed cases and, when ``pycocotools`` is installed, against it. Semantics (``shared/vhpe-notes.md`` 2.3):
+hand-computed cases and, when ``pycocotools`` is installed, against it. Semantics (``docs/pose-formats.md`` 2.3):
 
 * OKS between a detection and a GT: ``mean over labelled GT joints (v > 0) of exp(-d^2 / (2 s^2 k^2))`` with
   ``s^2 = GT area``, ``k = 2 sigma``; a GT without labelled joints uses the distance to its box enlarged by one

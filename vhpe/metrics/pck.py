@@ -1,4 +1,4 @@
-"""PCK for single-person video pose (Sub-JHMDB), mmpose ``JhmdbPCKAccuracy`` semantics (``vhpe-notes`` 2.4).
+"""PCK for single-person video pose (Sub-JHMDB), mmpose ``JhmdbPCKAccuracy`` semantics (``docs/pose-formats.md`` 2.4).
 
 * Normaliser per GT person: ``max(w, h)`` of its GT box (``norm="bbox"``; a person without a box uses its
   labelled keypoints' extent), or the torso ``||left_shoulder - right_hip||`` (``norm="torso"``, tPCK).

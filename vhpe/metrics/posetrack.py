@@ -1,4 +1,4 @@
-"""PoseTrack multi-person pose mAP, as poseval's ``evaluateAP`` computes it (``shared/vhpe-notes.md`` 2.1).
+"""PoseTrack multi-person pose mAP, as poseval's ``evaluateAP`` computes it (``docs/pose-formats.md`` 2.1).
 
 Procedure, per video (paired by name) and frame (paired by image id, else file name):
 

@@ -63,7 +63,7 @@ def main() -> int:
     args = p.parse_args()
     work = Path(args.work)
     data = work / "data"
-    py = [sys.executable, "-m", "vhpe.cli"]
+    py = [sys.executable, "-m", "glsmamba"]
     t_start = time.time()
     if not (data / "annotations").exists():
         sh(py + ["synth", str(data), "--videos", str(args.videos), "--val", str(args.val), "--frames",

@@ -47,9 +47,9 @@ def summarize(preset: str = "base", frames: int | None = None, size: tuple[int, 
     """Parameters and FLOPs per module (rows down to ``depth``) of ``preset`` on a ``(batch, T, 3, H, W)`` clip."""
     import torch
 
-    from model import GLSMamba, get_config
-    from model.blocks import Modulator, SpaceTimeS6
-    from model.flops import count_flops
+    from glsmamba.model import GLSMamba, get_config
+    from glsmamba.model.blocks import Modulator, SpaceTimeS6
+    from glsmamba.model.flops import count_flops
 
     overrides = dict(overrides or {})
     if frames is not None:

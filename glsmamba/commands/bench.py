@@ -1,6 +1,6 @@
 """``glsmamba bench``: speed and memory of every op and the network vs resolution (CSV + PNG plots).
 
-Same options as ``python -m bench``; see ``bench/sweep.py``.
+Same options as ``python -m glsmamba.bench``; see ``bench/sweep.py``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ HELP = "benchmark ops and the network vs resolution (tokens), against attention 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from bench.sweep import add_arguments as add
+    from glsmamba.bench.sweep import add_arguments as add
 
     add(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.sweep import run as sweep
+    from glsmamba.bench.sweep import run as sweep
 
     return sweep(args)

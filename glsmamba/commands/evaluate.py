@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from vhpe.commands import add_backbone_arguments
+from glsmamba.commands import add_backbone_arguments
 
 HELP = ("evaluate predictions (PoseTrack mAP, COCO OKS AP/AR, PCK) or a checkpoint on a dataset split "
         "(--checkpoint)")
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_pred(path: str, gt):
-    from vhpe.formats import coco_results_from_list, load_json, read_videos
+    from glsmamba.vhpe.formats import coco_results_from_list, load_json, read_videos
 
     p = Path(path)
     if p.is_file() and p.suffix == ".json":
@@ -66,9 +66,9 @@ def _load_pred(path: str, gt):
 
 def compute(args: argparse.Namespace):
     """Run the metric; returns the result object (with ``as_dict()`` and ``table()``)."""
-    from vhpe.formats import coco_to_dict, read_videos
-    from vhpe.metrics import evaluate_coco, evaluate_pck, evaluate_posetrack
-    from vhpe.metrics.coco import results_from_videos
+    from glsmamba.vhpe.formats import coco_to_dict, read_videos
+    from glsmamba.vhpe.metrics import evaluate_coco, evaluate_pck, evaluate_posetrack
+    from glsmamba.vhpe.metrics.coco import results_from_videos
 
     gt = read_videos(args.gt)
     pred, raw_results = _load_pred(args.pred, gt)
@@ -104,14 +104,14 @@ def run_checkpoint(args: argparse.Namespace) -> int:
             os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
 
-    from vhpe.infer import evaluate_checkpoint
+    from glsmamba.vhpe.infer import evaluate_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.data is None:
         print("glsmamba eval: error: --checkpoint needs --data DIR", file=sys.stderr)
         return 2
-    from vhpe.synth import mirror_inconsistent
+    from glsmamba.vhpe.synth import mirror_inconsistent
 
     if args.flip and mirror_inconsistent(args.data):
         print(f"glsmamba eval: warning: {args.data} is glsmamba synth data with left/right colour coding; the flip "

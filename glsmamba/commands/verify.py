@@ -118,7 +118,7 @@ class Case:
 def _rows_for_case(case: Case, device, dtype_name: str, seed: int) -> list[dict[str, Any]]:
     import torch
 
-    from model.backend import get_op
+    from glsmamba.model.backend import get_op
 
     dtype = getattr(torch, dtype_name)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -178,7 +178,7 @@ def build_cases(level: str, on_gpu: bool) -> list[Case]:
     """The op cases for ``level`` in {"quick", "default", "full"}."""
     import torch
 
-    from reference.space_time import STS6D, scan_orders, window_order
+    from glsmamba.reference.space_time import STS6D, scan_orders, window_order
 
     big = on_gpu and level != "quick"
     full = level == "full"
@@ -278,7 +278,7 @@ def build_cases(level: str, on_gpu: bool) -> list[Case]:
 
     def make_deform(temporal: bool):
         def make(device, dtype, gen):
-            from reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
+            from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
 
             taps = torch.as_tensor(TEMPORAL_TAPS if temporal else SPATIAL_TAPS, dtype=torch.long).to(device)
             p, goff = taps.shape[0], 2
@@ -300,7 +300,7 @@ def build_cases(level: str, on_gpu: bool) -> list[Case]:
 # ---------------------------------------------------------------------------------------------- network
 def network_config(level: str, on_gpu: bool):
     """The GLSMamba config and input size of the whole-network check."""
-    from model.config import get_config
+    from glsmamba.model.config import get_config
 
     if on_gpu and level == "full":  # the paper's block counts and 8 x 6 windows, narrow trunk, 32 x 24 tokens
         return get_config("tiny", dim=64, d_state=16, num_gsm=4, num_lrm=2, window=(8, 6)), (1, 128, 96)
@@ -315,7 +315,7 @@ def perturb_for_check(net, seed: int) -> None:
     sampling sits on its kinks), so the check exercises the deformable paths in both backends."""
     import torch
 
-    from model.blocks import Modulator
+    from glsmamba.model.blocks import Modulator
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
@@ -348,7 +348,7 @@ def check_network(level: str, device, seed: int) -> list[dict[str, Any]]:
     """Run one GLSMamba on both backends; compare output and every parameter gradient."""
     import torch
 
-    from model import GLSMamba, use_backend
+    from glsmamba.model import GLSMamba, use_backend
 
     on_gpu = device.type == "cuda"
     cfg, (bsz, hh, ww) = network_config(level, on_gpu)
@@ -420,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from model import backend as registry
+    from glsmamba.model import backend as registry
 
     on_gpu = torch.cuda.is_available() and not registry.interpreter_enabled()
     device = torch.device("cuda" if on_gpu else "cpu")
@@ -452,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_checks(args: argparse.Namespace, level: str, device, on_gpu: bool, problem: str | None,
                 rows: list[dict[str, Any]]) -> None:
-    from model import backend as registry
+    from glsmamba.model import backend as registry
 
     if problem is None:
         reason = registry.triton_unavailable_reason(device)

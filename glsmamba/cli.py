@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-# command -> module under vhpe.commands (kept in the order shown by --help)
+# command -> module under glsmamba.commands (kept in the order shown by --help)
 COMMANDS: dict[str, str] = {
     "info": "info",
     "verify": "verify",
@@ -27,9 +27,9 @@ COMMANDS: dict[str, str] = {
 
 def _load(module: str):
     try:
-        return importlib.import_module(f"vhpe.commands.{module}")
+        return importlib.import_module(f"glsmamba.commands.{module}")
     except ModuleNotFoundError as e:
-        if e.name == f"vhpe.commands.{module}":
+        if e.name == f"glsmamba.commands.{module}":
             return None
         raise
 

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from vhpe.commands import add_backbone_arguments
+from glsmamba.commands import add_backbone_arguments
 
 HELP = "run a checkpoint on a video: overlay mp4 (source fps) + per-frame JSON"
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from vhpe.demo import run_demo
+    from glsmamba.vhpe.demo import run_demo
 
     try:
         doc = run_demo(args.video, args.checkpoint, args.out, args.json, boxes=args.boxes, device=args.device,

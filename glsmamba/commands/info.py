@@ -17,7 +17,7 @@ def collect() -> dict:
     import numpy
     import torch
 
-    from model import backend
+    from glsmamba.model import backend
 
     try:
         import triton

@@ -15,7 +15,7 @@ OUT_FORMATS = ("posetrack18", "annolist", "coco", "jhmdb-json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vhpe.formats import FORMATS
+    from glsmamba.vhpe.formats import FORMATS
 
     parser.add_argument("input", help="input file or folder")
     parser.add_argument("output", help="output folder (posetrack18, annolist) or file (coco, jhmdb-json)")
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vhpe.formats import FormatError, detect_format, read_videos, write_coco, write_videos
+    from glsmamba.vhpe.formats import FormatError, detect_format, read_videos, write_coco, write_videos
 
     try:
         src = args.src or detect_format(args.input)

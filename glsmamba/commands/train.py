@@ -1,7 +1,7 @@
 """``glsmamba train --data DIR --preset NAME --out RUN_DIR``: train GLSMamba on PoseTrack-layout data.
 
 Defaults are the paper's schedule (AdamW, lr 1e-4 / 10 at epochs 6 and 12, 20 epochs); see :mod:`vhpe.train` for
-the run folder. Multi-GPU / multi-node: launch the same command with ``torchrun --nproc_per_node N -m vhpe.cli
+the run folder. Multi-GPU / multi-node: launch the same command with ``torchrun --nproc_per_node N -m glsmamba
 train ...`` (``--batch-size`` is the global batch). ``--resume`` continues a run from its last checkpoint.
 """
 
@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from vhpe.commands import add_backbone_arguments
+from glsmamba.commands import add_backbone_arguments
 
 HELP = "train GLSMamba on PoseTrack-layout data (paper schedule by default; torchrun for multi-GPU)"
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():  # CPU tensors: the interpreter, set before triton is imported
             os.environ.setdefault("TRITON_INTERPRET", "1")
-    from vhpe.train import TrainConfig, parse_overrides, train
+    from glsmamba.vhpe.train import TrainConfig, parse_overrides, train
 
     try:
         cfg = TrainConfig(

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vhpe.synth import SynthConfig, make_dataset
+    from glsmamba.vhpe.synth import SynthConfig, make_dataset
 
     cfg = SynthConfig(width=args.width, height=args.height, persons=tuple(args.persons),
                       occluder_prob=args.occluder_prob, label_every=args.label_every, ext=args.ext)

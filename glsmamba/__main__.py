@@ -1,0 +1,7 @@
+"""``python -m glsmamba``: the ``glsmamba`` command line."""
+
+import sys
+
+from glsmamba.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""Packaging: one import namespace (``glsmamba``) mapped onto the repository's top-level folders."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib", reason="Python >= 3.11 reads pyproject.toml with tomllib")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _setuptools_config() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_every_package_folder_is_listed():
+    cfg = _setuptools_config()
+    listed, mapping = set(cfg["packages"]), cfg["package-dir"]
+    found = set()
+    for name, folder in mapping.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([name, *rel.parts]))
+    assert found == listed, f"missing from pyproject: {sorted(found - listed)}; stale: {sorted(listed - found)}"
+
+
+def test_console_script_is_the_glsmamba_cli():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"glsmamba": "glsmamba.cli:main"}
+
+
+def test_wheel_installs_only_the_glsmamba_namespace(tmp_path):
+    """The built wheel holds one top-level package, so ``import model`` cannot resolve to this project."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {proc.stderr.strip()[-300:]}")
+    (wheel,) = tmp_path.glob("glsmamba-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"glsmamba"}
+    for sub in ("kernels/selective_scan.py", "reference/selective_scan.py", "model/glsmamba.py", "vhpe/codec.py",
+                "bench/harness.py", "cli.py", "__main__.py"):
+        assert f"glsmamba/{sub}" in names, sub
+    assert not any("/results/" in n for n in names)  # committed benchmark data stays in the repository
+
+
+def test_python_dash_m_glsmamba_lists_every_command():
+    from glsmamba.cli import COMMANDS
+
+    proc = subprocess.run([sys.executable, "-m", "glsmamba", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for name in COMMANDS:
+        assert name in proc.stdout
