@@ -10,6 +10,7 @@ import pytest
 
 from glsmamba.vhpe.formats import Frame, Person, Video, coco_to_dict
 from glsmamba.vhpe.metrics import MissingPredictionError, evaluate_coco, evaluate_pck, evaluate_posetrack
+from glsmamba.vhpe.metrics._npsort import _heapsort, classic_argsort, poseval_ranking
 from glsmamba.vhpe.metrics.posetrack import MIN_SCORE, point_in_polygon, voc_ap
 from glsmamba.vhpe.skeleton import COCO_SIGMAS, JHMDB15, POSETRACK15, POSETRACK18, POSEVAL_JOINTS, slots15_to_17
 
@@ -72,6 +73,62 @@ def test_posetrack_extra_unmatched_person(extra_score, total):
     res = evaluate_posetrack([video([[person15(g)]])], [video([preds])])
     assert res.summary()["Total"] == pytest.approx(total, abs=EPS)
     np.testing.assert_allclose(res.ap, total)
+
+
+@pytest.mark.parametrize("exact_first, total", [(True, 50.0), (False, 100.0)])
+def test_posetrack_tied_scores_rank_like_poseval(exact_first, total):
+    """One GT person, an exact and a far-off prediction, all scores 0.5. poseval ranks by
+    numpy.argsort(scores)[::-1]: two tied scores sort ascending in collection order (insertion sort), and the
+    reversal puts the one collected last first. Exact collected first -> the false positive ranks first:
+    precision [0, 1/2] at recall [0, 1] -> AP 50 (poseval's Total 50.0); exact collected last -> AP 100."""
+    g = base_pose()
+    exact, far = person15(g, scores=np.full(15, 0.5)), person15(g + 500, scores=np.full(15, 0.5), track=1)
+    preds = [exact, far] if exact_first else [far, exact]
+    res = evaluate_posetrack([video([[person15(g)]])], [video([preds])])
+    assert res.summary()["Total"] == pytest.approx(total, abs=EPS)
+    np.testing.assert_allclose(res.ap, total)
+
+
+# NumPy's classic argsort of 18 equal values, traced by hand through its quicksort (more than 17 elements, so
+# one partition): median of 3 at index 8 (swapped to 16), the scans swap 1<->15, 2<->14, ..., 7<->9 and meet at
+# 8, the pivot returns to 8; both halves (<= 17 elements) are then insertion-sorted, which moves nothing. So
+# ascending = [0, 15, 14, ..., 1, 16, 17] and poseval's ranking (reversed) = [17, 16, 1, 2, ..., 15, 0].
+HAND_RANK_18 = [17, 16, *range(1, 16), 0]
+
+
+def test_classic_argsort_hand_traced_ties():
+    assert classic_argsort(np.full(18, 0.5)).tolist() == [0, *range(15, 0, -1), 16, 17]
+    assert poseval_ranking(np.full(18, 0.5)).tolist() == HAND_RANK_18
+    assert poseval_ranking([0.5, 0.5]).tolist() == [1, 0]
+    assert poseval_ranking([0.2, 0.9, 0.2, 0.9]).tolist() == [3, 1, 2, 0]  # insertion sort: stable, reversed
+
+
+@pytest.mark.parametrize("exact_at", [0, 1, 16, 17])
+def test_posetrack_eighteen_tied_predictions(exact_at):
+    """One GT person and 18 tied predictions (0.5), one of them exact: its rank is its place in HAND_RANK_18,
+    so AP = 100 / rank (precision 1/rank at recall 1, none before)."""
+    g = base_pose()
+    preds = [person15(g + (0 if i == exact_at else 500 + 10 * i), scores=np.full(15, 0.5), track=i)
+             for i in range(18)]
+    res = evaluate_posetrack([video([[person15(g)]])], [video([preds])])
+    rank = HAND_RANK_18.index(exact_at) + 1
+    np.testing.assert_allclose(res.ap, 100.0 / rank, atol=EPS)
+
+
+def test_classic_argsort_sorts_and_agrees_without_ties():
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 17, 18, 19, 64, 1000):
+        for levels in (1, 3, 1000):
+            x = rng.integers(0, levels, n).astype(np.float64)
+            if n > 4:
+                x[rng.integers(0, n, 2)] = np.nan
+            np.testing.assert_array_equal(x[classic_argsort(x)], np.sort(x))  # NaN last, as NumPy
+        distinct = rng.permutation(n).astype(np.float64)
+        np.testing.assert_array_equal(classic_argsort(distinct), np.argsort(distinct))
+    idx = list(range(40))  # the heapsort fallback (deep recursion) sorts too
+    vals = [float(v) for v in rng.integers(0, 7, 40)]
+    _heapsort(vals, idx, 5, 30)
+    assert [vals[i] for i in idx[5:35]] == sorted(vals[5:35]) and idx[:5] == list(range(5))
 
 
 def test_posetrack_greedy_assignment_like_poseval():
@@ -206,7 +263,7 @@ def _poseval_oracle(gt_docs: list[dict], pr_docs: list[dict], thr: float = 0.5) 
     for j in range(15):
         if not scores[j]:
             continue
-        order = sorted(range(len(scores[j])), key=lambda i: -scores[j][i])  # stable
+        order = poseval_ranking(scores[j])  # ties: poseval's order (hand-checked in the tie tests below)
         tp, rec, prec = 0, [], []
         for rank, i in enumerate(order):
             tp += labels[j][i]
