@@ -1,9 +1,9 @@
 """Pose metrics: PoseTrack mAP (poseval), COCO OKS AP/AR, PCK (Sub-JHMDB)."""
 
 from .coco import CocoResult, evaluate_coco
-from .common import MissingPredictionError
+from .common import EvaluationWarning, MissingPredictionError, NonFiniteKeypointError
 from .pck import PCKResult, evaluate_pck
 from .posetrack import PoseTrackAP, evaluate_posetrack
 
-__all__ = ["CocoResult", "MissingPredictionError", "PCKResult", "PoseTrackAP", "evaluate_coco", "evaluate_pck",
-           "evaluate_posetrack"]
+__all__ = ["CocoResult", "EvaluationWarning", "MissingPredictionError", "NonFiniteKeypointError", "PCKResult",
+           "PoseTrackAP", "evaluate_coco", "evaluate_pck", "evaluate_posetrack"]

@@ -37,7 +37,7 @@ import numpy as np
 from ..formats import Person, Video
 from ..skeleton import POSETRACK18, POSEVAL_JOINTS
 from ._npsort import poseval_ranking
-from .common import clean_number, format_table, pair_frames, pair_videos
+from .common import clean_number, finite_predictions, format_table, pair_frames, pair_videos
 
 MIN_SCORE = -9999.0
 COLUMNS = ("Head", "Shou", "Elb", "Wri", "Hip", "Knee", "Ankl", "Total")
@@ -216,25 +216,31 @@ def _joint_metrics(scores: list[float], labels: list[bool], n_gt: float) -> tupl
     return voc_ap(recall, precision) * 100, float(precision[-1] * 100), float(recall[-1] * 100)
 
 
-def evaluate_posetrack(gt: list[Video], pred: list[Video], thresh: float = 0.5) -> PoseTrackAP:
+def evaluate_posetrack(gt: list[Video], pred: list[Video], thresh: float = 0.5, strict: bool = False) -> PoseTrackAP:
     """PoseTrack mAP (poseval ``evaluateAP``) of predicted videos against GT videos.
 
     Args:
         gt: ground-truth videos (skeleton ``posetrack18``; people need ``bbox_head``).
         pred: predicted videos, paired by name; people carry ``scores`` (else ``MIN_SCORE``).
         thresh: PCKh threshold (0.5).
+        strict: raise on NaN/inf predicted keypoints instead of counting them as missing (with a warning).
 
     Returns:
         :class:`PoseTrackAP`.
 
     Raises:
         MissingPredictionError: a GT video or frame has no prediction (names them).
+        NonFiniteKeypointError: ``strict`` and a predicted keypoint is NaN/inf.
         ValueError: wrong skeleton, GT person without head box.
+
+    Warns:
+        EvaluationWarning: prediction videos without ground truth (not scored); NaN/inf keypoints (missing).
     """
     for v in list(gt) + list(pred):
         if v.skeleton != "posetrack18":
             raise ValueError(f"video {v.name!r} has skeleton {v.skeleton!r}; the PoseTrack metric needs "
                              f"'posetrack18'")
+    pred = finite_predictions(pred, strict)
     scores: list[list] = [[] for _ in range(15)]
     labels: list[list] = [[] for _ in range(15)]
     n_gt = np.zeros(15)
