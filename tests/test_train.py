@@ -91,7 +91,7 @@ def test_parse_overrides_types_and_errors():
 def test_progress_line_without_a_terminal():
     import io
 
-    from glsmamba.vhpe.train import Progress
+    from glsmamba.vhpe.progress import Progress
 
     buf = io.StringIO()
     p = Progress(5, "epoch 1/2", every=2, stream=buf)
@@ -243,7 +243,8 @@ def test_occlusion_metrics_hand_computed():
     from types import SimpleNamespace
 
     from glsmamba.vhpe.formats import Person
-    from glsmamba.vhpe.infer import Predictions, occlusion_metrics
+    from glsmamba.vhpe.infer import Predictions
+    from glsmamba.vhpe.metrics.occlusion import occlusion_metrics
     from glsmamba.vhpe.skeleton import slots15_to_17
 
     head = np.array([0.0, 0.0, 6 / 0.6 / np.sqrt(2), 6 / 0.6 / np.sqrt(2)])  # 0.6 x diagonal = 6
