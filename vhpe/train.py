@@ -33,7 +33,6 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,36 +168,6 @@ def model_config(cfg: TrainConfig):
     if cfg.freeze_encoder is not None:
         overrides["freeze_encoder"] = bool(cfg.freeze_encoder)
     return get_config(cfg.preset, **overrides)
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["num_frames=1", "merge=sum", "window=4,3"]`` -> typed config overrides (ints, floats, bools, tuples)."""
-    from glsmamba.model import GLSMambaConfig
-
-    fields = {f.name: f for f in dataclasses.fields(GLSMambaConfig)}
-    defaults = GLSMambaConfig()
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"model override must be KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key not in fields:
-            raise ValueError(f"unknown model config field {key!r}; fields: {', '.join(sorted(fields))}")
-        ref = getattr(defaults, key)
-        if isinstance(ref, bool):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"{key} must be true/false, got {value!r}")
-            out[key] = value.lower() in ("true", "1", "yes")
-        elif isinstance(ref, tuple):
-            out[key] = tuple(int(v) for v in value.replace("x", ",").split(","))
-        elif isinstance(ref, int) or (ref is None and key == "dt_rank"):
-            out[key] = None if value.lower() == "none" else int(value)
-        elif isinstance(ref, float):
-            out[key] = float(value)
-        else:
-            out[key] = value
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -706,7 +675,6 @@ __all__ = [
     "lr_at",
     "model_config",
     "param_groups",
-    "parse_overrides",
     "plot_loss",
     "train",
     "train_step",
