@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +209,68 @@ class GLSMambaConfig:
         if unknown:
             raise TypeError(f"unknown GLSMambaConfig field(s): {sorted(unknown)}")
         return cls(**data)
+
+    @classmethod
+    def parse_overrides(cls, items: Iterable[str]) -> dict[str, Any]:
+        """``FIELD=VALUE`` strings (the ``--set`` of every command) -> overrides typed from the field types.
+
+        Values: ints (``num_frames=3``), floats (``ffn_ratio=3``), bools (``true/false``, ``1/0``, ``yes/no``),
+        tuples of ints (``window=4,3``, ``4x3``, ``[4,3]`` or ``(4, 3)``), ``none`` for a field that may be None
+        (``dt_rank=none``), strings as given (``merge=sum``; surrounding quotes are dropped). The values are
+        checked by the config when it is built (:meth:`replace`, :func:`get_config`).
+
+        Raises:
+            ValueError: an item without ``=``, an unknown field (the message lists the known ones) or a value of
+                the wrong type; the message names the item and the expected form.
+        """
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        out: dict[str, Any] = {}
+        for item in items:
+            key, sep, text = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or not key:
+                raise ValueError(f"override {item!r}: expected FIELD=VALUE (KEY=VALUE with KEY a GLSMambaConfig "
+                                 f"field), e.g. num_frames=3 or window=4,3")
+            if key not in names:
+                raise ValueError(f"unknown model config field {key!r} in override {item!r}; fields: "
+                                 f"{', '.join(sorted(names))}")
+            out[key] = cls._parse_value(item, key, text.strip(), hints[key])
+        return out
+
+    @staticmethod
+    def _parse_value(item: str, key: str, text: str, hint: Any) -> Any:
+        """``text`` as a value of type ``hint`` (``int``, ``float``, ``bool``, ``str``, ``tuple[int, ...]`` or one
+        of them ``| None``)."""
+        args = typing.get_args(hint)
+        if type(None) in args:  # X | None
+            if text.lower() in ("none", "null"):
+                return None
+            (hint,) = [a for a in args if a is not type(None)]
+        if typing.get_origin(hint) is tuple:
+            elem = typing.get_args(hint)
+            want = f"{len(elem)} ints" if Ellipsis not in elem else "ints"
+            parts = [p.strip() for p in text.strip("[]() ").replace("x", ",").split(",")]
+            try:
+                value = tuple(int(p) for p in parts)
+            except ValueError:
+                raise ValueError(f"override {item!r}: {key} takes {want}, e.g. {key}=4,3") from None
+            if Ellipsis not in elem and len(value) != len(elem):
+                raise ValueError(f"override {item!r}: {key} takes {want}, e.g. {key}=4,3; got {len(value)}")
+            return value
+        if hint is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"override {item!r}: {key} takes true or false")
+            return text.lower() in ("true", "1", "yes")
+        if hint in (int, float):
+            try:
+                return hint(text)
+            except ValueError:
+                want = "an int, e.g. {}=2" if hint is int else "a number, e.g. {}=0.5"
+                raise ValueError(f"override {item!r}: {key} takes {want.format(key)}") from None
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # a quoted string
+            return text[1:-1]
+        return text
 
 
 _BASE = dict(

@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from glsmamba.cli import main
-from glsmamba.commands.summary import parse_overrides, summarize
-from glsmamba.model import GLSMamba, get_config
+from glsmamba.commands.summary import summarize
+from glsmamba.model import GLSMamba, GLSMambaConfig, get_config
 from glsmamba.model.flops import FlopCounter, count_flops
+
+parse_overrides = GLSMambaConfig.parse_overrides  # the one --set parser
 
 
 def test_layer_flops_by_hand():

@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from glsmamba.cli import main
+from glsmamba.model import GLSMambaConfig
 from glsmamba.vhpe.synth import SynthConfig, make_dataset
-from glsmamba.vhpe.train import TrainConfig, heatmap_loss, lr_at, param_groups, parse_overrides, train_step
+from glsmamba.vhpe.train import TrainConfig, heatmap_loss, lr_at, param_groups, train_step
 from tests.harness import assert_close
+
+parse_overrides = GLSMambaConfig.parse_overrides  # the one --set parser
 
 # small and fast: 32 x 24 crops (8 x 6 heatmaps), 3-frame clips
 FAST = ["--preset", "tiny", "--set", "num_frames=3", "--input-size", "32x24", "--batch-size", "4", "--lr", "2e-3",
@@ -91,7 +94,7 @@ def test_parse_overrides_types_and_errors():
 def test_progress_line_without_a_terminal():
     import io
 
-    from glsmamba.vhpe.train import Progress
+    from glsmamba.vhpe.progress import Progress
 
     buf = io.StringIO()
     p = Progress(5, "epoch 1/2", every=2, stream=buf)
@@ -154,6 +157,15 @@ def test_run_folder_and_kill_resume_equals_uninterrupted(data, tmp_path, capsys)
     assert main(["train", "--data", str(data), "--out", str(b), "--epochs", "3", *FAST, "--set", "merge=sum",
                  "--resume"]) == 1
     assert "model configuration differs (merge" in capsys.readouterr().err
+
+
+def test_train_set_overrides_reach_the_model(data, tmp_path):
+    """``--set`` items (repeated, and several after one ``--set``) are typed by GLSMambaConfig.parse_overrides."""
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", *FAST, "--max-steps", "1",
+                 "--set", "merge=sum", "window=2,3", "--set", "dt_rank=none"]) == 0
+    m = json.loads((out / "config.json").read_text())["model"]
+    assert (m["num_frames"], m["merge"], m["window"], m["dt_rank"]) == (3, "sum", [2, 3], None)
 
 
 def test_train_errors_name_the_problem(data, tmp_path, capsys):
@@ -243,7 +255,8 @@ def test_occlusion_metrics_hand_computed():
     from types import SimpleNamespace
 
     from glsmamba.vhpe.formats import Person
-    from glsmamba.vhpe.infer import Predictions, occlusion_metrics
+    from glsmamba.vhpe.infer import Predictions
+    from glsmamba.vhpe.metrics.occlusion import occlusion_metrics
     from glsmamba.vhpe.skeleton import slots15_to_17
 
     head = np.array([0.0, 0.0, 6 / 0.6 / np.sqrt(2), 6 / 0.6 / np.sqrt(2)])  # 0.6 x diagonal = 6

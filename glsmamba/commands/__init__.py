@@ -11,3 +11,18 @@ def add_backbone_arguments(parser: argparse.ArgumentParser, help_text: str) -> N
     parser.add_argument("--trust-backbone", action="store_true",
                         help="allow full unpickling of the --backbone file (mmpose checkpoints that pickle "
                              "non-tensor metadata); only for files you trust")
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set FIELD=VALUE ...`` (model config overrides, parsed by ``GLSMambaConfig.parse_overrides`` into
+    ``args.overrides``): several items after one ``--set``, or ``--set`` repeated, or both."""
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override model config fields, e.g. --set num_frames=1 merge=sum window=4,3 "
+                             "(ints, floats, true/false, comma-separated tuples, none; repeatable)")
+
+
+def parse_set_overrides(args: argparse.Namespace) -> dict:
+    """The typed model config overrides of ``--set`` (ValueError naming a bad item)."""
+    from glsmamba.model import GLSMambaConfig
+
+    return GLSMambaConfig.parse_overrides(args.overrides)

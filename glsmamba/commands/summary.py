@@ -11,6 +11,8 @@ import argparse
 import json
 from typing import Any
 
+from glsmamba.commands import add_set_argument, parse_set_overrides
+
 HELP = "parameters (total, trainable) and FLOPs per module of a GLSMamba preset at a given clip size"
 
 
@@ -22,24 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=1, help="clips per batch (default 1)")
     parser.add_argument("--depth", type=int, default=2, choices=(1, 2, 3),
                         help="module tree depth of the rows (default 2)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                        help="config overrides, e.g. --set directions=4 merge=sum num_lrm=0")
+    add_set_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["directions=4", "merge=sum", "window=[4,3]"]`` -> dict (values parsed as JSON when they parse)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            parsed: Any = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
-    return out
 
 
 def summarize(preset: str = "base", frames: int | None = None, size: tuple[int, int] | None = None, batch: int = 1,
@@ -102,7 +88,7 @@ def _g(n: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        overrides = parse_overrides(args.set)
+        overrides = parse_set_overrides(args)
         info = summarize(args.preset, args.frames, tuple(args.size) if args.size else None, args.batch, args.depth,
                          overrides)
     except (ValueError, TypeError) as e:

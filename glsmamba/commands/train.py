@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from glsmamba.commands import add_backbone_arguments
+from glsmamba.commands import add_backbone_arguments, add_set_argument, parse_set_overrides
 
 HELP = "train GLSMamba on PoseTrack-layout data (paper schedule by default; torchrun for multi-GPU)"
 
@@ -28,8 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset root (annotations/{train,val}/*.json + images)")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, loss.png)")
     parser.add_argument("--preset", default="base", choices=("tiny", "base", "huge"), help="model (default base)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a model config field, e.g. --set num_frames=1 --set merge=sum (repeatable)")
+    add_set_argument(parser)
     parser.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -78,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():  # CPU tensors: the interpreter, set before triton is imported
             os.environ.setdefault("TRITON_INTERPRET", "1")
-    from glsmamba.vhpe.train import TrainConfig, parse_overrides, train
+    from glsmamba.vhpe.train import TrainConfig, train
 
     try:
         cfg = TrainConfig(
-            data=args.data, out=args.out, preset=args.preset, model_overrides=parse_overrides(args.overrides),
+            data=args.data, out=args.out, preset=args.preset, model_overrides=parse_set_overrides(args),
             backend=args.backend, epochs=args.epochs, lr=args.lr, lr_steps=tuple(args.lr_steps),
             lr_factor=args.lr_factor, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
             batch_size=args.batch_size, input_size=args.input_size, sigma=args.sigma, augment=args.augment,
