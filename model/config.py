@@ -25,7 +25,7 @@ here, and why:
   ``[y_u, y_s]`` / ``[y_u, y_t]`` through a per-frame depthwise 3x3 conv and a pointwise projection (zero-initialised,
   so offsets start at 0 and masks at 0.5); the depthwise tap weights start as 2 at the centre tap and 0 elsewhere,
   so at initialisation STMM equals the plain sum. ``merge="sum"`` is the ablation ``F = y_u + y_s + y_t``.
-* **Gate stream** (paper notes, PN): the gate, not the scan branch, carries the depthwise conv:
+* **Gate stream** (``docs/paper.md`` section 1, source PN): the gate, not the scan branch, carries the depthwise conv:
   ``A = SiLU(LN(DWConv3x3(z)))`` per frame, with ``x, z = in_proj(LN(X))``; the scan branch is ``SiLU(x)``.
   Block: ``X <- X + out_proj(LN(F) * A)``, then ``X <- X + FFN(LN(X))`` (pre-norm residuals; FFN = Linear, GELU,
   Linear with ``ffn_ratio`` = 4).
