@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-STS6D_GROUPS = (0, 1, 2, 0, 1, 2)
 
 
 def unfused_ordered_scan(x, delta, A, B, C, D, orders, groups, delta_bias=None, delta_softplus=True,
@@ -60,7 +59,7 @@ def unfused_ordered_scan(x, delta, A, B, C, D, orders, groups, delta_bias=None, 
 
 def make_inputs(batch: int, shape: Sequence[int], channels: int, dstate: int, dtype: torch.dtype,
                 device: torch.device, seed: int = 0) -> dict:
-    from glsmamba.reference.space_time import STS6D, scan_orders
+    from glsmamba.reference.space_time import STS6D, STS6D_GROUPS, scan_orders
 
     g = torch.Generator().manual_seed(seed)
     T, H, W = shape

@@ -328,6 +328,12 @@ def test_backend_switch_changes_what_a_built_model_runs(device):
         with model.use_backend("reference"), torch.no_grad():
             net(frames)
         assert _op_calls("triton") == expected and _op_calls("reference") == {}
+        assert net.pin_backend("auto") is net and net.backend == "auto"  # unpinned: the context wins again
+        reset_call_counts()
+        with model.use_backend("reference"), torch.no_grad():
+            net(frames)
+        assert _op_calls("reference") == expected and _op_calls("triton") == {}
+        assert not hasattr(net, "set_backend")  # one name per scope: model.set_backend is process-wide
     finally:
         model.set_backend(None)
 

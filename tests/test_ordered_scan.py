@@ -13,12 +13,11 @@ import torch.nn.functional as F
 import glsmamba.kernels.ordered_scan as kos
 from glsmamba.bench.bench_ordered_scan import unfused_ordered_scan
 from glsmamba.model.backend import get_impl
-from glsmamba.reference.space_time import scan_orders, window_orders
+from glsmamba.reference.space_time import STS6D_GROUPS, scan_orders, window_orders
 from tests.harness import assert_close
 
 SHAPE = (2, 3, 5)  # T, H, W all different; L = 30
 NAMES = ("x", "delta", "A", "B", "C", "D", "delta_bias")
-STS6D_GROUPS = (0, 1, 2, 0, 1, 2)
 
 
 def make_inputs(K, B=2, shape=SHAPE, C=5, N=4, dtype=torch.float32, device="cpu", seed=0, has_D=True,
