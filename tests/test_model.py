@@ -349,7 +349,7 @@ def test_auto_backend_on_cpu_runs_reference():
 
 
 def test_whole_network_reference_vs_triton_outputs_and_all_grads(device):
-    from glsmamba.commands.verify import exact_float32, perturb_for_check
+    from glsmamba.verify.network import exact_float32, perturb_for_check
 
     torch.manual_seed(0)
     # tiny's structure (STMM, windowed LRM with border windows) narrowed for the interpreter: 1 GSM + 1 LRM, D = 8,
