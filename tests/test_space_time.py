@@ -11,6 +11,7 @@ import torch
 
 from glsmamba.model.backend import get_impl
 from glsmamba.reference.space_time import STS6D, STS6D_GROUPS, scan_order, scan_orders, window_order, window_orders
+from glsmamba.verify.cases import generator_of, randn
 from tests.harness import assert_close
 
 BACKENDS = ["reference", "triton"]
@@ -147,8 +148,7 @@ def test_order_bad_input():
 
 
 def rand_tokens(B, L, C, dtype=torch.float32, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, L, C, generator=g).to(device=device, dtype=dtype)
+    return randn(generator_of(seed), B, L, C, dtype=dtype, device=device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
