@@ -103,3 +103,31 @@ def test_prepare_environment_refuses_after_triton_import(monkeypatch):
     assert "TRITON_INTERPRET=1" in driver.prepare_environment()
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert driver.prepare_environment() is None
+
+
+def test_op_cases_cover_the_registry_and_run_on_the_reference():
+    from glsmamba.verify.cases import OP_CASES, VERIFY_CASES, Sizes, with_grad
+
+    assert {op for op, _ in OP_CASES} == set(registry.OPS) == {op for op, _ in VERIFY_CASES}
+    sizes = Sizes(2, 2, 3, 4, channels=5, dstate=3, length=11, window=(2, 3), offset_groups=1)
+    for (op, variant), case in OP_CASES.items():
+        kw = case.inputs(sizes, torch.float32, "cpu", 7)
+        again = case.inputs(sizes, torch.float32, "cpu", torch.Generator().manual_seed(7))
+        for k, v in kw.items():  # an int seeds a fresh generator: the same values
+            assert not isinstance(v, torch.Tensor) or torch.equal(v, again[k]), (op, variant, k)
+        leaves = with_grad(kw, case.grads)
+        out = registry.get_impl(op, "reference")(**leaves)
+        outs = out if isinstance(out, tuple) else (out,)
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), [leaves[k] for k in case.grads])
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), (op, variant)
+
+
+def test_mamba_init_of_the_op_cases():
+    from glsmamba.verify.cases import ordered_scan_inputs
+
+    x = ordered_scan_inputs(2, shape=(1, 2, 3), channels=4, dstate=3, init="mamba")
+    assert torch.equal(x["A"], -torch.arange(1.0, 4.0).expand(2, 4, 3)) and torch.equal(x["D"], torch.ones(2, 4))
+    dt = torch.nn.functional.softplus(x["delta_bias"])  # the step the bias alone gives: log-uniform in [1e-3, 1e-1]
+    assert bool(((dt > 0.99e-3) & (dt < 1.01e-1)).all())
+    with pytest.raises(ValueError, match="init must be one of"):
+        ordered_scan_inputs(2, init="xavier")
