@@ -109,7 +109,7 @@ def test_op_cases_cover_the_registry_and_run_on_the_reference():
     from glsmamba.verify.cases import OP_CASES, VERIFY_CASES, Sizes, with_grad
 
     assert {op for op, _ in OP_CASES} == set(registry.OPS) == {op for op, _ in VERIFY_CASES}
-    sizes = Sizes(2, 2, 3, 4, channels=5, dstate=3, length=11, window=(2, 3), offset_groups=1)
+    sizes = Sizes(2, 2, 3, 4, channels=6, dstate=3, length=11, window=(2, 3), offset_groups=1)
     for (op, variant), case in OP_CASES.items():
         kw = case.inputs(sizes, torch.float32, "cpu", 7)
         again = case.inputs(sizes, torch.float32, "cpu", torch.Generator().manual_seed(7))
