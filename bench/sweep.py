@@ -3,8 +3,8 @@
 ``python -m glsmamba.bench [options]`` and ``glsmamba bench [options]`` run :func:`run`. Nothing here crashes on a
 failing measurement: out-of-memory is recorded as status ``oom``, other exceptions as ``error`` (with the
 message in ``note``), and points that are skipped on purpose (time budget, predicted too slow, compile size
-limit) as ``skip``. Targets or backends that cannot run at all here (an op that has not landed, triton without
-CUDA, mambapy not installed) are skipped with one printed reason each.
+limit) as ``skip``. Targets or backends that cannot run at all here (triton without CUDA, mambapy not
+installed) are skipped with one printed reason each.
 """
 
 from __future__ import annotations

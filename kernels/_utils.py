@@ -16,8 +16,6 @@ import os
 
 import torch
 
-LOG2E = 1.4426950408889634
-
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 

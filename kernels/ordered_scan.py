@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glsmamba.kernels._scan_common import affine_combine, dt_from_raw
+from glsmamba.kernels._scan_common import LOG2E, affine_combine, dt_from_raw
 from glsmamba.kernels._utils import (
     cdiv,
     check_runnable,
@@ -144,7 +144,7 @@ def _oss_fwd_kernel(
     m_n = o_n < NS
     m_cn = m_c[:, None] & m_n[None, :]
     A2 = tl.load(A_ptr + (i_k * CH + o_c[:, None]) * NS + o_n[None, :], mask=m_cn, other=0.0).to(tl.float32)
-    A2 = A2 * 1.4426950408889634
+    A2 = A2 * LOG2E
     if HAS_BIAS:
         bias = tl.load(bias_ptr + i_k * CH + o_c, mask=m_c, other=0.0).to(tl.float32)
     else:
@@ -220,7 +220,7 @@ def _oss_carry_kernel(hend_ptr, dsum_ptr, A_ptr, crst_ptr, hin_ptr, CH, K, NS, N
     o_n = tl.arange(0, NP)
     m_cn = m_c[:, None] & (o_n < NS)[None, :]
     A2 = tl.load(A_ptr + (i_k * CH + o_c[:, None]) * NS + o_n[None, :], mask=m_cn, other=0.0).to(tl.float32)
-    A2 = A2 * 1.4426950408889634
+    A2 = A2 * LOG2E
     h = tl.zeros([BLOCK_C, NP], dtype=tl.float32)
     for i in range(NCHUNK):
         o_state = ((i_bk * NCHUNK + i) * CH + o_c[:, None]) * NS + o_n[None, :]
@@ -262,7 +262,7 @@ def _oss_bwd_kernel(
     m_n = o_n < NS
     m_cn = m_c[:, None] & m_n[None, :]
     A = tl.load(A_ptr + (i_k * CH + o_c[:, None]) * NS + o_n[None, :], mask=m_cn, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
+    A2 = A * LOG2E
     if HAS_BIAS:
         bias = tl.load(bias_ptr + i_k * CH + o_c, mask=m_c, other=0.0).to(tl.float32)
     else:

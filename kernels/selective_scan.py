@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glsmamba.kernels._scan_common import affine_combine, dt_from_raw
+from glsmamba.kernels._scan_common import LOG2E, affine_combine, dt_from_raw
 from glsmamba.kernels._utils import (
     check_runnable,
     device_guard,
@@ -97,7 +97,7 @@ def _ss_fwd_kernel(
     m_n = n < NSTATE
     m_dn = m_d[:, None] & m_n[None, :]
     A, bias, Dv = _channel_params(A_ptr, bias_ptr, D_ptr, d, n, m_d, m_dn, s_Ad, s_An, BLOCK_D, HAS_BIAS, HAS_D)
-    A2 = A * 1.4426950408889634
+    A2 = A * LOG2E
     o_state = ((i_b * N_CHUNKS + i_c) * DIM + d[:, None]) * NSTATE + n[None, :]
     if HAS_HIN:
         h = tl.load(hin_ptr + o_state, mask=m_dn, other=0.0)
@@ -155,7 +155,7 @@ def _ss_carry_kernel(
     n = tl.arange(0, NP)
     m_d = d < DIM
     m_dn = m_d[:, None] & (n < NSTATE)[None, :]
-    A2 = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=m_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=m_dn, other=0.0).to(tl.float32) * LOG2E
     if HAS_INIT:
         h = tl.load(init_ptr + (i_b * DIM + d[:, None]) * NSTATE + n[None, :], mask=m_dn, other=0.0)
     else:
@@ -195,7 +195,7 @@ def _ss_bwd_kernel(
     m_n = n < NSTATE
     m_dn = m_d[:, None] & m_n[None, :]
     A, bias, Dv = _channel_params(A_ptr, bias_ptr, D_ptr, d, n, m_d, m_dn, s_Ad, s_An, BLOCK_D, HAS_BIAS, HAS_D)
-    A2 = A * 1.4426950408889634
+    A2 = A * LOG2E
     o_state = ((i_b * N_CHUNKS + i_c) * DIM + d[:, None]) * NSTATE + n[None, :]
     if HAS_LAMIN:
         lam = tl.load(lamin_ptr + o_state, mask=m_dn, other=0.0)

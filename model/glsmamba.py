@@ -30,9 +30,10 @@ class GLSMamba(nn.Module):
     Frames are float tensors normalised as ViTPose expects (ImageNet mean/std), ``H`` and ``W`` multiples of
     ``config.input_multiple`` (16 for the ViT, 4 for the conv encoder); any such size works.
 
-    Backend: ops run on the backend resolved at each call. ``model.backend`` is ``config.backend`` initially;
-    ``"auto"`` follows the registry (``model.use_backend`` contexts, ``model.set_backend``, ``GLSMAMBA_BACKEND``),
-    ``"reference"`` / ``"triton"`` pin this model (assignable at any time: ``net.backend = "triton"``).
+    Backend: ops run on the backend resolved at each call. ``net.backend`` is ``config.backend`` initially;
+    ``"auto"`` follows the registry (``model.use_backend`` contexts, the process-wide ``model.set_backend``,
+    ``GLSMAMBA_BACKEND``), ``"reference"`` / ``"triton"`` pin this model (at any time: ``net.backend = "triton"``
+    or ``net.pin_backend("triton")``).
 
     Example:
         >>> net = GLSMamba("tiny")
@@ -70,8 +71,10 @@ class GLSMamba(nn.Module):
     def backend(self, name: str) -> None:
         self._backend = check_backend_name(name)
 
-    def set_backend(self, name: str) -> GLSMamba:
-        """Pin (or with ``"auto"`` unpin) this model's backend; returns the model."""
+    def pin_backend(self, name: str) -> GLSMamba:
+        """Pin (or with ``"auto"`` unpin) this model's backend; returns the model.
+
+        Only this model: the process-wide switch is :func:`glsmamba.model.set_backend`."""
         self.backend = name
         return self
 

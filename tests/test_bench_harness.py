@@ -121,16 +121,12 @@ def test_attention_net_shapes():
 
 def test_mambapy_baseline_matches_recurrent_oracle():
     pytest.importorskip("mambapy", reason="optional baseline: pip install --no-deps mambapy")
-    rs = pytest.importorskip("glsmamba.reference.selective_scan", reason="reference selective scan not landed")
-    torch.manual_seed(0)
-    Bsz, D, N, L = 2, 6, 4, 37
-    u, delta = torch.randn(Bsz, D, L), torch.randn(Bsz, D, L) * 0.5
-    Bm, Cm = torch.randn(Bsz, N, L), torch.randn(Bsz, N, L)
-    z = torch.randn(Bsz, D, L)
-    p = {k: v.detach() for k, v in cases._ssm_params(D, N, torch.device("cpu")).items()}
-    kw = dict(D=p["D"], z=z, delta_bias=p["delta_bias"], delta_softplus=True)
-    ref = rs.selective_scan_recurrent(u, delta, p["A"], Bm, Cm, **kw)
-    assert_close("mambapy", ref, baselines.mambapy_selective_scan(u, delta, p["A"], Bm, Cm, **kw))
+    import glsmamba.reference.selective_scan as rs
+    from glsmamba.verify.cases import selective_scan_inputs
+
+    x = selective_scan_inputs(batch=2, dim=6, length=37, dstate=4, init="mamba")  # as the benchmark draws them
+    ref = rs.selective_scan_recurrent(**x, delta_softplus=True)
+    assert_close("mambapy", ref, baselines.mambapy_selective_scan(**x, delta_softplus=True))
 
 
 def _sweep(tmp_path, extra: list[str]) -> sweep.Sweep:

@@ -328,6 +328,12 @@ def test_backend_switch_changes_what_a_built_model_runs(device):
         with model.use_backend("reference"), torch.no_grad():
             net(frames)
         assert _op_calls("triton") == expected and _op_calls("reference") == {}
+        assert net.pin_backend("auto") is net and net.backend == "auto"  # unpinned: the context wins again
+        reset_call_counts()
+        with model.use_backend("reference"), torch.no_grad():
+            net(frames)
+        assert _op_calls("reference") == expected and _op_calls("triton") == {}
+        assert not hasattr(net, "set_backend")  # one name per scope: model.set_backend is process-wide
     finally:
         model.set_backend(None)
 
@@ -343,7 +349,7 @@ def test_auto_backend_on_cpu_runs_reference():
 
 
 def test_whole_network_reference_vs_triton_outputs_and_all_grads(device):
-    from glsmamba.commands.verify import exact_float32, perturb_for_check
+    from glsmamba.verify.network import exact_float32, perturb_for_check
 
     torch.manual_seed(0)
     # tiny's structure (STMM, windowed LRM with border windows) narrowed for the interpreter: 1 GSM + 1 LRM, D = 8,

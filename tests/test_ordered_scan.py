@@ -13,31 +13,17 @@ import torch.nn.functional as F
 import glsmamba.kernels.ordered_scan as kos
 from glsmamba.bench.bench_ordered_scan import unfused_ordered_scan
 from glsmamba.model.backend import get_impl
-from glsmamba.reference.space_time import scan_orders, window_orders
+from glsmamba.reference.space_time import STS6D_GROUPS, scan_orders, window_orders
+from glsmamba.verify.cases import ordered_scan_inputs
 from tests.harness import assert_close
 
 SHAPE = (2, 3, 5)  # T, H, W all different; L = 30
 NAMES = ("x", "delta", "A", "B", "C", "D", "delta_bias")
-STS6D_GROUPS = (0, 1, 2, 0, 1, 2)
 
 
-def make_inputs(K, B=2, shape=SHAPE, C=5, N=4, dtype=torch.float32, device="cpu", seed=0, has_D=True,
-                has_bias=True):
-    g = torch.Generator().manual_seed(seed)
-    L = shape[0] * shape[1] * shape[2]
-
-    def rnd(*s, scale=1.0):
-        return (torch.randn(*s, generator=g) * scale).to(device)
-
-    return {
-        "x": rnd(B, L, C).to(dtype),
-        "delta": rnd(B, K, L, C, scale=0.5).to(dtype),
-        "A": -(torch.rand(K, C, N, generator=g) * 1.5 + 0.2).to(device),
-        "B": rnd(B, K, L, N).to(dtype),
-        "C": rnd(B, K, L, N).to(dtype),
-        "D": rnd(K, C) if has_D else None,
-        "delta_bias": rnd(K, C, scale=0.2) if has_bias else None,
-    }
+def make_inputs(K, B=2, shape=SHAPE, C=5, N=4, **kwargs):
+    """The shared ordered-scan inputs (glsmamba.verify.cases) with this file's defaults."""
+    return ordered_scan_inputs(K, batch=B, shape=shape, channels=C, dstate=N, **kwargs)
 
 
 def oracle(inp, orders, groups, reset=None, delta_softplus=True):

@@ -10,33 +10,10 @@ import torch
 
 from glsmamba.model.backend import get_impl
 from glsmamba.reference.selective_scan import selective_scan_recurrent
+from glsmamba.verify.cases import selective_scan_inputs as make_inputs
 from tests.harness import assert_close
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def make_inputs(batch=2, dim=6, length=37, dstate=4, groups=1, dtype=torch.float32, device="cpu", has_D=True,
-                has_z=True, has_bias=True, channel_last=False, dt_scale=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(device)
-
-    ushape = (batch, length, dim) if channel_last else (batch, dim, length)
-    if channel_last:
-        bshape = (batch, length, dstate) if groups == 1 else (batch, length, groups, dstate)
-    else:
-        bshape = (batch, dstate, length) if groups == 1 else (batch, groups, dstate, length)
-    return {
-        "u": rnd(*ushape).to(dtype),
-        "delta": rnd(*ushape, scale=dt_scale).to(dtype),
-        "A": -(torch.rand(dim, dstate, generator=g) * 1.5 + 0.2).to(device),
-        "B": rnd(*bshape).to(dtype),
-        "C": rnd(*bshape).to(dtype),
-        "D": rnd(dim) if has_D else None,
-        "z": rnd(*ushape).to(dtype) if has_z else None,
-        "delta_bias": rnd(dim, scale=0.2) if has_bias else None,
-    }
 
 
 def oracle(inputs, channel_last, softplus, return_last_state=False):
