@@ -12,7 +12,6 @@ launching kernels built for the other mode.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -162,37 +161,38 @@ class LaunchConfig:
     flip_by_dot: bool | None = None
 
 
-# (a frozen dataclass: the shared default cannot be mutated)
-_CONFIG: contextvars.ContextVar[LaunchConfig] = contextvars.ContextVar(
-    "glsmamba_launch_config", default=LaunchConfig())  # noqa: B039
+# Process-wide, not a ContextVar: autograd runs the backward of CUDA tensors on its own threads.
+_CONFIG: list[LaunchConfig] = [LaunchConfig()]
 
 
 @contextlib.contextmanager
 def launch_config(**changes) -> Iterator[LaunchConfig]:
-    """Within the block, launchers use the current :class:`LaunchConfig` with ``changes`` applied (nestable).
+    """Within the block, launchers use the current :class:`LaunchConfig` with ``changes`` applied (nestable;
+    process-wide, so a backward run by autograd inside the block sees it too).
 
     Example: ``with launch_config(cuda_geometry=True, bwd_segment=2): ...``.
     """
-    token = _CONFIG.set(dataclasses.replace(_CONFIG.get(), **changes))
+    previous = _CONFIG[0]
+    _CONFIG[0] = dataclasses.replace(previous, **changes)
     try:
-        yield _CONFIG.get()
+        yield _CONFIG[0]
     finally:
-        _CONFIG.reset(token)
+        _CONFIG[0] = previous
 
 
 def current_config() -> LaunchConfig:
-    return _CONFIG.get()
+    return _CONFIG[0]
 
 
 def gpu_geometry() -> bool:
     """True when the launchers must choose the CUDA geometry (on CUDA, or when :func:`launch_config` asks)."""
-    c = _CONFIG.get()
+    c = _CONFIG[0]
     return (not interpreting()) if c.cuda_geometry is None else c.cuda_geometry
 
 
 def sm_budget(device: torch.device) -> Fraction:
     """The SM count the CUDA geometry plans for, times the config's ``scale`` (exact)."""
-    c = _CONFIG.get()
+    c = _CONFIG[0]
     sms = c.sms
     if sms is None:
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else DEFAULT_SMS
@@ -202,7 +202,7 @@ def sm_budget(device: torch.device) -> Fraction:
 def units_per_launch(bytes_per_unit: int, units: int) -> int:
     """How many units (tiles, chunks) one launch may cover so that its partial sums stay within PARTIAL_BYTES
     times the config's ``scale`` (at least 1, at most ``units``); the config's ``bwd_segment`` overrides."""
-    forced = _CONFIG.get().bwd_segment
+    forced = _CONFIG[0].bwd_segment
     if forced is not None:
         return max(1, min(units, forced))
-    return min(units, max(1, int(Fraction(PARTIAL_BYTES) * Fraction(_CONFIG.get().scale) // bytes_per_unit)))
+    return min(units, max(1, int(Fraction(PARTIAL_BYTES) * Fraction(_CONFIG[0].scale) // bytes_per_unit)))
