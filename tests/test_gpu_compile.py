@@ -99,10 +99,14 @@ def test_every_kernel_compiles_for_sm90_without_spills():
     spilled = [(j["kernel"], j["what"], r["spills"]) for j, r in zip(jobs.values(), results, strict=True)
                if r["spills"]]
     assert not spilled, f"kernels that spill registers on sm_90: {spilled}"
+    looped = set()
     for j, r in zip(jobs.values(), results, strict=True):
         report = sass.SassReport.from_json(r["sass"])
         assert report.total["total"] > 0 and 0 < r["regs"] <= 255
         found = {lp.line for lp in report.loops if Path(lp.file).name == j["module"].rsplit(".", 1)[-1] + ".py"}
         assert found <= _for_lines(j["module"], j["kernel"]), (j["kernel"], found)
-        if j["kernel"] in ("_ss_fwd_kernel", "_oss_fwd_kernel", "_oss_bwd_kernel", "_deform_fwd_kernel"):
-            assert found, f"{j['kernel']}: no SASS loop tied to a `for` line"
+        if found:
+            looped.add(j["kernel"])
+    # (a launch with a trip count of 1 has no loop left: Triton specialises integers equal to 1 as constants)
+    for k in ("_ss_fwd_kernel", "_ss_bwd_kernel", "_oss_fwd_kernel", "_oss_bwd_kernel", "_deform_fwd_kernel"):
+        assert k in looped, f"{k}: no SASS loop tied to a `for` line of its source"

@@ -193,7 +193,7 @@ def test_compulsory_formulas_are_inputs_read_once_and_outputs_written_once():
     for spec in static_ops.specs():
         p = spec.points[0]
         case = spec.build(p, True)
-        with launch_config(cuda_geometry=True):
+        with launch_config(cuda_geometry=True), traffic.capture():  # only the output's shape is needed
             out = case.run()
         from glsmamba.reference.space_time import STS6D, scan_orders
 
