@@ -1,7 +1,8 @@
 """Traffic counter: the bytes every Triton launch of an op moves, counted under the Triton interpreter (no GPU).
 
 :func:`count` runs a callable (an op's forward, or forward and backward) with CPU tensors under the interpreter
-(``TRITON_INTERPRET=1``) and records:
+(``TRITON_INTERPRET=1``; wrap it in ``kernels._utils.launch_config(cuda_geometry=True)`` to count the launches a
+GPU would make) and records:
 
 * per kernel launch and per pointer argument: **lane bytes** (bytes loaded and stored by active lanes: what the
   SMs request) and **unique bytes** (each element address counted once per launch, loads and stores apart: the
@@ -28,8 +29,12 @@ How it hooks the interpreter (``triton.runtime.interpreter``):
   interpreter's dtype lookup is memoised and ``triton.language`` is patched once per launch instead of at every
   call of a ``@triton.jit`` helper. Together ~10-100x faster than the plain interpreter on the scan kernels.
 
+:func:`capture` records the launches without running them (the sm_90 report and the headline shapes, far too
+large to interpret, use it); the torch ops still run and are counted (their bytes depend on shapes only).
+
 Interpreter internals differ between Triton releases: the counter knows those of :data:`SUPPORTED_TRITON` and
-refuses any other with a clear error. Tensor descriptors (TMA) are not supported.
+refuses any other with a clear error. Tensor descriptors (TMA) are not supported. Looking inside ``glsmamba::``
+custom ops uses ``torch._library.custom_ops._maybe_get_opdef`` (private torch API, present in torch 2.4-2.13).
 """
 
 from __future__ import annotations
