@@ -13,6 +13,17 @@ def add_backbone_arguments(parser: argparse.ArgumentParser, help_text: str) -> N
                              "non-tensor metadata); only for files you trust")
 
 
+def error_message(e: BaseException) -> str:
+    """An error as the command line says it: the library's advice for a checkpoint saved without its frozen
+    encoder (``backbone=<ViTPose file>``, an API argument) becomes ``--backbone FILE``; other messages as they are."""
+    from glsmamba.model.checkpoint import MissingEncoderError
+
+    if isinstance(e, MissingEncoderError):
+        return (f"{e.path} was saved without the frozen encoder weights: pass --backbone FILE (the ViTPose weights "
+                f"it was trained with)")
+    return str(e)
+
+
 def add_set_argument(parser: argparse.ArgumentParser) -> None:
     """``--set FIELD=VALUE ...`` (model config overrides, parsed by ``GLSMambaConfig.parse_overrides`` into
     ``args.overrides``): several items after one ``--set``, or ``--set`` repeated, or both."""

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from glsmamba.commands import add_backbone_arguments
+from glsmamba.commands import add_backbone_arguments, error_message
 
 HELP = "run a checkpoint on a video: overlay mp4 (source fps) + per-frame JSON"
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"glsmamba demo: error: {e}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as e:
-        print(f"glsmamba demo: error: {e}", file=sys.stderr)
+        print(f"glsmamba demo: error: {error_message(e)}", file=sys.stderr)
         return 1
     people = sum(len(f["instances"]) for f in doc["frames"])
     print(f"{doc['num_frames']} frames at {doc['fps']:g} fps, {people} person boxes"

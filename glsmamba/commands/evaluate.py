@@ -24,7 +24,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from glsmamba.commands import add_backbone_arguments
+from glsmamba.commands import add_backbone_arguments, error_message
 
 HELP = ("evaluate predictions (PoseTrack mAP, COCO OKS AP/AR, PCK) or a checkpoint on a dataset split "
         "(--checkpoint)")
@@ -127,7 +127,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
                                   det_score_thr=args.det_thr, progress=sys.stderr.isatty(),
                                   trust_backbone=args.trust_backbone)
     except (ValueError, FileNotFoundError) as e:
-        print(f"glsmamba eval: error: {e}", file=sys.stderr)
+        print(f"glsmamba eval: error: {error_message(e)}", file=sys.stderr)
         return 1
     if args.format == "json":
         print(json.dumps({k: v for k, v in res.items() if k != "table"}))

@@ -62,8 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, default=0, help="val mAP every k epochs (default 0 = never)")
     parser.add_argument("--keep", type=int, default=2, help="per-epoch checkpoints kept (default 2; 0 = all)")
     parser.add_argument("--log-every", type=int, default=10, help="progress line every k steps (non-terminal)")
-    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                         help="continue from RUN_DIR/last.pth (or CKPT)")
+    resume.add_argument("--resume-from", dest="resume", metavar="FILE",
+                        help="continue from FILE (e.g. RUN_DIR/checkpoints/epoch_NNN.pth when last.pth is damaged)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="debug: stop after this many optimiser steps in total, as if killed")
     parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
