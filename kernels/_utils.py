@@ -123,4 +123,4 @@ PARTIAL_BYTES = 256 << 20
 def units_per_launch(bytes_per_unit: int, units: int, forced: int | None = None) -> int:
     """How many units (tiles, chunks) one launch may cover so that its partial sums stay within PARTIAL_BYTES
     (at least 1, at most ``units``); ``forced`` overrides (tests)."""
-    return min(units, forced or max(1, PARTIAL_BYTES // bytes_per_unit))
+    return min(units, forced or max(1, PARTIAL_BYTES // max(1, bytes_per_unit)))

@@ -5,6 +5,28 @@ from __future__ import annotations
 import argparse
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts and sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def size_hw(text: str) -> tuple[int, int]:
+    """argparse type: ``HxW`` (or ``H,W``) with both values positive."""
+    try:
+        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x192), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"H and W must be positive (e.g. 256x192), got {text!r}")
+    return h, w
+
+
 def add_backbone_arguments(parser: argparse.ArgumentParser, help_text: str) -> None:
     """``--backbone FILE`` and ``--trust-backbone`` (train, eval and demo read ViTPose weights the same way)."""
     parser.add_argument("--backbone", default=None, help=help_text)
