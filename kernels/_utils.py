@@ -203,4 +203,4 @@ def units_per_launch(bytes_per_unit: int, units: int) -> int:
     forced = _CONFIG[0].bwd_segment
     if forced is not None:
         return max(1, min(units, forced))
-    return min(units, max(1, int(Fraction(PARTIAL_BYTES) * Fraction(_CONFIG[0].scale) // bytes_per_unit)))
+    return min(units, max(1, int(Fraction(PARTIAL_BYTES) * Fraction(_CONFIG[0].scale) // max(1, bytes_per_unit))))

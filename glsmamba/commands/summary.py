@@ -11,17 +11,17 @@ import argparse
 import json
 from typing import Any
 
-from glsmamba.commands import add_set_argument, parse_set_overrides
+from glsmamba.commands import add_set_argument, parse_set_overrides, positive_int
 
 HELP = "parameters (total, trainable) and FLOPs per module of a GLSMamba preset at a given clip size"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="base", choices=("tiny", "base", "huge"), help="preset (default base)")
-    parser.add_argument("--frames", type=int, default=None, help="clip length T (default: the preset's)")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+    parser.add_argument("--frames", type=positive_int, default=None, help="clip length T (default: the preset's)")
+    parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
                         help="input frame size (default: the preset's image_size, 256 192 for base)")
-    parser.add_argument("--batch", type=int, default=1, help="clips per batch (default 1)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="clips per batch (default 1)")
     parser.add_argument("--depth", type=int, default=2, choices=(1, 2, 3),
                         help="module tree depth of the rows (default 2)")
     add_set_argument(parser)
