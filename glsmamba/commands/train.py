@@ -27,7 +27,8 @@ def _size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset root (annotations/{train,val}/*.json + images)")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, loss.png)")
-    parser.add_argument("--preset", default="base", choices=("tiny", "base", "huge"), help="model (default base)")
+    parser.add_argument("--preset", default="base", choices=("tiny", "base", "base-lr", "huge"),
+                        help="model (default base)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model config field, e.g. --set num_frames=1 --set merge=sum (repeatable)")
     parser.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
