@@ -63,7 +63,10 @@ frozen deconvolutions) leaves ~50 G multiply-adds for 15,360 tokens, ~3.2 M per 
   channels), every row within 3 %. The centre tap's weight starts at twice the identity and every other tap at 0,
   so at initialisation STMM equals the plain sum. ``stmm_form="depthwise"`` (version 1): one depthwise weight per
   tap and channel (the temporal modulator then the smaller, 48.7 k vs 125.5 k per block with 4 offset groups).
-  Search: depthwise with 4 offset groups 4.4 %, grouped (16, 64) 2.2 %, grouped (32, 128) 2.7 %.
+  Search: depthwise with 4 offset groups 4.4 %, grouped (16, 64) 2.2 %, grouped (32, 128) 2.7 %. Cost of the
+  grouped form: it samples every tap separately (one ``deformable_aggregate`` call over P copies of the stream, as
+  a DCN's im2col does), so training holds P = 9 (spatial) and 3 (temporal) copies of the Di-wide stream per GSM
+  block for the backward.
   ``merge="sum"`` is the ablation ``F = y_u + y_s + y_t``.
 * **Gate stream** (``docs/paper.md`` section 1, source PN): the gate, not the scan branch, carries the depthwise conv:
   ``A = SiLU(LN(DWConv3x3(z)))`` per frame, with ``x, z = in_proj(LN(X))``; the scan branch is ``SiLU(x)``.
