@@ -3,8 +3,14 @@
 File format (``torch.save``, read back with ``torch.load(weights_only=True)``: tensors and plain Python values only,
 nothing executable)::
 
-    {"format": "glsmamba", "version": 1, "config": GLSMambaConfig.to_dict(), "state_dict": {name: tensor},
+    {"format": "glsmamba", "version": 2, "config": GLSMambaConfig.to_dict(), "state_dict": {name: tensor},
      "frozen_included": bool, "extra": {...}}
+
+Version 1 files (written before the configuration fields ``ssm_sharing``, ``stmm_form``, ``stmm_group_channels``,
+``ca_form``, ``head`` and ``feature_stride`` existed; their switch ``share_ssm_proj`` is now ``ssm_sharing``) are
+converted on reading (:func:`upgrade_config`): every field they stored keeps its value and the new fields get the
+values that rebuild the version-1 layout (per-direction ``A_log``/``D``/delta bias, depthwise STMM, joint channel
+attention, conv head, features at 1/4), so their weights load unchanged into the network they were trained as.
 
 ``save(..., include_frozen=False)`` leaves the frozen encoder out (a ViT-B is ~86M parameters); :func:`load` then
 needs ``backbone=`` (a ViTPose file) or ``strict=False``.
@@ -32,7 +38,26 @@ from torch import nn
 from .config import GLSMambaConfig
 
 FORMAT = "glsmamba"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# the values of the fields added in version 2 that rebuild a version-1 network
+_V1_LAYOUT: dict[str, Any] = {"stmm_form": "depthwise", "ca_form": "joint", "head": "conv", "feature_stride": 4}
+
+
+def upgrade_config(data: dict[str, Any], version: int) -> dict[str, Any]:
+    """A checkpoint's config dict of ``version`` in the current field layout (see the module docstring)."""
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"checkpoint version {version!r}: this code reads versions {READABLE_VERSIONS}")
+    if version == 1:
+        data = dict(data)
+        share = data.pop("share_ssm_proj", True)
+        data.setdefault("ssm_sharing", "proj" if share else "none")
+        for key, value in _V1_LAYOUT.items():
+            data.setdefault(key, value)
+        # any other field added since: its default (stmm_group_channels, unused by the depthwise form)
+        for key, value in GLSMambaConfig().to_dict().items():
+            data.setdefault(key, value)
+    return data
 
 
 class CheckpointError(ValueError):
@@ -167,8 +192,8 @@ def unpickling_detail(e: BaseException) -> str:
 
 
 def read(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw payload of a GLSMamba checkpoint (validated format); a damaged file raises
-    :class:`DamagedCheckpointError`."""
+    """The payload of a GLSMamba checkpoint (validated format; the config converted to the current layout, the
+    file's own version kept under ``"version"``); a damaged file raises :class:`DamagedCheckpointError`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -180,8 +205,12 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a GLSMamba checkpoint (no 'format': {FORMAT!r} entry); for ViTPose "
                          f"weights use load_vitpose")
-    if payload.get("version") != VERSION:
-        raise ValueError(f"{path}: checkpoint version {payload.get('version')!r}, this code reads {VERSION}")
+    version = payload.get("version")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: checkpoint version {version!r}, this code reads versions {READABLE_VERSIONS}")
+    if not isinstance(payload.get("config"), dict):
+        raise ValueError(f"{path}: the checkpoint has no config dict")
+    payload["config"] = upgrade_config(payload["config"], version)
     return payload
 
 
@@ -270,6 +299,8 @@ def load_vitpose(target: nn.Module, path: str | os.PathLike, *, strict: bool = T
                  trusted: bool = False) -> dict[str, list[str]]:
     """Load ViTPose weights (backbone + its two deconvolutions) from ``path`` into ``target``.
 
+    An encoder at ``feature_stride`` 16 (GLSMamba-BLR) has no deconvolutions: the file's are skipped.
+
     Args:
         target: a :class:`model.GLSMamba` with ``encoder="vit"`` or its :class:`~model.encoder.ViTPoseEncoder`.
         path: ``.pth`` / ``.pt`` (mmpose/ViTPose layout, see the module docstring) or ``.safetensors``.
@@ -287,6 +318,9 @@ def load_vitpose(target: nn.Module, path: str | os.PathLike, *, strict: bool = T
         raise TypeError(f"target must be a GLSMamba with encoder='vit' or a ViTPoseEncoder, got "
                         f"{type(encoder).__name__}")
     mapped, skipped = map_vitpose_keys(_read_state_dict(path, trusted))
+    if encoder.deconv is None:
+        skipped += [k for k in mapped if k.startswith("deconv.")]
+        mapped = {k: v for k, v in mapped.items() if not k.startswith("deconv.")}
     pos = mapped.get("vit.pos_embed")
     own_pos = encoder.vit.pos_embed
     if pos is not None and pos.dim() == 3 and pos.shape[-1] == own_pos.shape[-1] and pos.shape[1] != own_pos.shape[1]:

@@ -25,7 +25,8 @@ HELP = "train GLSMamba on PoseTrack-layout data (paper schedule by default; torc
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset root (annotations/{train,val}/*.json + images)")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, loss.png)")
-    parser.add_argument("--preset", default="base", choices=("tiny", "base", "huge"), help="model (default base)")
+    parser.add_argument("--preset", default="base", choices=("tiny", "base", "base-lr", "huge"),
+                        help="model (default base)")
     add_set_argument(parser)
     parser.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     parser.add_argument("--epochs", type=positive_int, default=20)
