@@ -15,10 +15,10 @@ parse = GLSMambaConfig.parse_overrides
 
 def test_values_are_typed_from_the_field_types():
     got = parse(["num_frames=3", "ffn_ratio=3", "drop_path=0.25", "freeze_encoder=false", "vit_qkv_bias=Yes",
-                 "share_ssm_proj=1", "merge=sum", "name='mine'", "dt_rank=none", "window=4,3",
+                 "ssm_sharing=none", "merge=sum", "name='mine'", "dt_rank=none", "window=4,3",
                  "image_size=128x96", "conv_channels=[8, 16]"])
     assert got == {"num_frames": 3, "ffn_ratio": 3.0, "drop_path": 0.25, "freeze_encoder": False,
-                   "vit_qkv_bias": True, "share_ssm_proj": True, "merge": "sum", "name": "mine", "dt_rank": None,
+                   "vit_qkv_bias": True, "ssm_sharing": "none", "merge": "sum", "name": "mine", "dt_rank": None,
                    "window": (4, 3), "image_size": (128, 96), "conv_channels": (8, 16)}
     assert [type(got[k]) for k in ("num_frames", "ffn_ratio", "freeze_encoder")] == [int, float, bool]
     assert parse(["dt_rank=8", "window=(6, 5)", "num-frames=1"]) == {"dt_rank": 8, "window": (6, 5), "num_frames": 1}
@@ -31,7 +31,7 @@ def test_values_are_typed_from_the_field_types():
 @pytest.mark.parametrize("item, match", [
     ("num_frames", r"override 'num_frames': expected FIELD=VALUE"),
     ("=3", r"override '=3': expected FIELD=VALUE"),
-    ("nope=1", r"unknown model config field 'nope' in override 'nope=1'; fields: backend, ca_reduction, .*window"),
+    ("nope=1", r"unknown model config field 'nope' in override 'nope=1'; fields: backend, ca_form, ca_reduction, .*window"),
     ("num_frames=1.5", r"override 'num_frames=1.5': num_frames takes an int"),
     ("ffn_ratio=big", r"override 'ffn_ratio=big': ffn_ratio takes a number"),
     ("freeze_encoder=maybe", r"override 'freeze_encoder=maybe': freeze_encoder takes true or false"),
