@@ -111,6 +111,27 @@ def test_demo_with_boxes_file(clip, tmp_path):
         load_boxes(tmp_path / "bad.json")
 
 
+def test_demo_json_carries_track_ids_that_follow_each_person(clip, tmp_path):
+    """Two people boxes per frame, listed in the other order on odd frames: each keeps its track id (the untrained
+    network's joint scores are far below the tracker's kpt_thr, so the boxes decide by IoU)."""
+    from glsmamba.vhpe.demo import run_demo
+
+    tmp, video, ckpt = clip
+    left, right = [5, 5, 40, 60, 0.9], [50, 5, 40, 60, 0.8]
+    boxes = {str(t): [left, right] if t % 2 == 0 else [right, left] for t in range(N_FRAMES)}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    run_demo(video, ckpt, None, tmp_path / "o.json", boxes=tmp_path / "boxes.json", batch_size=14)
+    doc = json.loads((tmp_path / "o.json").read_text())
+    assert doc["tracker"]["max_age"] >= 0
+    ids = {}
+    for f in doc["frames"]:
+        assert len(f["instances"]) == 2
+        for inst in f["instances"]:
+            assert max(inst["keypoint_scores"]) < doc["tracker"]["kpt_thr"]
+            ids.setdefault(inst["bbox"][0], set()).add(inst["track_id"])
+    assert ids == {5.0: {0}, 50.0: {1}}
+
+
 def test_draw_poses_draws_joints_limbs_and_box():
     img = np.zeros((60, 80, 3), dtype=np.uint8)
     kp = np.array([[10.0 + 4 * j, 30.0] for j in range(15)])

@@ -11,7 +11,13 @@ JSON output::
      "keypoint_names": [15 names], "skeleton": [[a, b], ...],
      "frames": [{"frame_id": t, "time_s": t / fps,
                  "instances": [{"bbox": [x, y, w, h], "bbox_score": s,
-                                "keypoints": [[x, y] x 15], "keypoint_scores": [15]}]}]}
+                                "keypoints": [[x, y] x 15], "keypoint_scores": [15], "track_id": i}]}],
+     "tracker": {the matching settings}}
+
+``track_id`` links one person's instances over the frames (:class:`~vhpe.tracking.PoseTracker`: greedy OKS
+matching between consecutive frames, box IoU when too few joints are confident, tracks kept for a few frames
+without a match); the overlay draws each track's box and limbs in its own colour
+(:func:`~vhpe.tracking.track_color`).
 """
 
 from __future__ import annotations
@@ -75,7 +81,9 @@ def draw_poses(frame: np.ndarray, instances: Iterable[dict[str, Any]], kpt_thr: 
 
     Args:
         frame: the image.
-        instances: dicts with ``bbox`` ``[x, y, w, h]``, ``keypoints`` ``(15, 2)``, ``keypoint_scores`` ``(15,)``.
+        instances: dicts with ``bbox`` ``[x, y, w, h]``, ``keypoints`` ``(15, 2)``, ``keypoint_scores`` ``(15,)``
+            and optionally ``track_id``: the box and limbs of a tracked person take the track's colour (joint
+            markers keep their joint colours); untracked people get a green box and limbs coloured by side.
         kpt_thr: joints (and limbs) below this score are not drawn.
 
     Returns:
@@ -83,19 +91,26 @@ def draw_poses(frame: np.ndarray, instances: Iterable[dict[str, Any]], kpt_thr: 
     """
     from PIL import Image, ImageDraw
 
+    from .tracking import track_color
+
     img = Image.fromarray(np.ascontiguousarray(frame))
     d = ImageDraw.Draw(img)
     h, w = frame.shape[:2]
     lw = max(2, round(min(h, w) / 160))
     colors = POSETRACK15.joint_colors()
     for inst in instances:
+        tid = inst.get("track_id")
+        box_color = track_color(tid)
         x, y, bw, bh = (float(v) for v in inst["bbox"])
-        d.rectangle([x, y, x + bw, y + bh], outline=(0, 255, 0), width=max(1, lw // 2))
+        d.rectangle([x, y, x + bw, y + bh], outline=box_color, width=max(1, lw // 2))
+        if tid is not None and tid >= 0:
+            d.text((x + lw, y + lw), str(tid), fill=box_color)
         kp = np.asarray(inst["keypoints"], dtype=np.float64)
         sc = np.asarray(inst["keypoint_scores"], dtype=np.float64)
         for (a, b), c in zip(POSETRACK15.edges, POSETRACK15.edge_colors, strict=True):
             if sc[a] >= kpt_thr and sc[b] >= kpt_thr:
-                d.line([tuple(kp[a]), tuple(kp[b])], fill=tuple(c), width=lw)
+                d.line([tuple(kp[a]), tuple(kp[b])], fill=box_color if tid is not None and tid >= 0 else tuple(c),
+                       width=lw)
         r = lw + 1
         for j in range(len(kp)):
             if sc[j] >= kpt_thr:
@@ -130,6 +145,7 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
     from .infer import load_model
     from .progress import Progress
     from .streaming import StreamingPoseEstimator
+    from .tracking import PoseTracker
     from .video import VideoReader, VideoWriter
 
     box_map = load_boxes(boxes) if boxes is not None else None
@@ -141,15 +157,16 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
         stream = StreamingPoseEstimator(net, dev, boxes=box_map, batch_size=batch_size, flip=flip)
         writer = VideoWriter(out_video, reader.fps, reader.width, reader.height) if out_video else None
         frames_out: list[dict[str, Any]] = []
+        tracker = PoseTracker()
         prog = Progress(reader.num_frames or 0, "demo", every=25, enabled=progress, unit="frames")
         for frame in reader:
             if frame.shape[:2] != (reader.height, reader.width):
                 raise ValueError(f"{video}: frame {stream.frames_seen} has size {frame.shape[1]} x {frame.shape[0]}, "
                                  f"the stream announced {reader.width} x {reader.height}")
-            _emit(stream.push(frame), frames_out, reader.fps, writer, kpt_thr, prog)
+            _emit(stream.push(frame), frames_out, reader.fps, writer, kpt_thr, prog, tracker)
         if stream.frames_seen == 0:
             raise ValueError(f"{video}: the video has no frames")
-        _emit(stream.finish(), frames_out, reader.fps, writer, kpt_thr, prog)
+        _emit(stream.finish(), frames_out, reader.fps, writer, kpt_thr, prog, tracker)
         if writer is not None:
             writer.close()
             writer = None
@@ -164,7 +181,7 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
         "boxes": str(boxes) if boxes is not None else "whole frame", "clip_frames": stream.clip_len,
         "flip": bool(flip),
         "keypoint_names": list(POSETRACK15.joints), "skeleton": [list(e) for e in POSETRACK15.edges],
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "frames": frames_out,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "tracker": tracker.settings(), "frames": frames_out,
     }
     if out_json is not None:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
@@ -172,10 +189,12 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
     return doc
 
 
-def _emit(done: list[FramePoses], frames_out: list[dict[str, Any]], fps, writer, kpt_thr: float, prog) -> None:
-    """Record the completed frames (:class:`~vhpe.streaming.FramePoses`, in order): a JSON entry each, the overlay
-    frame when a video is written, the progress line."""
+def _emit(done: list[FramePoses], frames_out: list[dict[str, Any]], fps, writer, kpt_thr: float, prog,
+          tracker) -> None:
+    """Record the completed frames (:class:`~vhpe.streaming.FramePoses`, in order): track ids, a JSON entry each,
+    the overlay frame when a video is written, the progress line."""
     for r in done:
+        tracker.assign(r.instances)
         frames_out.append({"frame_id": r.index, "time_s": round(float(r.index / fps), 4), "instances": r.instances})
         if writer is not None:
             writer.write(draw_poses(r.image, r.instances, kpt_thr))

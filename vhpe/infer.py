@@ -152,19 +152,25 @@ def evaluate_model(net, dataset, batch_size: int = 32, device: str | torch.devic
 
     Returns:
         ``{"metrics": PoseTrack summary + per joint (percent), "occluded": ... or None, "predictions":
-        Predictions, "files": [paths]}``.
+        Predictions, "files": [paths], "tracks": "gt" | "tracker"}``: the ``track_id`` of the written people are
+        the ground truth's with GT boxes, else :func:`vhpe.tracking.track_dataset`'s.
     """
     from .dataset import predictions_to_videos, write_posetrack_predictions
     from .metrics import evaluate_posetrack
 
     preds = predict_dataset(net, dataset, batch_size, device, flip, amp_dtype, decode, workers, progress)
+    tracks = "gt"
+    if (preds.track_ids < 0).any():  # detection boxes: identities from the pose tracker (GT boxes keep GT ids)
+        from .tracking import track_dataset
+
+        preds.track_ids, tracks = track_dataset(dataset, preds.keypoints, preds.scores), "tracker"
     args = (dataset.videos, preds.image_ids, preds.keypoints, preds.scores, preds.track_ids, preds.box_scores)
     files = []
     if pred_dir is not None:
         files = write_posetrack_predictions(pred_dir, *args)
     res = evaluate_posetrack(dataset.videos, predictions_to_videos(*args))
     return {"metrics": res.as_dict(), "table": res.table(), "occluded": occlusion_metrics(dataset, preds),
-            "predictions": preds, "files": [str(f) for f in files]}
+            "predictions": preds, "files": [str(f) for f in files], "tracks": tracks}
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "val",
@@ -213,7 +219,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         "input_size": list(cfg.image_size), "num_frames": cfg.num_frames, "clips": len(ds),
         "backend": backend, "device": str(dev), "time_s": round(time.perf_counter() - t0, 2),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "metrics": res["metrics"], "occluded": res["occluded"],
-        "predictions": str(out / "predictions"),
+        "predictions": str(out / "predictions"), "track_ids": res["tracks"],
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
