@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
-from glsmamba.reference.space_time import STS6D, scan_orders, window_order
+from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
 
 from . import flops
 from .backend import get_op
@@ -41,13 +41,6 @@ def global_scan_groups(directions: int, by_type: bool) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=64)
 def _global_orders(shape: Shape, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
     return scan_orders(shape, names, device=device)
-
-
-@functools.lru_cache(maxsize=64)
-def _window_orders(shape: Shape, window: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    fwd, reset_f = window_order(shape, window, reverse=False, device=device)
-    bwd, reset_b = window_order(shape, window, reverse=True, device=device)
-    return torch.stack([fwd, bwd]), torch.stack([reset_f, reset_b])
 
 
 def _order_device(device: torch.device) -> torch.device:
@@ -294,7 +287,7 @@ class LRMBlock(_SSMBlock):
         self.window = tuple(cfg.window)
 
     def scan_and_merge(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
-        orders, reset = _window_orders(tuple(shape), self.window, _order_device(x.device))
+        orders, reset = window_orders(tuple(shape), self.window, _order_device(x.device))  # cached
         return self.ssm(x, orders, (0, 0), reset=reset)[:, 0]
 
 
