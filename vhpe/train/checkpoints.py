@@ -75,20 +75,61 @@ def check_resume_config(saved: dict[str, Any], current: dict[str, Any], path: st
 def read_resume(cfg: TrainConfig, model_dict: dict[str, Any]) -> Resume | None:
     """The checkpoint ``cfg.resume`` names (``"auto"`` = ``out/last.pth``), checked against the model
     configuration ``model_dict``; ``None`` when the run does not resume."""
-    from glsmamba.model.checkpoint import read
+    from glsmamba.model.checkpoint import DamagedCheckpointError, read
 
     if not cfg.resume:
         return None
     path = Path(cfg.out) / "last.pth" if cfg.resume == "auto" else Path(cfg.resume)
     if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: checkpoint {path} does not exist")
-    payload = read(path)
+        raise FileNotFoundError(f"cannot resume: checkpoint {path} does not exist{way_on(Path(cfg.out), path)}")
+    try:
+        payload = read(path)
+    except DamagedCheckpointError as e:
+        raise ValueError(f"cannot resume: {e}{way_on(Path(cfg.out), path)}") from e
     if "train" not in payload.get("extra", {}):
         raise ValueError(f"cannot resume from {path}: it holds weights only (no optimiser state); "
                          f"resume from last.pth or checkpoints/epoch_NNN.pth")
     check_resume_config(payload["config"], model_dict, str(path))
     tr = payload["extra"]["train"]
     return Resume(path, payload, int(tr["epoch"]), int(tr["step"]), list(tr.get("history", [])))
+
+
+def newest_intact_epoch(out: Path, exclude: Path | None = None) -> Path | None:
+    """The newest ``checkpoints/epoch_NNN.pth`` of the run folder ``out`` that reads as a training checkpoint
+    (``exclude`` left out), or None."""
+    from glsmamba.model.checkpoint import read
+
+    def number(p: Path) -> int:
+        digits = p.stem.removeprefix("epoch_")
+        return int(digits) if digits.isdigit() else -1
+
+    for p in sorted((out / "checkpoints").glob("epoch_*.pth"), key=number, reverse=True):
+        if exclude is not None and p.resolve() == exclude.resolve():
+            continue
+        try:
+            if "train" in read(p).get("extra", {}):
+                return p
+        except (ValueError, OSError):
+            continue
+    return None
+
+
+def way_on(out: Path, failed: Path) -> str:
+    """``"; the newest intact checkpoint is ...: continue with --resume-from ..."`` for a resume from ``failed``
+    that cannot be read (empty when the run folder holds no other intact per-epoch checkpoint)."""
+    found = newest_intact_epoch(out, exclude=failed)
+    if found is None:
+        return ""
+    return f"; the newest intact checkpoint is {found}: continue with --resume-from {found}"
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete the ``*.pth.tmp`` files a run killed while writing a checkpoint leaves in ``out`` (the checkpoint it
+    was replacing is intact: :func:`atomic_save`); returns what was removed."""
+    stale = sorted([*out.glob("*.pth.tmp"), *(out / "checkpoints").glob("*.pth.tmp")])
+    for p in stale:
+        p.unlink()
+    return stale
 
 
 def load_resume_weights(net: nn.Module, resume: Resume) -> None:

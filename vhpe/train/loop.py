@@ -231,6 +231,10 @@ def _start_run(run: _Run, start_epoch: int) -> None:
     """Rank 0 writes ``config.json`` and trims the CSVs to what the checkpoint holds; every rank says what runs."""
     cfg, mcfg, info, device = run.cfg, run.mcfg, run.info, run.device
     if info.main:
+        stale = checkpoints.remove_stale_temporaries(run.out) if run.out.is_dir() else []
+        if stale:
+            run.say(f"removed {', '.join(str(p) for p in stale)}: left by a run killed while writing a checkpoint "
+                    f"(the checkpoints themselves are intact)")
         doc = {"train": cfg.to_dict(), "model": mcfg.to_dict(), "world_size": info.world, "device": str(device),
                "amp": str(run.amp_dtype) if run.amp_dtype else "off", "train_clips": len(run.train_set),
                "steps_per_epoch": run.steps_per_epoch, "torch": torch.__version__}
