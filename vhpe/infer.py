@@ -68,10 +68,11 @@ def crop_clip(images: Sequence[np.ndarray], box, input_size: tuple[int, int]) ->
     return np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32), center, scale
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_heatmaps(net, frames: torch.Tensor, flip: bool = False,
                      amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``frames (N, T, 3, H, W)`` -> key-frame heatmaps ``(N, J, H/4, W/4)`` float32 (flip test averaged in)."""
+    """``frames (N, T, 3, H, W)`` -> key-frame heatmaps ``(N, J, H/4, W/4)`` float32 (flip test averaged in), under
+    ``torch.inference_mode``."""
     device = frames.device
 
     def run(x):
