@@ -69,10 +69,11 @@ def export_network(net, batch: int = 1, image_size: tuple[int, int] | None = Non
         batch: the traced batch size.
         image_size: ``(H, W)`` of the input frames (default ``net.config.image_size``).
         features: export the trunk on encoder features instead of the whole network.
-        dynamic_batch: a symbolic batch dimension (any batch >= 1 runs the program).
+        dynamic_batch: a symbolic batch dimension (any batch >= 1 runs the program); traced at batch >= 2 (a batch
+            of 1 would be specialised).
     """
     net.eval()
-    example = example_input(net, batch, image_size, features)
+    example = example_input(net, max(batch, 2) if dynamic_batch else batch, image_size, features)
     module = _Features(net) if features else net
     name = "feats" if features else "frames"
     dynamic = {name: {0: torch.export.Dim("batch", min=1, max=1 << 16)}} if dynamic_batch else None
@@ -81,12 +82,13 @@ def export_network(net, batch: int = 1, image_size: tuple[int, int] | None = Non
 
 
 def program_meta(net, ep: torch.export.ExportedProgram, features: bool, dynamic_batch: bool) -> dict[str, Any]:
-    """What :func:`save_program` records beside the program."""
+    """What :func:`save_program` records beside the program (``input_shape[0]`` is ``None`` for a dynamic batch)."""
     import dataclasses
 
     (example,) = (n.meta["val"] for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature
                   .user_inputs)
-    return {"input": "feats" if features else "frames", "input_shape": list(example.shape),
+    shape = [None if dynamic_batch and i == 0 else int(v) for i, v in enumerate(example.shape)]
+    return {"input": "feats" if features else "frames", "input_shape": shape,
             "dynamic_batch": bool(dynamic_batch), "backend": program_backend(net),
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(net.config).items()},
             "torch": torch.__version__}

@@ -110,7 +110,7 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
              out_json: str | os.PathLike | None, boxes: str | os.PathLike | None = None, device: str | None = None,
              backend: str = "auto", batch_size: int = 16, flip: bool = False, kpt_thr: float = 0.3,
              backbone: str | None = None, progress: bool = False, trust_backbone: bool = False,
-             precision: str = "fp32", box_mode: str = "key") -> dict[str, Any]:
+             precision: str = "fp32", box_mode: str = "key", feature_cache: bool = True) -> dict[str, Any]:
     """Run a checkpoint on a video (see the module docstring).
 
     Args:
@@ -128,6 +128,7 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
         progress: print a progress line to stderr.
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; :func:`vhpe.infer.amp_dtype_for`).
         box_mode: ``key`` or ``tube`` (:class:`~vhpe.streaming.StreamingPredictor`).
+        feature_cache: ``False`` encodes every crop of every clip (the computation before the cache; benchmarks).
 
     Returns:
         the JSON document (also written to ``out_json``).
@@ -145,7 +146,7 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
     try:
         net = load_model(checkpoint, dev, backend, backbone, trust_backbone)
         stream = StreamingPoseEstimator(net, dev, boxes=box_map, batch_size=batch_size, flip=flip,
-                                        box_mode=box_mode, amp_dtype=amp_dtype)
+                                        box_mode=box_mode, amp_dtype=amp_dtype, feature_cache=feature_cache)
         writer = VideoWriter(out_video, reader.fps, reader.width, reader.height) if out_video else None
         frames_out: list[dict[str, Any]] = []
         prog = Progress(reader.num_frames or 0, "demo", every=25, enabled=progress, unit="frames")

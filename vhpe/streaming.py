@@ -97,11 +97,13 @@ class StreamingPredictor:
         amp_dtype: autocast dtype (``None`` = float32).
         link_iou: tube mode without track ids: the IoU that links a box to the previous frame's.
         decode: heatmap decoding, ``msra`` or ``dark``.
+        feature_cache: ``False`` encodes every crop of every clip (``T`` per clip, nothing shared: the computation
+            before the cache, kept to measure it; same results).
     """
 
     def __init__(self, net, device: torch.device | str | None = None, batch_size: int = 16, flip: bool = False,
                  box_mode: str = "key", segment: int | None = None, amp_dtype: torch.dtype | None = None,
-                 link_iou: float = 0.3, decode: str = "msra"):
+                 link_iou: float = 0.3, decode: str = "msra", feature_cache: bool = True):
         if box_mode not in BOX_MODES:
             raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
         if batch_size < 1:
@@ -110,6 +112,7 @@ class StreamingPredictor:
         self.net, self.batch_size, self.flip, self.box_mode = net, batch_size, flip, box_mode
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
         self.amp_dtype, self.link_iou, self.decode = amp_dtype, link_iou, decode
+        self.feature_cache = feature_cache
         self.clip_len, self.half = cfg.num_frames, cfg.num_frames // 2
         self.after = self.clip_len - 1 - self.half  # frames needed after the key frame
         self.segment = int(segment) if segment is not None else self.clip_len
@@ -237,17 +240,28 @@ class StreamingPredictor:
         crop = (warp_affine(self._image(i), mat, self.input_size)[None] / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         return np.ascontiguousarray(crop[0].transpose(2, 0, 1), dtype=np.float32)
 
-    def _encode_missing(self, keys: list[tuple[int, tuple[float, ...]]]) -> None:
-        new = [k for k in dict.fromkeys(keys) if k not in self._feats]
-        for s in range(0, len(new), self.batch_size * self.clip_len):
-            chunk = new[s:s + self.batch_size * self.clip_len]
+    def _encode(self, keys: list[tuple[int, tuple[float, ...]]]) -> torch.Tensor:
+        """Features of the crops ``keys``: ``(n, C, h, w)``, or ``(n, 2, C, h, w)`` with the flipped crops' (flip
+        test); encoded in chunks of ``batch_size * T`` crops."""
+        out = []
+        for s in range(0, len(keys), self.batch_size * self.clip_len):
+            chunk = keys[s:s + self.batch_size * self.clip_len]
             x = torch.from_numpy(np.stack([self._crop(*k) for k in chunk])).to(self.device)
             with self._autocast():
                 feats = self.net.encode(x)
-                flipped = self.net.encode(x.flip(-1)) if self.flip else None
-            for j, k in enumerate(chunk):
-                self._feats[k] = feats[j] if flipped is None else torch.stack([feats[j], flipped[j]])
+                out.append(torch.stack([feats, self.net.encode(x.flip(-1))], 1) if self.flip else feats)
             self.encoded += len(chunk)
+        return torch.cat(out)
+
+    def _features(self, jobs: list[_Job]) -> torch.Tensor:
+        """The clips' features ``(N, T, [2,] C, h, w)``: cached crops reused, new ones encoded (and cached)."""
+        keys = [k for j in jobs for k in j.crops]
+        if not self.feature_cache:
+            return self._encode(keys).unflatten(0, (len(jobs), self.clip_len))
+        new = [k for k in dict.fromkeys(keys) if k not in self._feats]
+        if new:
+            self._feats.update(zip(new, self._encode(new), strict=True))
+        return torch.stack([torch.stack([self._feats[k] for k in j.crops]) for j in jobs])
 
     @torch.inference_mode()
     def _flush(self) -> None:
@@ -255,8 +269,7 @@ class StreamingPredictor:
         if not self._jobs:
             return
         jobs = self._jobs
-        self._encode_missing([k for j in jobs for k in j.crops])
-        feats = torch.stack([torch.stack([self._feats[k] for k in j.crops]) for j in jobs])
+        feats = self._features(jobs)
         with self._autocast():
             if self.flip:  # (N, T, 2, C, h, w): [:, :, 0] the crops, [:, :, 1] the flipped crops
                 heat = self.net.forward_features(feats[:, :, 0]).float()
@@ -302,15 +315,13 @@ class StreamingPoseEstimator:
             :func:`vhpe.demo.load_boxes` reads them); ``None`` = the whole frame is one person box.
         batch_size: person clips per forward pass.
         flip: flip test.
-        box_mode, amp_dtype: see :class:`StreamingPredictor`.
+        **kwargs: :class:`StreamingPredictor` options (``box_mode``, ``amp_dtype``, ``feature_cache``, ...).
     """
 
     def __init__(self, net, device: torch.device, boxes: dict[int, list[tuple[np.ndarray, float]]] | None = None,
-                 batch_size: int = 16, flip: bool = False, box_mode: str = "key",
-                 amp_dtype: torch.dtype | None = None):
+                 batch_size: int = 16, flip: bool = False, **kwargs: Any):
         self.boxes = boxes
-        self.predictor = StreamingPredictor(net, device, batch_size=batch_size, flip=flip, box_mode=box_mode,
-                                            amp_dtype=amp_dtype)
+        self.predictor = StreamingPredictor(net, device, batch_size=batch_size, flip=flip, **kwargs)
         self.clip_len = self.predictor.clip_len
 
     @property

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"glsmamba export: error: {error_message(e)}", file=sys.stderr)
         return 1
-    print(f"exported {meta['input']} {tuple(meta['input_shape'])}{' (dynamic batch)' if args.dynamic_batch else ''}"
+    shape = "(B, " + ", ".join(map(str, meta["input_shape"][1:])) + ")" if args.dynamic_batch else str(
+        tuple(meta["input_shape"]))
+    print(f"exported {meta['input']} {shape}"
           f" on backend {meta['backend']} -> {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0
