@@ -305,3 +305,12 @@ def test_export_errors(tmp_path, capsys):
     assert "export" in build_parser().format_help()
     assert main(["export", "--checkpoint", str(tmp_path / "none.pth"), "--out", str(tmp_path / "m.pt2")]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_streaming_refuses_a_frame_stride(data, ckpt):
+    from glsmamba.vhpe.dataset import PoseTrackClipDataset
+    from glsmamba.vhpe.infer import load_model, predict_dataset_streaming
+
+    ds = PoseTrackClipDataset(data, split="val", num_frames=3, input_size=(24, 32), frame_stride=2)
+    with pytest.raises(ValueError, match="frame_stride must be 1, got 2"):
+        predict_dataset_streaming(load_model(ckpt), ds)

@@ -170,6 +170,9 @@ def predict_dataset_streaming(net, dataset, batch_size: int = 32, device: str | 
     once (only where a clip needs it) and encoded once per crop box. With ``box_mode="key"`` the crops are the
     dataset's (``train=False``), so the predictions are :func:`predict_dataset`'s; ``"tube"`` holds each track's
     box over segments (GT track ids with GT boxes; IoU-linked detections otherwise)."""
+    if dataset.frame_stride != 1:
+        raise ValueError(f"streaming prediction reads consecutive frames: dataset.frame_stride must be 1, got "
+                         f"{dataset.frame_stride} (use predict_dataset)")
     net.eval()
     by_frame: dict[tuple[int, int], list[int]] = {}
     for k, smp in enumerate(dataset.samples):

@@ -9,8 +9,9 @@ is encoded once, and the trunk runs on the cached features (:meth:`model.GLSMamb
 Box modes (what box crops frame ``i`` of the clip of a person of key frame ``t``):
 
 * ``"key"`` (default, the DCPose convention the model was trained with): the person's box in frame ``t`` crops every
-  frame of its window. Results are today's (:func:`vhpe.infer.crop_clip` clips). The cache pays where boxes repeat:
-  the whole frame (no boxes) or fixed boxes: each frame is then encoded once instead of ``T`` times.
+  frame of its window: the crops of :func:`vhpe.infer.crop_clip`, so the results of clip-by-clip prediction. The
+  cache pays where boxes repeat: the whole frame (no boxes) or fixed boxes: each frame is then encoded once instead
+  of ``T`` times.
 * ``"tube"``: each track's box is held fixed over segments of ``segment`` frames (default ``T``): the union of its
   boxes over the segment (re-anchored at every segment start). Frame ``i`` is cropped with the tube box of the
   segment holding ``i`` (the key frame's segment where the track has no box there), so every frame of a track is
