@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "eval": "evaluate",
     "train": "train",
     "demo": "demo",
+    "export": "export",
     "bench": "bench",
 }
 

@@ -53,7 +53,7 @@ from glsmamba.kernels._utils import (
 )
 from glsmamba.kernels.space_time import st_merge
 from glsmamba.reference.ordered_scan import _check_ordered_scan
-from glsmamba.reference.space_time import _inverse_permutations
+from glsmamba.reference.space_time import _inverse_permutations, table_mode
 
 record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
 
@@ -495,8 +495,9 @@ def _tables(orders: torch.Tensor, groups: tuple[int, ...]) -> tuple[torch.Tensor
     key = (K, L, groups, orders.device)
     hit = _GROUP_TABLES.get(key)
     if hit is None:
-        ident = torch.arange(L, device=orders.device).expand(K, L).contiguous()
-        hit = (ident, torch.tensor(groups, dtype=torch.int32, device=orders.device))
+        with table_mode():  # cached: never an inference or fake tensor
+            ident = torch.arange(L, device=orders.device).expand(K, L).contiguous()
+            hit = (ident, torch.tensor(groups, dtype=torch.int32, device=orders.device))
         if len(_GROUP_TABLES) > 64:
             _GROUP_TABLES.clear()
         _GROUP_TABLES[key] = hit

@@ -337,7 +337,7 @@ class LRMBlock(_SSMBlock):
         self.window = tuple(cfg.window)
 
     def scan_and_merge(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
-        orders, reset = window_orders(shape, self.window, _order_device(x.device))
+        orders, reset = window_orders(tuple(shape), self.window, _order_device(x.device))  # cached
         return self.ssm(x, orders, (0, 0), reset=reset)[:, 0]
 
 

@@ -99,49 +99,77 @@ class GLSMamba(nn.Module):
         return self
 
     # ---- forward
-    def _check_frames(self, frames: Any) -> None:
+    def _check_frames(self, frames: Any, clip: bool = True) -> None:
+        """``frames`` must be a float ``(B, T, 3, H, W)`` clip (``clip``) or ``(N, 3, H, W)`` frames, with ``T`` the
+        model's ``num_frames`` and ``H, W`` multiples of the encoder's ``input_multiple``."""
         cfg = self.config
         if not isinstance(frames, torch.Tensor):
             raise TypeError(f"frames must be a torch.Tensor, got {type(frames).__name__}")
-        if frames.dim() != 5 or frames.shape[2] != 3:
-            raise ValueError(f"frames must be (B, T, 3, H, W), got shape {tuple(frames.shape)}")
+        layout = "(B, T, 3, H, W)" if clip else "(N, 3, H, W)"
+        if frames.dim() != len(layout.split(",")) or frames.shape[-3] != 3:
+            raise ValueError(f"frames must be {layout}, got shape {tuple(frames.shape)}")
         if not frames.is_floating_point():
             raise TypeError(f"frames must be a floating tensor, got dtype {frames.dtype}")
-        b, t, _, h, w = frames.shape
-        if t != cfg.num_frames:
-            raise ValueError(f"frames has T={t} frames (shape {tuple(frames.shape)}), the model expects "
+        if clip and frames.shape[1] != cfg.num_frames:
+            raise ValueError(f"frames has T={frames.shape[1]} frames (shape {tuple(frames.shape)}), the model expects "
                              f"num_frames={cfg.num_frames}")
+        h, w = frames.shape[-2:]
         m = cfg.input_multiple
         if h % m or w % m or h == 0 or w == 0:
             raise ValueError(f"frames H, W must be positive multiples of {m} for encoder={cfg.encoder!r}, "
                              f"got shape {tuple(frames.shape)}")
 
-    def tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """Trunk output ``(B, L, D)`` (all frames) and the clip shape ``(T, H/s, W/s)``, s = ``feature_stride``."""
-        self._check_frames(frames)
-        b, t = frames.shape[:2]
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """The per-frame encoder alone: ``frames (N, 3, H, W)`` -> features ``(N, C_enc, h, w)``.
+
+        Every frame is encoded on its own, so features can be cached per frame crop and reused by every clip that
+        holds the crop (:class:`glsmamba.vhpe.streaming.StreamingPredictor`); :meth:`forward_features` runs the
+        rest. Gradients flow only when the encoder is trainable.
+        """
+        self._check_frames(frames, clip=False)
         grad = torch.is_grad_enabled() and not self.encoder_frozen
         with torch.set_grad_enabled(grad):
-            feats = self.encoder(frames.flatten(0, 1))
+            return self.encoder(frames)
+
+    def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Everything after the encoder: ``feats (B, T, C_enc, h, w)`` (:meth:`encode` of each frame) -> key-frame
+        heatmaps. ``forward(frames)`` is exactly ``forward_features(encode(frames.flatten(0, 1)).unflatten(0,
+        (B, T)))``."""
+        if not isinstance(feats, torch.Tensor):
+            raise TypeError(f"feats must be a torch.Tensor, got {type(feats).__name__}")
+        c = self.config.encoder_channels
+        if feats.dim() != 5 or feats.shape[1] != self.config.num_frames or feats.shape[2] != c:
+            raise ValueError(f"feats must be (B, T={self.config.num_frames}, C={c}, h, w) encoder features, got "
+                             f"shape {tuple(feats.shape)}")
+        ctx = use_backend(self._backend) if self._backend != "auto" else contextlib.nullcontext()
+        with ctx:
+            x, (t, h, w) = self._trunk(feats)
+        key = x.reshape(x.shape[0], t, h, w, x.shape[-1])[:, self.config.key_frame]
+        heatmaps = self.head(key)
+        up = self.config.feature_stride // 4
+        if up != 1:  # trunk at 1/16: heatmaps at 1/4 of the input as in base (bilinear, no parameters)
+            heatmaps = F.interpolate(heatmaps, size=(h * up, w * up), mode="bilinear", align_corners=False)
+        return heatmaps
+
+    def _trunk(self, feats: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        b, t = feats.shape[:2]
         shape = (t, feats.shape[-2], feats.shape[-1])
-        x = self.embed(feats, b)
+        x = self.embed(feats.flatten(0, 1), b)
         for blk in self.gsm:
             x = blk(x, shape)
         for blk in self.lrm:
             x = blk(x, shape)
         return x, shape
 
+    def tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Trunk output ``(B, L, D)`` (all frames) and the clip shape ``(T, H/s, W/s)``, s = ``feature_stride``."""
+        self._check_frames(frames)
+        return self._trunk(self.encode(frames.flatten(0, 1)).unflatten(0, frames.shape[:2]))
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """``frames (B, T, 3, H, W)`` -> key-frame heatmaps ``(B, J, H/4, W/4)``."""
-        ctx = use_backend(self._backend) if self._backend != "auto" else contextlib.nullcontext()
-        with ctx:
-            x, (t, h, w) = self.tokens(frames)
-        key = x.reshape(x.shape[0], t, h, w, x.shape[-1])[:, self.config.key_frame]
-        heatmaps = self.head(key)
-        size = (frames.shape[-2] // 4, frames.shape[-1] // 4)
-        if heatmaps.shape[-2:] != size:  # trunk at 1/16: heatmaps at 1/4 as in base (bilinear, no parameters)
-            heatmaps = F.interpolate(heatmaps, size=size, mode="bilinear", align_corners=False)
-        return heatmaps
+        self._check_frames(frames)
+        return self.forward_features(self.encode(frames.flatten(0, 1)).unflatten(0, frames.shape[:2]))
 
     # ---- parameters / checkpoints
     def num_parameters(self, trainable_only: bool = False) -> int:

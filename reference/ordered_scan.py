@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 from glsmamba.reference.selective_scan import selective_scan_channel_last
 from glsmamba.reference.space_time import (
@@ -78,11 +79,13 @@ def _check_ordered_scan(x, delta, A, B, C, D, orders, groups, reset, delta_bias
     return OrderedScanDims(Bsz, L, Cch, N, K, gs), inv
 
 
-def _segments(reset_row: torch.Tensor | None, L: int) -> dict[int, torch.Tensor]:
-    """Start positions of the reset segments of one direction, grouped by segment length."""
-    if reset_row is None:
+def _segments(reset: torch.Tensor | None, k: int, L: int) -> dict[int, torch.Tensor]:
+    """Start positions of the reset segments of direction ``k``, grouped by segment length. The values of
+    ``reset`` (a fixed table: a constant of the graph under torch.export) are read outside any tracing mode."""
+    if reset is None:
         return {L: torch.zeros(1, dtype=torch.int64)}
-    starts = sorted(set([0] + reset_row.nonzero().flatten().tolist()))
+    with _disable_current_modes():
+        starts = sorted(set([0] + reset[k].cpu().nonzero().flatten().tolist()))
     ends = starts[1:] + [L]
     by_len: dict[int, list[int]] = {}
     for s, e in zip(starts, ends, strict=True):
@@ -134,7 +137,7 @@ def ordered_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
         Dk = None if D is None else D[k]
         bk = None if delta_bias is None else delta_bias[k]
         y = torch.empty_like(u)
-        for n, starts in _segments(None if reset is None else reset[k].cpu(), L).items():
+        for n, starts in _segments(reset, k, L).items():
             # the segments of length n become independent batch rows: (Bsz * S, n, ...)
             rows = (starts[:, None] + torch.arange(n)).reshape(-1).to(x.device)
             S = starts.numel()

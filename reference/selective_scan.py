@@ -136,6 +136,10 @@ _MAX_EXPONENT = 80.0
 _LOG2E = 1.0 / math.log(2.0)
 # Test hook: [True] runs the torch.compile path (see _scan_tokens_traced) in eager mode.
 _TRACED_PATH = [False]
+# Test hook: [True] runs the torch.export path (see _scan_tokens_export) in eager mode.
+_EXPORT_PATH = [False]
+# Tokens per block of the torch.export path: its pairwise decays take PAIR_BLOCK times the closed form's memory.
+PAIR_BLOCK = 8
   # exp(x) = exp2(x * log2(e)); exp2 is several times faster than exp on CPU
 
 
@@ -346,6 +350,36 @@ def _scan_tokens_eager(dt, dtu, A, B, C, nonneg_dt):
     return _scan_tokens_driver(dt, dtu, A, B, C, nonneg_dt, record_grad=True)
 
 
+def _scan_tokens_export(dt, dtu, A, B, C):
+    """The path taken under torch.export, whose graph cannot hold the closed form's data-dependent range check:
+    inside blocks of ``PAIR_BLOCK`` tokens ``h_t = e^{A c_t} h_0 + sum_{s<=t} e^{A (c_t - c_s)} dt_s u_s B_s``
+    (``c`` the cumulative dt from the block start) with every exponent the true decay between two tokens, so it
+    overflows only where the recurrence itself does, whatever the input's scale; the blocks are carried in log
+    depth. No Python branch on values; ``PAIR_BLOCK`` times the closed form's memory."""
+    ct = dt.dtype
+    b, L, dim = dt.shape
+    p = PAIR_BLOCK
+    m = -(-L // p)
+    if m == 0:
+        return dt.new_zeros(b, 0, dim), dt.new_zeros(b, dim, A.shape[1])
+    pad = m * p - L  # dt = 0 and zero input leave the state unchanged
+    dtk, dtuk = (F.pad(t, (0, 0, 0, pad)).view(b, m, p, dim) for t in (dt, dtu))
+    Bk, Ck = (F.pad(t.to(ct), (0, 0, 0, 0, 0, pad)).view(b, m, p, *t.shape[2:]) for t in (B, C))  # (b, m, p, G, N)
+    rep = dim // Bk.shape[3]
+    At = A.to(ct).t()  # (N, D)
+    cum = dtk.cumsum(2)
+    causal = torch.ones(p, p, dtype=torch.bool, device=dt.device).tril()[:, :, None]  # (t, s, 1): s <= t
+    diff = (cum[:, :, :, None] - cum[:, :, None]).masked_fill(~causal, 0.0)  # (b, m, t, s, D): c_t - c_s
+    decay = torch.exp(diff[:, :, :, :, None] * At).masked_fill(~causal[..., None], 0.0)  # (b, m, t, s, N, D)
+    Bd = Bk.transpose(3, 4).repeat_interleave(rep, dim=4)  # (b, m, p, N, D): channel d reads group d // rep
+    Cd = Ck.transpose(3, 4).repeat_interleave(rep, dim=4)
+    hz = torch.einsum("bmtsnd,bmsnd->bmtnd", decay, dtuk[:, :, :, None] * Bd)  # states from a zero block start
+    from_start = torch.exp(cum[:, :, :, None] * At)  # (b, m, p, N, D): e^{A c_t}
+    h_in, h = _carry_doubling(from_start[:, :, -1], hz[:, :, -1])
+    y = ((hz + from_start * h_in[:, :, None]) * Cd).sum(3)
+    return y.reshape(b, m * p, dim)[:, :L], h.transpose(1, 2)
+
+
 def _scan_tokens(dt, dtu, A, B, C, nonneg_dt, record_grad, out=None):
     """The chunked scan, token-major. dt, dtu contiguous ``(b, L, D)``; A ``(D, N)``; B, C ``(b, L, G, N)``.
 
@@ -354,6 +388,8 @@ def _scan_tokens(dt, dtu, A, B, C, nonneg_dt, record_grad, out=None):
     (out-of-place ops) over the no-grad one (reused buffers, results written in place); there, ``out`` (which may
     be dt itself) receives y.
     """
+    if _EXPORT_PATH[0] or torch.compiler.is_exporting():
+        return _scan_tokens_export(dt, dtu, A, B, C)
     if _TRACED_PATH[0] or torch.compiler.is_compiling():
         return _scan_tokens_traced(dt, dtu, A, B, C, nonneg_dt)
     return _scan_tokens_driver(dt, dtu, A, B, C, nonneg_dt, record_grad, out)

@@ -18,10 +18,12 @@ both backends reject bad input with the same errors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.weak import WeakIdKeyDictionary
 
 STS6D: tuple[str, ...] = ("unified", "spatial", "temporal", "unified_rev", "spatial_rev", "temporal_rev")
@@ -103,8 +105,9 @@ def _check_orders(orders: object, L: int | None = None, argname: str = "orders")
         raise ValueError(f"{argname} must hold at least one order, got shape {tuple(orders.shape)}")
     if L is not None and n != L:
         raise ValueError(f"{argname} must have shape (K, {L}) (L tokens), got shape {tuple(orders.shape)}")
+    version = None if orders.is_inference() else orders._version  # inference tensors track no version: no cache
     hit = _VERIFIED_ORDERS.get(orders)
-    if hit is not None and hit[0] == orders._version:
+    if hit is not None and version is not None and hit[0] == version:
         return hit[1]
     ar = torch.arange(n, device=orders.device)
     if not torch.equal(orders.sort(dim=1).values, ar.expand(K, n)):
@@ -112,7 +115,8 @@ def _check_orders(orders: object, L: int | None = None, argname: str = "orders")
         raise ValueError(f"{argname} rows must be permutations of range({n}); row(s) {bad} of shape "
                          f"{tuple(orders.shape)} are not (repeated or out-of-range indices)")
     inv = _inverse_permutations(orders)
-    _VERIFIED_ORDERS[orders] = (orders._version, inv)
+    if version is not None:
+        _VERIFIED_ORDERS[orders] = (version, inv)
     return inv
 
 
@@ -178,6 +182,27 @@ def _check_merge(ys: object, orders: object, groups: object) -> tuple[torch.Tens
 # --------------------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def table_mode():
+    """Where cached index tables (pure functions of shapes) are built: outside inference mode and every dispatch
+    mode, so a cache never holds an inference tensor (``torch.inference_mode``: autograd could not use it later)
+    nor a fake or traced one (``torch.export`` traces with fake tensors; real tables become constants of its graph).
+    Shared with ``kernels/``."""
+    with torch.inference_mode(False), _disable_current_modes():
+        yield
+
+
+def _plain_tensors(fn):
+    """Run a cached builder of index tables in :func:`table_mode`."""
+
+    @functools.wraps(fn)
+    def build(*args):
+        with table_mode():
+            return fn(*args)
+
+    return build
+
+
 def _register(order: torch.Tensor) -> torch.Tensor:
     """Mark a freshly built (K, L) permutation table as checked (its inverse is computed here)."""
     _VERIFIED_ORDERS[order] = (order._version, _inverse_permutations(order))
@@ -185,6 +210,7 @@ def _register(order: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=512)
+@_plain_tensors
 def _scan_order_cached(T: int, H: int, W: int, name: str, device: torch.device) -> torch.Tensor:
     grid = torch.arange(T * H * W, dtype=torch.int64).view(T, H, W)
     base = name[:-4] if name.endswith("_rev") else name
@@ -224,6 +250,7 @@ def scan_order(shape: Sequence[int], name: str, device: torch.device | str | Non
 
 
 @functools.lru_cache(maxsize=256)
+@_plain_tensors
 def _scan_orders_cached(T: int, H: int, W: int, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
     return _register(torch.stack([_scan_order_cached(T, H, W, n, device) for n in names]))
 
@@ -256,6 +283,7 @@ def _check_window(window: object) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=256)
+@_plain_tensors
 def _window_order_cached(T: int, H: int, W: int, wh: int, ww: int, reverse: bool,
                          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     grid = torch.arange(T * H * W, dtype=torch.int64).view(T, H, W)
@@ -302,6 +330,7 @@ def window_order(shape: Sequence[int], window: Sequence[int] = DEFAULT_WINDOW, r
 
 
 @functools.lru_cache(maxsize=256)
+@_plain_tensors
 def _window_orders_cached(T: int, H: int, W: int, wh: int, ww: int,
                           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     fwd = _window_order_cached(T, H, W, wh, ww, False, device)

@@ -66,26 +66,30 @@ def test_demo_keeps_frame_count_and_fps_and_writes_one_entry_per_frame(clip, tmp
 
 
 def test_demo_windows_are_clamped_around_each_frame(clip, tmp_path, monkeypatch):
-    """The model sees frames clip_indices(t, T, n) for key frame t (recorded through the crop function)."""
-    from glsmamba.vhpe import infer
+    """The model sees frames clip_indices(t, T, n) for key frame t (recorded from the clips the streaming predictor
+    sends to the trunk), each frame's crop encoded once (whole-frame box)."""
     from glsmamba.vhpe.demo import run_demo
+    from glsmamba.vhpe.streaming import StreamingPredictor
 
     tmp, video, ckpt = clip
     with VideoReader(video) as v:
         means = [float(f.mean()) for f in v]
     assert len(set(means)) == N_FRAMES  # frames are distinguishable by their mean
     seen = []
-    real = infer.crop_clip
+    real = StreamingPredictor._flush
 
-    def spy(images, box, size):
-        seen.append([means.index(float(im.mean())) for im in images])
-        return real(images, box, size)
+    def spy(self):
+        for job in self._jobs:
+            assert means.index(float(self._image(job.frame).mean())) == job.frame
+            seen.append([i for i, _ in job.crops])
+        return real(self)
 
-    monkeypatch.setattr(infer, "crop_clip", spy)
+    monkeypatch.setattr(StreamingPredictor, "_flush", spy)
     doc = run_demo(video, ckpt, None, tmp_path / "o.json", batch_size=2)
     assert seen == [clip_indices(t, 3, N_FRAMES) for t in range(N_FRAMES)]
     assert seen[0] == [0, 0, 1] and seen[-1] == [5, 6, 6]
     assert len(doc["frames"]) == N_FRAMES
+    assert doc["encoded_crops"] == N_FRAMES
 
 
 def test_demo_with_boxes_file(clip, tmp_path):

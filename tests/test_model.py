@@ -495,3 +495,76 @@ def test_tiny_overfits_one_clip_triton_long(device):
     # (T = 5, 2 GSM with STMM + 1 LRM) at D = 8 on a 16 x 12 clip, 30 steps
     losses = _overfit("triton", (16, 12), steps=30, lr=1e-2, device=device, dim=8)
     assert min(losses[-5:]) <= losses[0] / 10, (losses[0], losses[-5:])
+
+
+# --------------------------------------------------------------------------------------------- encode / features
+def test_forward_is_encode_then_forward_features_bit_identical():
+    net = GLSMamba("tiny").eval()
+    frames = _frames(2, 5, 16, 12)
+    with torch.no_grad():
+        want = net(frames)
+        feats = net.encode(frames.flatten(0, 1))
+        assert feats.shape == (10, net.config.encoder_channels, 4, 3)
+        got = net.forward_features(feats.unflatten(0, (2, 5)))
+    assert torch.equal(got, want)
+
+
+def test_encode_is_per_frame():
+    """A frame's features do not depend on the other frames of the batch (what the feature cache relies on)."""
+    net = GLSMamba("tiny").eval()
+    frames = _frames(1, 6, 16, 12)[0]
+    with torch.no_grad():
+        batched = net.encode(frames)
+        one_by_one = torch.cat([net.encode(f[None]) for f in frames])
+    assert_close("features", one_by_one, batched)
+
+
+@pytest.mark.parametrize("call,arg,match", [
+    ("encode", torch.zeros(5, 3, 16), r"frames must be \(N, 3, H, W\)"),
+    ("encode", torch.zeros(5, 3, 18, 12), "multiples of 4"),
+    ("forward_features", torch.zeros(1, 4, 32, 4, 3), r"feats must be \(B, T=5, C=32, h, w\)"),
+    ("forward_features", torch.zeros(1, 5, 16, 4, 3), r"got shape \(1, 5, 16, 4, 3\)"),
+])
+def test_encode_and_forward_features_reject_bad_shapes(call, arg, match):
+    with pytest.raises(ValueError, match=match):
+        getattr(GLSMamba("tiny"), call)(arg)
+
+
+# --------------------------------------------------------------------------------------------- inference mode
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_network_runs_under_inference_mode(backend, device):
+    """Every op works on inference tensors, on both backends, including the first call at a new clip shape (the
+    cached scan orders are built there); the cache it fills still serves autograd afterwards."""
+    from glsmamba.reference import space_time
+
+    space_time._scan_orders_cached.cache_clear()
+    space_time._window_orders_cached.cache_clear()
+    net = GLSMamba("tiny", num_frames=3, dim=8, num_gsm=1, num_lrm=1, window=(3, 2)).eval().to(device)
+    net.backend = backend
+    frames = _frames(1, 3, 16, 12).to(device)
+    with torch.inference_mode():
+        out = net(frames)
+    assert out.is_inference() and torch.isfinite(out).all()
+    with torch.no_grad():
+        assert torch.equal(net(frames), out)
+    net.train()
+    net(frames).sum().backward()  # the orders cached under inference mode are ordinary tensors
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_scan_orders_accept_inference_tensors():
+    """Order tables made by the caller under inference mode (no version counter) are checked on every call."""
+    from glsmamba.reference.ordered_scan import ordered_selective_scan
+    from glsmamba.reference.space_time import STS6D, scan_orders
+
+    with torch.inference_mode():
+        orders = scan_orders((2, 3, 4), STS6D).clone()
+        assert orders.is_inference()
+        x = torch.randn(1, 24, 4)
+        args = (torch.randn(1, 6, 24, 4), -torch.rand(6, 4, 2), torch.randn(1, 6, 24, 2), torch.randn(1, 6, 24, 2),
+                None, orders, (0, 1, 2, 0, 1, 2))
+        assert ordered_selective_scan(x, *args).shape == (1, 3, 24, 4)
+        bad = orders.clone()
+        bad[0, 0] = 1
+        with pytest.raises(ValueError, match="permutations"):
+            ordered_selective_scan(x, *args[:5], bad, args[6])

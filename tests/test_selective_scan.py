@@ -222,10 +222,41 @@ def test_reference_compile_path_matches_oracle(case, monkeypatch):
     check_against_oracle("reference", inputs, True, return_last_state=True)
 
 
-@pytest.mark.parametrize("traced", [False, True], ids=["eager", "compile-path"])
+@pytest.mark.parametrize("case", ["long", "wide"])
+def test_reference_export_path_matches_oracle(case, monkeypatch):
+    """The path torch.export traces (pairwise decays in blocks, no data-dependent branch), run eagerly: exact for
+    ordinary inputs and for decay ranges far too wide for the closed form (no fallback exists there)."""
+    import glsmamba.reference.selective_scan as ref
+    monkeypatch.setattr(ref, "_EXPORT_PATH", [True])
+    if case == "long":  # L not a multiple of PAIR_BLOCK, groups, last state
+        inputs = make_inputs(batch=2, length=301, dim=6, dstate=4, groups=2)
+    else:
+        inputs = make_inputs(length=70, dim=4, dstate=4, dt_scale=3.0, has_bias=False)
+        inputs["A"] = inputs["A"] * 20.0
+    check_against_oracle("reference", inputs, True, return_last_state=True)
+
+
+def test_reference_selective_scan_exports():
+    """torch.export of the reference selective scan: one graph whatever the decay range (no guard on values),
+    equal to the oracle on a narrow and on a wide input."""
+    fn = get_impl("selective_scan", "reference")
+
+    class Scan(torch.nn.Module):
+        def forward(self, u, delta, A, B, C):
+            return fn(u, delta, A, B, C, delta_softplus=True)
+
+    narrow = make_inputs(length=45, dim=4, dstate=3, has_D=False, has_z=False, has_bias=False)
+    wide = {**narrow, "delta": narrow["delta"] * 6, "A": narrow["A"] * 20}
+    prog = torch.export.export(Scan(), tuple(narrow[k] for k in NAMES[:5]))
+    for x in (narrow, wide):
+        got = prog.module()(*(x[k] for k in NAMES[:5]))
+        assert_close("out", oracle(x, False, True), got, torch.float32)
+
+
+@pytest.mark.parametrize("traced", [False, True, "export"], ids=["eager", "compile-path", "export-path"])
 def test_reference_empty_sequence(traced, monkeypatch):
     import glsmamba.reference.selective_scan as ref
-    monkeypatch.setattr(ref, "_TRACED_PATH", [traced])
+    monkeypatch.setattr(ref, "_EXPORT_PATH" if traced == "export" else "_TRACED_PATH", [bool(traced)])
     x = make_inputs(length=0, dim=3, dstate=2)
     for grads in (False, True):
         leaves = {k: None if v is None else v.clone().requires_grad_(grads) for k, v in x.items()}

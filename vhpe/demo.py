@@ -2,12 +2,14 @@
 
 For every frame ``t`` the model sees the ``T``-frame window around it (edges clamped to the video, as in training)
 cropped with each person box of frame ``t``. Boxes come from a file (:func:`load_boxes`) or, without one, the whole
-frame is one person box. Frames stream through :class:`~vhpe.streaming.StreamingPoseEstimator` (a small buffer),
-so memory does not grow with the video length.
+frame is one person box. Frames stream through :class:`~vhpe.streaming.StreamingPoseEstimator` (a small buffer,
+encoder features cached per frame crop: without boxes each frame is encoded once), so memory does not grow with
+the video length.
 
 JSON output::
 
     {"video", "checkpoint", "fps", "fps_fraction", "width", "height", "num_frames", "boxes", "clip_frames",
+     "flip", "precision", "box_mode", "encoded_crops" (crops the encoder ran on),
      "keypoint_names": [15 names], "skeleton": [[a, b], ...],
      "frames": [{"frame_id": t, "time_s": t / fps,
                  "instances": [{"bbox": [x, y, w, h], "bbox_score": s,
@@ -122,7 +124,8 @@ def draw_poses(frame: np.ndarray, instances: Iterable[dict[str, Any]], kpt_thr: 
 def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video: str | os.PathLike | None,
              out_json: str | os.PathLike | None, boxes: str | os.PathLike | None = None, device: str | None = None,
              backend: str = "auto", batch_size: int = 16, flip: bool = False, kpt_thr: float = 0.3,
-             backbone: str | None = None, progress: bool = False, trust_backbone: bool = False) -> dict[str, Any]:
+             backbone: str | None = None, progress: bool = False, trust_backbone: bool = False,
+             precision: str = "fp32", box_mode: str = "key", feature_cache: bool = True) -> dict[str, Any]:
     """Run a checkpoint on a video (see the module docstring).
 
     Args:
@@ -138,11 +141,14 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
         backbone: ViTPose weights for checkpoints saved without their frozen encoder.
         trust_backbone: allow full unpickling of ``backbone`` (mmpose files with non-tensor metadata).
         progress: print a progress line to stderr.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; :func:`vhpe.infer.amp_dtype_for`).
+        box_mode: ``key`` or ``tube`` (:class:`~vhpe.streaming.StreamingPredictor`).
+        feature_cache: ``False`` encodes every crop of every clip (the computation before the cache; benchmarks).
 
     Returns:
         the JSON document (also written to ``out_json``).
     """
-    from .infer import load_model
+    from .infer import amp_dtype_for, load_model
     from .progress import Progress
     from .streaming import StreamingPoseEstimator
     from .tracking import PoseTracker
@@ -150,11 +156,13 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
 
     box_map = load_boxes(boxes) if boxes is not None else None
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp_dtype = amp_dtype_for(precision, dev)
     reader = VideoReader(video)  # opens and checks the video before the model is loaded
     writer = None
     try:
         net = load_model(checkpoint, dev, backend, backbone, trust_backbone)
-        stream = StreamingPoseEstimator(net, dev, boxes=box_map, batch_size=batch_size, flip=flip)
+        stream = StreamingPoseEstimator(net, dev, boxes=box_map, batch_size=batch_size, flip=flip,
+                                        box_mode=box_mode, amp_dtype=amp_dtype, feature_cache=feature_cache)
         writer = VideoWriter(out_video, reader.fps, reader.width, reader.height) if out_video else None
         frames_out: list[dict[str, Any]] = []
         tracker = PoseTracker()
@@ -179,7 +187,8 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
         "fps_fraction": f"{reader.fps.numerator}/{reader.fps.denominator}", "width": reader.width,
         "height": reader.height, "num_frames": stream.frames_seen,
         "boxes": str(boxes) if boxes is not None else "whole frame", "clip_frames": stream.clip_len,
-        "flip": bool(flip),
+        "flip": bool(flip), "precision": precision, "box_mode": box_mode,
+        "encoded_crops": stream.predictor.encoded,
         "keypoint_names": list(POSETRACK15.joints), "skeleton": [list(e) for e in POSETRACK15.edges],
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "tracker": tracker.settings(), "frames": frames_out,
     }

@@ -5,6 +5,10 @@
 * :func:`crop_clip` is the test-time crop (the same box -> centre/scale -> affine warp as training).
 * :func:`predict_dataset` runs a :class:`~vhpe.dataset.PoseTrackClipDataset` in batches (optionally with the flip
   test) and decodes the heatmaps back to image coordinates.
+* :class:`~vhpe.streaming.StreamingPredictor` (re-exported here) predicts a stream of frames with an encoder-feature
+  cache per (frame, crop box); :func:`predict_dataset_streaming` runs a dataset through it video by video (what
+  ``glsmamba eval --checkpoint`` uses).
+* :func:`amp_dtype_for` turns ``--precision`` into an autocast dtype.
 * :func:`evaluate_model` / :func:`evaluate_checkpoint` add the PoseTrack mAP and, where the ground truth marks
   occluded joints (``glsmamba synth`` data), the same AP on occluded joints only
   (:func:`vhpe.metrics.occlusion.occlusion_metrics`).
@@ -28,6 +32,7 @@ from .dataset import IMAGENET_MEAN, IMAGENET_STD
 from .metrics.occlusion import occlusion_metrics
 from .progress import Progress
 from .skeleton import POSETRACK15
+from .streaming import BOX_MODES, StreamingPredictor  # noqa: F401  (re-exported: vhpe.infer.StreamingPredictor)
 from .transforms import box_to_center_scale, get_affine_transform, warp_affine
 
 
@@ -49,6 +54,23 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
     return net.eval()
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype_for(precision: str, device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` (``fp32``: ``None``, no autocast) on ``device``.
+
+    Raises:
+        ValueError: an unknown precision, or ``fp16`` on a CPU (CPU autocast computes in bfloat16).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise ValueError(f"precision fp16 needs a CUDA device (got device {str(device)!r}): CPU autocast runs "
+                         f"bfloat16; use --precision bf16 or fp32")
+    return PRECISIONS[precision]
+
+
 def crop_clip(images: Sequence[np.ndarray], box, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray,
                                                                                        np.ndarray]:
     """Crop one person box from every frame of a clip, as the dataset does at test time.
@@ -68,10 +90,11 @@ def crop_clip(images: Sequence[np.ndarray], box, input_size: tuple[int, int]) ->
     return np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32), center, scale
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_heatmaps(net, frames: torch.Tensor, flip: bool = False,
                      amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``frames (N, T, 3, H, W)`` -> key-frame heatmaps ``(N, J, H/4, W/4)`` float32 (flip test averaged in)."""
+    """``frames (N, T, 3, H, W)`` -> key-frame heatmaps ``(N, J, H/4, W/4)`` float32 (flip test averaged in), under
+    ``torch.inference_mode``."""
     device = frames.device
 
     def run(x):
@@ -140,15 +163,65 @@ def predict_dataset(net, dataset, batch_size: int = 32, device: str | torch.devi
                        np.concatenate(boxes))
 
 
+def predict_dataset_streaming(net, dataset, batch_size: int = 32, device: str | torch.device = "cpu",
+                              flip: bool = False, amp_dtype: torch.dtype | None = None, decode: str = "msra",
+                              box_mode: str = "key", progress: bool = False) -> Predictions:
+    """:func:`predict_dataset` through :class:`~vhpe.streaming.StreamingPredictor`: video by video, each frame read
+    once (only where a clip needs it) and encoded once per crop box. With ``box_mode="key"`` the crops are the
+    dataset's (``train=False``), so the predictions are :func:`predict_dataset`'s; ``"tube"`` holds each track's
+    box over segments (GT track ids with GT boxes; IoU-linked detections otherwise)."""
+    if dataset.frame_stride != 1:
+        raise ValueError(f"streaming prediction reads consecutive frames: dataset.frame_stride must be 1, got "
+                         f"{dataset.frame_stride} (use predict_dataset)")
+    net.eval()
+    by_frame: dict[tuple[int, int], list[int]] = {}
+    for k, smp in enumerate(dataset.samples):
+        by_frame.setdefault((smp.video, smp.frame), []).append(k)
+    kps = np.zeros((len(dataset), POSETRACK15.num_joints, 2))
+    scs = np.zeros((len(dataset), POSETRACK15.num_joints))
+    prog = Progress(len(dataset), "predict", every=50, enabled=progress)
+    done = 0
+    videos = sorted({smp.video for smp in dataset.samples})
+    for vi in videos:
+        video = dataset.videos[vi]
+        stream = StreamingPredictor(net, device, batch_size=batch_size, flip=flip, box_mode=box_mode,
+                                    amp_dtype=amp_dtype, decode=decode)
+
+        def record(results, vi=vi):
+            nonlocal done
+            for r in results:
+                for k, inst in zip(by_frame.get((vi, r.index), []), r.instances, strict=True):
+                    kps[k], scs[k] = inst["keypoints"], inst["keypoint_scores"]
+                    done += 1
+            prog.update(done, done)
+
+        for fi, frame in enumerate(video.frames):
+            people = []
+            for k in by_frame.get((vi, fi), []):
+                smp = dataset.samples[k]
+                track = smp.person.track_id if smp.person is not None else None
+                people.append((smp.box, smp.box_score, track))
+            record(stream.push(lambda f=frame: dataset._image(f), people))
+        record(stream.finish())
+    meta = [(dataset.videos[smp.video].frames[smp.frame].id, smp.person.track_id if smp.person is not None and
+             smp.person.track_id is not None else -1, smp.box_score) for smp in dataset.samples]
+    ids = np.array([-1 if m[0] is None else int(m[0]) for m in meta], dtype=np.int64)
+    return Predictions(ids, kps, scs, np.array([m[1] for m in meta], dtype=np.int64),
+                       np.array([m[2] for m in meta], dtype=np.float64))
+
+
 def evaluate_model(net, dataset, batch_size: int = 32, device: str | torch.device = "cpu", flip: bool = False,
                    amp_dtype: torch.dtype | None = None, decode: str = "msra", workers: int = 0,
-                   pred_dir: str | os.PathLike | None = None, progress: bool = False) -> dict[str, Any]:
+                   pred_dir: str | os.PathLike | None = None, progress: bool = False,
+                   box_mode: str | None = None) -> dict[str, Any]:
     """Predict ``dataset`` and score it: PoseTrack mAP (every joint), plus
     :func:`~vhpe.metrics.occlusion.occlusion_metrics`.
 
     Args:
         net, dataset, batch_size, device, flip, amp_dtype, decode, workers, progress: see :func:`predict_dataset`.
         pred_dir: also write the predictions there, one PoseTrack18 file per video.
+        box_mode: ``None``: :func:`predict_dataset` (batched clips); ``"key"`` / ``"tube"``:
+            :func:`predict_dataset_streaming` (encoder features cached per frame crop).
 
     Returns:
         ``{"metrics": PoseTrack summary + per joint (percent), "occluded": ... or None, "predictions":
@@ -158,7 +231,11 @@ def evaluate_model(net, dataset, batch_size: int = 32, device: str | torch.devic
     from .dataset import predictions_to_videos, write_posetrack_predictions
     from .metrics import evaluate_posetrack
 
-    preds = predict_dataset(net, dataset, batch_size, device, flip, amp_dtype, decode, workers, progress)
+    if box_mode is None:
+        preds = predict_dataset(net, dataset, batch_size, device, flip, amp_dtype, decode, workers, progress)
+    else:
+        preds = predict_dataset_streaming(net, dataset, batch_size, device, flip, amp_dtype, decode, box_mode,
+                                          progress)
     tracks = "gt"
     if (preds.track_ids < 0).any():  # detection boxes: identities from the pose tracker (GT boxes keep GT ids)
         from .tracking import track_dataset
@@ -178,7 +255,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
                         batch_size: int = 32, device: str | None = None, backend: str = "auto",
                         decode: str = "msra", workers: int = 0, backbone: str | None = None,
                         det_score_thr: float = 0.0, progress: bool = False,
-                        trust_backbone: bool = False) -> dict[str, Any]:
+                        trust_backbone: bool = False, precision: str = "fp32",
+                        box_mode: str = "key") -> dict[str, Any]:
     """Evaluate a checkpoint on ``data/annotations/<split>``: writes ``out/predictions/<video>.json`` (PoseTrack18)
     and ``out/results.json`` (metrics + the settings that produced them: checkpoint, boxes, flip, decode).
 
@@ -188,11 +266,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         split: annotation folder.
         boxes: ``gt`` or a detections file (COCO results list or ``{file_name: [[x, y, w, h, score]]}``).
         flip: flip test.
-        out: output folder (default ``<checkpoint folder>/eval-<split>-<gt|det>[-flip]``).
+        out: output folder (default ``<checkpoint folder>/eval-<split>-<gt|det>[-flip][-tube][-bf16|-fp16]``).
         batch_size, device, backend, decode, workers, progress: inference settings.
         backbone: ViTPose weights for checkpoints saved without their frozen encoder.
         trust_backbone: allow full unpickling of ``backbone`` (mmpose files with non-tensor metadata).
         det_score_thr: minimum detection score.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; :func:`amp_dtype_for`).
+        box_mode: ``key`` or ``tube`` (:class:`~vhpe.streaming.StreamingPredictor`).
 
     Returns:
         the ``results.json`` content plus ``"table"``.
@@ -201,6 +281,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
 
     ckpt = Path(checkpoint)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp_dtype = amp_dtype_for(precision, dev)
+    if box_mode not in BOX_MODES:
+        raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
     net = load_model(ckpt, dev, backend, backbone, trust_backbone)
     cfg = net.config
     ann = Path(data) / "annotations" / split
@@ -210,12 +293,16 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
     ds = PoseTrackClipDataset(data, split=split, num_frames=cfg.num_frames, boxes=boxes, input_size=(w, h),
                               det_score_thr=det_score_thr)
     box_tag = "gt" if boxes == "gt" else "det"
-    out = Path(out) if out is not None else ckpt.parent / f"eval-{split}-{box_tag}{'-flip' if flip else ''}"
+    tags = f"{'-flip' if flip else ''}{'-tube' if box_mode == 'tube' else ''}"
+    tags += f"-{precision}" if precision != "fp32" else ""
+    out = Path(out) if out is not None else ckpt.parent / f"eval-{split}-{box_tag}{tags}"
     t0 = time.perf_counter()
-    res = evaluate_model(net, ds, batch_size, dev, flip, None, decode, workers, out / "predictions", progress)
+    res = evaluate_model(net, ds, batch_size, dev, flip, amp_dtype, decode, workers, out / "predictions", progress,
+                         box_mode=box_mode)
     doc = {
         "checkpoint": str(ckpt), "data": str(data), "split": split,
         "boxes": "gt" if boxes == "gt" else str(boxes), "flip": bool(flip), "decode": decode,
+        "precision": precision, "box_mode": box_mode,
         "input_size": list(cfg.image_size), "num_frames": cfg.num_frames, "clips": len(ds),
         "backend": backend, "device": str(dev), "time_s": round(time.perf_counter() - t0, 2),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "metrics": res["metrics"], "occluded": res["occluded"],

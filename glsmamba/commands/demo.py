@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="person boxes per frame: COCO detections with image_id = frame index, "
                              "{frame_index: [[x, y, w, h, score]]}, or a demo JSON (default: the whole frame)")
     parser.add_argument("--flip", action="store_true", help="flip test")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="autocast precision (default fp32; bf16 on CPU or CUDA, fp16 on CUDA only)")
+    parser.add_argument("--box-mode", choices=("key", "tube"), default="key",
+                        help="crop box of a clip's frames: key = the key frame's box (default, as trained), tube = "
+                             "each person's box held over segments of T frames (frames encoded about once)")
     parser.add_argument("--kpt-thr", type=float, default=0.3, help="joints below this score are not drawn")
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
@@ -48,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         doc = run_demo(args.video, args.checkpoint, args.out, args.json, boxes=args.boxes, device=args.device,
                        backend=args.backend, batch_size=args.batch_size, flip=args.flip, kpt_thr=args.kpt_thr,
-                       backbone=args.backbone, progress=sys.stderr.isatty(), trust_backbone=args.trust_backbone)
+                       backbone=args.backbone, progress=sys.stderr.isatty(), trust_backbone=args.trust_backbone,
+                       precision=args.precision, box_mode=args.box_mode)
     except ImportError as e:
         print(f"glsmamba demo: error: {e}", file=sys.stderr)
         return 1

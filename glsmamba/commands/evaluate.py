@@ -3,8 +3,10 @@
 Two modes:
 
 * ``glsmamba eval --metric {posetrack,coco,pck} --gt PATH --pred PATH``: score existing predictions.
-* ``glsmamba eval --checkpoint CKPT --data DIR [--split val] [--boxes gt|FILE] [--flip]``: run the model on
-  every person clip of the split (GT boxes, or a detections file), write PoseTrack18 predictions and
+* ``glsmamba eval --checkpoint CKPT --data DIR [--split val] [--boxes gt|FILE] [--flip] [--precision P]
+  [--box-mode key|tube]``: run the model on every person clip of the split (GT boxes, or a detections file),
+  streaming each video through :class:`vhpe.streaming.StreamingPredictor` (encoder features cached per frame crop)
+  under ``torch.inference_mode``, write PoseTrack18 predictions and
   ``results.json`` (metrics + which checkpoint, boxes and flip setting produced them) to ``--out`` (default
   ``<checkpoint folder>/eval-<split>-<gt|det>[-flip]``) and print the PoseTrack table (plus the AP on occluded
   joints when the ground truth marks them, as ``glsmamba synth`` data does).
@@ -41,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ck.add_argument("--boxes", default="gt", help="'gt' (default) or a person detections file")
     ck.add_argument("--det-thr", type=float, default=0.0, help="minimum detection score (with --boxes FILE)")
     ck.add_argument("--flip", action="store_true", help="flip test (average with the mirrored clip)")
+    ck.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                    help="autocast precision (default fp32; bf16 on CPU or CUDA, fp16 on CUDA only)")
+    ck.add_argument("--box-mode", choices=("key", "tube"), default="key",
+                    help="crop box of a clip's frames: key = the key frame's box (default, as trained), tube = each "
+                         "track's box held over segments of T frames (frames encoded about once)")
     ck.add_argument("--decode", choices=("msra", "dark"), default="msra", help="heatmap decoding (default msra)")
     ck.add_argument("--out", default=None, help="output folder for predictions/ and results.json")
     ck.add_argument("--batch-size", type=positive_int, default=32)
@@ -125,7 +132,8 @@ def run_checkpoint(args: argparse.Namespace) -> int:
                                   out=args.out, batch_size=args.batch_size, device=args.device,
                                   backend=args.backend, decode=args.decode, backbone=args.backbone,
                                   det_score_thr=args.det_thr, progress=sys.stderr.isatty(),
-                                  trust_backbone=args.trust_backbone)
+                                  trust_backbone=args.trust_backbone, precision=args.precision,
+                                  box_mode=args.box_mode)
     except (ValueError, FileNotFoundError) as e:
         print(f"glsmamba eval: error: {error_message(e)}", file=sys.stderr)
         return 1
@@ -134,7 +142,8 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         return 0
     boxes = "GT boxes" if res["boxes"] == "gt" else f"boxes {res['boxes']}"
     print(f"{res['checkpoint']} on {res['data']} ({res['split']}, {res['clips']} clips), {boxes}, "
-          f"flip {'on' if res['flip'] else 'off'}, decode {res['decode']}")
+          f"flip {'on' if res['flip'] else 'off'}, decode {res['decode']}, box mode {res['box_mode']}, "
+          f"precision {res['precision']}")
     print(res["table"])
     if res["occluded"] is not None:
         print("PoseTrack-style AP / PCKh@0.5 by joint visibility (GT boxes):")
