@@ -35,6 +35,12 @@ FWD: dict[torch.dtype, Tol] = {
 # (mamba_ssm uses x2..x10 for its gradient checks).
 GRAD_FACTOR = 5.0
 
+# Sums of a few positive float32 terms, each a handful of roundings from its inputs (the memoryless scans of the
+# large-delta tests: every decay exp(dt * A) underflows to 0, u, B, C and the cotangents are positive, so nothing
+# cancels): a few ulp. Tight on purpose: softplus(x) for x in [10, 10.3] differs from x by >= 3.3e-6 relative,
+# which is what a softplus threshold of 10 instead of mamba_ssm's 20 would change.
+POSITIVE_SUMS_FP32 = Tol(atol=1e-30, rtol=1e-6)
+
 
 def tol(dtype: torch.dtype, kind: str = "fwd") -> Tol:
     base = FWD[dtype]
@@ -42,7 +48,9 @@ def tol(dtype: torch.dtype, kind: str = "fwd") -> Tol:
         return base
     if kind == "grad":
         return Tol(base.atol * GRAD_FACTOR, base.rtol * GRAD_FACTOR)
-    raise ValueError(f"kind must be 'fwd' or 'grad', got {kind!r}")
+    if kind == "positive-sums" and dtype == torch.float32:
+        return POSITIVE_SUMS_FP32
+    raise ValueError(f"kind must be 'fwd', 'grad' or (float32) 'positive-sums', got {kind!r} for {dtype}")
 
 
 def error_stats(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
@@ -80,3 +88,24 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, dtype: torch.d
             f"atol={t.atol:g} rtol={t.rtol:g}; {int((excess > 0).sum())} of {excess.numel()} elements outside, "
             f"first at {idx}: out={out64[tuple(idx)].item():.6g} ref={ref64[tuple(idx)].item():.6g}"
         )
+
+
+def assert_same_special_values(name: str, ref: torch.Tensor, out: torch.Tensor, dtype: torch.dtype | None = None,
+                               kind: str = "fwd", exact: bool = True) -> None:
+    """Where NaN and inf reach: ``out`` is NaN / +inf / -inf exactly where ``ref`` is (``exact``), or at least
+    non-finite exactly where ``ref`` is (``exact=False``: the kind of non-finite value may differ where two
+    implementations multiply the same factors in another order); the finite entries agree as :func:`assert_close`."""
+    ref, out = ref.detach().cpu(), out.detach().cpu()
+    if ref.shape != out.shape:
+        raise AssertionError(f"{name}: shape {tuple(out.shape)} != reference shape {tuple(ref.shape)}")
+    tests = {"non-finite": lambda t: ~torch.isfinite(t)}
+    if exact:
+        tests = {"NaN": torch.isnan, "+inf": torch.isposinf, "-inf": torch.isneginf}
+    for what, f in tests.items():
+        a, b = f(ref), f(out)
+        if not torch.equal(a, b):
+            idx = (a != b).nonzero()[0].tolist()
+            raise AssertionError(f"{name}: {what} at {int(b.sum())} entries, reference at {int(a.sum())}; first "
+                                 f"difference at {idx}: out={out[tuple(idx)].item()} ref={ref[tuple(idx)].item()}")
+    finite = torch.isfinite(ref)
+    assert_close(name, ref[finite], out[finite], dtype or out.dtype, kind)
