@@ -202,7 +202,7 @@ def build_cases(level: str, on_gpu: bool) -> list[Case]:
     def f32(gen, *shape, device, scale=1.0, offset=0.0):
         return _rand(gen, *shape, device=device, dtype=torch.float32, scale=scale, offset=offset)
 
-    def ss_inputs(channel_last: bool, grouped: bool, with_z: bool):
+    def ss_inputs(channel_last: bool, grouped: bool, with_z: bool, large_delta: bool = False):
         groups = 2 if grouped else 1
 
         def make(device, dtype, gen):
@@ -224,6 +224,12 @@ def build_cases(level: str, on_gpu: bool) -> list[Case]:
             if with_z:
                 kw["z"] = _rand(gen, *lay, device=device, dtype=dtype)
                 kw["return_last_state"] = True
+            if large_delta:  # delta + delta_bias in (10, 20) (softplus != identity in fp32), some 25 and 100
+                big = torch.rand(*lay, generator=gen) * 10 + 10
+                big.view(-1)[::7] = 25.0
+                big.view(-1)[3::11] = 100.0
+                kw["delta"] = big.to(device=device, dtype=dtype)
+                kw["A"] = kw["A"] * 0.005  # decays that keep memory over a few tokens at dt ~ 15
             return kw
 
         return make
@@ -234,6 +240,7 @@ def build_cases(level: str, on_gpu: bool) -> list[Case]:
     cases.append(Case("selective_scan", lab + " G=2 z last_state", ss_inputs(False, True, True), g_ss + ("z",),
                       dtypes))
     cases.append(Case("selective_scan_channel_last", lab + " z", ss_inputs(True, False, True), g_ss + ("z",), dtypes))
+    cases.append(Case("selective_scan", lab + " delta 10..100", ss_inputs(False, False, False, True), g_ss, dtypes))
 
     groups6 = (0, 1, 2, 0, 1, 2)
     tlab = f"B={bsz} THW={t}x{h}x{w} C={ch}"
