@@ -8,11 +8,13 @@ Time-major layout: per-token tensors ``(L, R, D)`` (R rows: batch rows, or scan 
     y_t = sum_n C_t[n] h_t[n]
 
 in the oracle's order of operations (``selective_scan_recurrent``): no closed form mixes tokens, so the values
-agree to rounding and a NaN or inf reaches exactly the outputs and gradients it reaches in the oracle. Per block
-of up to ``BLOCK`` tokens the exponentials, the input terms ``dtu_t B_t`` and the contraction with C are single
-batched ops over ``(tokens, R, N, D)``; the sequential part is one ``addcmul`` per token over ``(R, N, D)``. One
-exponential per (token, state, channel) is the least work the recurrence needs (the chunked closed form in
-``_scan_chunked.py`` spends two, plus prefix sums); ``bench/bench_reference_speed.py`` measures both.
+agree to rounding and a NaN or inf reaches exactly the outputs and gradients it reaches in the oracle. With many
+rows (the directions of an ordered scan) each token is four in-place ops on the one ``(R, N, D)`` state, which
+stays in cache; with few, per block of up to ``BLOCK`` tokens the exponentials, the input terms ``dtu_t B_t`` and
+the contraction with C are single batched ops over ``(tokens, R, N, D)`` and the sequential part is one
+``addcmul`` per token. One exponential per (token, state, channel) is the least work the recurrence needs (the
+chunked closed form in ``_scan_chunked.py`` spends two, plus prefix sums); ``bench/bench_reference_speed.py``
+measures both.
 
 Autograd: :class:`SequentialScan` keeps only the state at each block start; its backward recomputes a block's
 decays and states from there and steps the adjoint recurrence ``g_t = C_t gy_t + a_{t+1} g_{t+1}`` backwards
@@ -31,6 +33,8 @@ import torch
 BLOCK = 16
 # Fewer tokens per block when R*N*D is large: keep a block's buffers near the L2/L3 cache.
 _BLOCK_ELEMS = 1 << 20
+# From this many state elements (rows x N x D) on, the forward steps each token in place (see Stepper).
+_STEP_ELEMS = 1 << 15
 _LOG2E = 1.0 / math.log(2.0)
 
 
@@ -89,19 +93,33 @@ def block_states(h: torch.Tensor, dt: torch.Tensor, dtu: torch.Tensor, A2: torch
 class Stepper:
     """Steps the recurrence block by block without autograd; holds the state and reusable buffers.
 
-    ``step`` takes one block's ``dt, dtu (m, R, D)``, ``Bm, Cm (m, R, G, N)`` and writes ``y (m, R, D)``.
+    ``step`` takes one block's ``dt, dtu (m, R, D)``, ``Bm, Cm (m, R, G, N)`` and writes ``y (m, R, D)``. With at
+    least ``_STEP_ELEMS`` state elements (and G = 1) every token is done in place on the one state tensor -- decay,
+    input term and output contraction (four ops per token, all on cache-resident ``(R, N, D)`` tensors); with fewer,
+    a block's decays and states go through ``(block, R, N, D)`` buffers (fewer, larger ops).
     """
 
     def __init__(self, rows: int, dstate: int, dim: int, dtype: torch.dtype, device: torch.device,
-                 block: int | None = None):
+                 block: int | None = None, groups: int = 1):
         self.block = block or block_size(rows, dstate, dim)
         kw = dict(dtype=dtype, device=device)
         self.h = torch.zeros(rows, dstate, dim, **kw)
+        self.per_token = groups == 1 and rows * dstate * dim >= _STEP_ELEMS
+        if self.per_token:
+            self._a = torch.empty(rows, dstate, dim, **kw)
+            return
         self._a = torch.empty(self.block, rows, dstate, dim, **kw)
         self._H = (torch.empty(self.block, rows, dstate, dim, **kw), torch.empty(self.block, rows, dstate, dim, **kw))
         self._i = 0
 
     def step(self, dt, dtu, A2, Bm, Cm, y):
+        if self.per_token:
+            h, a = self.h, self._a
+            for t in range(dt.shape[0]):
+                torch.mul(dt[t, :, None, :], A2, out=a).exp2_()
+                h.mul_(a).addcmul_(dtu[t, :, None, :], Bm[t, :, 0, :, None])  # a_t h_{t-1} + dtu_t B_t
+                torch.bmm(Cm[t, :, 0, None, :], h, out=y[t, :, None, :])
+            return y
         _, H = block_states(self.h, dt, dtu, A2, Bm, self._a, self._H[self._i])
         contract_n(Cm, H, y)
         self.h = H[-1]  # the other buffer is written next: this state stays valid for one more block
@@ -127,7 +145,7 @@ def scan(dt, dtu, A, Bm, Cm, y=None):
     N = Bm.shape[-1]
     if y is None:
         y = torch.empty(L, R, D, dtype=dt.dtype, device=dt.device)
-    return Stepper(R, N, D, dt.dtype, dt.device).scan(dt, dtu, A * _LOG2E, Bm, Cm, y)
+    return Stepper(R, N, D, dt.dtype, dt.device, groups=Bm.shape[2]).scan(dt, dtu, A * _LOG2E, Bm, Cm, y)
 
 
 class SequentialScan(torch.autograd.Function):
@@ -141,7 +159,7 @@ class SequentialScan(torch.autograd.Function):
     def forward(ctx, dt, dtu, A, Bm, Cm):
         L, R, D = dt.shape
         N = Bm.shape[-1]
-        stepper = Stepper(R, N, D, dt.dtype, dt.device)
+        stepper = Stepper(R, N, D, dt.dtype, dt.device, groups=Bm.shape[2])
         nblocks = -(-L // stepper.block)
         states = torch.empty(nblocks, R, N, D, dtype=dt.dtype, device=dt.device)
         y = torch.empty(L, R, D, dtype=dt.dtype, device=dt.device)

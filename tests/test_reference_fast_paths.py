@@ -24,6 +24,7 @@ from glsmamba.reference.ordered_scan import ordered_selective_scan, ordered_sele
 from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
 from tests import test_deformable, test_ordered_scan
 from tests.harness import assert_close
+from tests.test_special_values import stepper_mode  # noqa: F401  (fixture: both ways the scan steps)
 
 SHARED = ("delta", "B", "C")
 
@@ -60,6 +61,7 @@ def _ordered_call(fn, inp, shared, orders, reset, groups, grads, softplus=True):
     return out, dict(zip(names, torch.autograd.grad(out, [leaves[k] for k in names], dy), strict=True))
 
 
+@pytest.mark.usefixtures("stepper_mode")
 @pytest.mark.parametrize("case", ["sts6d", "sts6d-per-direction", "windows", "windows-rev-groups", "mixed"])
 def test_ordered_fast_path_matches_unfused(case):
     shape, orders, reset, groups = _ordered_setup(case)
@@ -80,6 +82,7 @@ def test_ordered_fast_path_matches_unfused(case):
     assert_close("out (no grad)", want, fast, torch.float32)
 
 
+@pytest.mark.usefixtures("stepper_mode")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=["fp64", "bf16", "fp16"])
 def test_ordered_fast_path_dtypes(dtype):
     """float64 stays float64; low precision in, fp32 inside, the result in x's dtype."""

@@ -18,6 +18,7 @@ import math
 import pytest
 import torch
 
+import glsmamba.reference._scan_seq as scan_seq
 import glsmamba.reference.selective_scan as ref_ss
 from glsmamba.model.backend import get_impl
 from glsmamba.reference.deformable import (
@@ -34,6 +35,13 @@ from tests.harness import assert_close, assert_same_special_values
 from tests.test_selective_scan import NAMES, make_inputs, oracle
 
 SPECIAL = (math.nan, math.inf, -math.inf)
+
+
+@pytest.fixture(params=["blocked", "per-token"])
+def stepper_mode(request, monkeypatch):
+    """Both ways the sequential scan steps its forward (``_scan_seq.Stepper``), whatever the size."""
+    monkeypatch.setattr(scan_seq, "_STEP_ELEMS", 1 if request.param == "per-token" else 1 << 62)
+    return request.param
 
 
 def _run_scan(fn, inputs, channel_last, grads=True, softplus=True, seed=1):
@@ -66,7 +74,7 @@ def _check_scan_paths(inputs, channel_last, paths, backend="reference", exact=Tr
 
 @pytest.mark.parametrize("name", ["u", "delta", "B", "C"])
 @pytest.mark.parametrize("channel_last", [False, True], ids=["channel-first", "channel-last"])
-def test_reference_scan_nan_inf_locality(name, channel_last):
+def test_reference_scan_nan_inf_locality(name, channel_last, stepper_mode):
     """NaN, +inf and -inf at chunk/block boundaries and inside, on the autograd, no-grad and compile paths."""
     for pos in (0, 15, 16, 17, 31, 32, 63, 64, 69):
         for value in SPECIAL:
@@ -117,7 +125,7 @@ def _run_ordered(fn, base, shared, orders, reset, groups, grads=True):
 
 @pytest.mark.parametrize("kind", ["sts6d", "windows"])
 @pytest.mark.parametrize("name", ["x", "delta", "B", "C"])
-def test_ordered_scan_nan_inf_locality(kind, name):
+def test_ordered_scan_nan_inf_locality(kind, name, stepper_mode):
     """The fast path (no-grad and autograd) against the unfused composition, delta/B/C as zero-stride views."""
     shape, orders, reset, groups = _ordered_case(kind)
     K = orders.shape[0]
@@ -196,7 +204,7 @@ def _large_delta_inputs(dtype, memoryless, channel_last=False, length=70, dim=4,
 
 
 @pytest.mark.parametrize("channel_last", [False, True], ids=["channel-first", "channel-last"])
-def test_reference_large_deltas_float64(channel_last, monkeypatch):
+def test_reference_large_deltas_float64(channel_last, monkeypatch, stepper_mode):
     """float64 (tolerance 1e-9): a softplus threshold of 10 would be off by e^-10 ~ 4.5e-5 in dt."""
     def no_fallback(*args):
         raise AssertionError("the compile path fell back to the sequential scan: the closed form did not run")
@@ -284,7 +292,7 @@ def _ordered_large_delta_inputs(K, shape, dtype, memoryless):
     return {k: None if v is None else v.to(dtype) for k, v in inp.items()}
 
 
-def test_ordered_scan_large_deltas():
+def test_ordered_scan_large_deltas(stepper_mode):
     """The fast ordered scan (autograd and no-grad), its unfused oracle and the Triton kernel: float64 against the
     explicit float64 loop with memory; float32 memoryless within a few ulp of it."""
     shape = (2, 3, 4)
