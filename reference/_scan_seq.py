@@ -115,10 +115,13 @@ class Stepper:
     def step(self, dt, dtu, A2, Bm, Cm, y):
         if self.per_token:
             h, a = self.h, self._a
-            for t in range(dt.shape[0]):
-                torch.mul(dt[t, :, None, :], A2, out=a).exp2_()
-                h.mul_(a).addcmul_(dtu[t, :, None, :], Bm[t, :, 0, :, None])  # a_t h_{t-1} + dtu_t B_t
-                torch.bmm(Cm[t, :, 0, None, :], h, out=y[t, :, None, :])
+            m, R, D = dt.shape
+            per_token = zip(dt.view(m, R, 1, D).unbind(0), dtu.view(m, R, 1, D).unbind(0),
+                            Bm.transpose(2, 3).unbind(0), Cm.unbind(0), y.view(m, R, 1, D).unbind(0), strict=True)
+            for dt_t, dtu_t, B_t, C_t, y_t in per_token:  # (R, 1, D), (R, 1, D), (R, N, 1), (R, 1, N), (R, 1, D)
+                torch.mul(dt_t, A2, out=a).exp2_()
+                h.mul_(a).addcmul_(dtu_t, B_t)  # a_t h_{t-1} + dtu_t B_t
+                torch.bmm(C_t, h, out=y_t)
             return y
         _, H = block_states(self.h, dt, dtu, A2, Bm, self._a, self._H[self._i])
         contract_n(Cm, H, y)
