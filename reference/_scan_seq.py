@@ -29,7 +29,8 @@ import math
 
 import torch
 
-# Tokens per block of batched work (the buffers hold BLOCK x R x N x D elements).
+# Tokens per block of batched work (the buffers hold BLOCK x R x N x D elements), and between the states the
+# autograd path keeps for its backward.
 BLOCK = 16
 # Fewer tokens per block when R*N*D is large: keep a block's buffers near the L2/L3 cache.
 _BLOCK_ELEMS = 1 << 20
@@ -130,13 +131,15 @@ class Stepper:
         return y
 
     def scan(self, dt, dtu, A2, Bm, Cm, y, states: torch.Tensor | None = None):
-        """The whole sequence ``(L, R, ...)`` in blocks; ``states[i]`` receives the state entering block i."""
-        L, q = dt.shape[0], self.block
+        """The whole sequence ``(L, R, ...)``; ``states[i]`` (if given) receives the state entering token
+        ``i * BLOCK`` (the checkpoints of the backward)."""
+        L, q = dt.shape[0], (BLOCK if states is not None else self.block)
         for i, s in enumerate(range(0, L, q)):
-            e = min(L, s + q)
             if states is not None:
                 states[i].copy_(self.h)
-            self.step(dt[s:e], dtu[s:e], A2, Bm[s:e], Cm[s:e], y[s:e])
+            for a in range(s, min(L, s + q), self.block):
+                e = min(L, s + q, a + self.block)
+                self.step(dt[a:e], dtu[a:e], A2, Bm[a:e], Cm[a:e], y[a:e])
         return y, self.h.clone()
 
 
@@ -163,11 +166,9 @@ class SequentialScan(torch.autograd.Function):
         L, R, D = dt.shape
         N = Bm.shape[-1]
         stepper = Stepper(R, N, D, dt.dtype, dt.device, groups=Bm.shape[2])
-        nblocks = -(-L // stepper.block)
-        states = torch.empty(nblocks, R, N, D, dtype=dt.dtype, device=dt.device)
+        states = torch.empty(-(-L // BLOCK), R, N, D, dtype=dt.dtype, device=dt.device)  # one per BLOCK tokens
         y = torch.empty(L, R, D, dtype=dt.dtype, device=dt.device)
         y, h = stepper.scan(dt, dtu, A * _LOG2E, Bm, Cm, y, states)
-        ctx.block = stepper.block
         ctx.save_for_backward(dt, dtu, A, Bm, Cm, states)
         return y, h
 
@@ -176,7 +177,7 @@ class SequentialScan(torch.autograd.Function):
         dt, dtu, A, Bm, Cm, states = ctx.saved_tensors
         L, R, D = dt.shape
         G, N = Bm.shape[2:]
-        q = ctx.block
+        q = BLOCK
         kw = dict(dtype=dt.dtype, device=dt.device)
         if gy is None:
             gy = torch.zeros(L, R, D, **kw)

@@ -39,8 +39,12 @@ SPECIAL = (math.nan, math.inf, -math.inf)
 
 @pytest.fixture(params=["blocked", "per-token"])
 def stepper_mode(request, monkeypatch):
-    """Both ways the sequential scan steps its forward (``_scan_seq.Stepper``), whatever the size."""
-    monkeypatch.setattr(scan_seq, "_STEP_ELEMS", 1 if request.param == "per-token" else 1 << 62)
+    """Both ways the sequential scan steps its forward (``_scan_seq.Stepper``), whatever the size. Per token, the
+    steps also go 5 tokens at a time (as with large states): not aligned with the backward's 16-token checkpoints."""
+    per_token = request.param == "per-token"
+    monkeypatch.setattr(scan_seq, "_STEP_ELEMS", 1 if per_token else 1 << 62)
+    if per_token:
+        monkeypatch.setattr(scan_seq, "block_size", lambda rows, dstate, dim: 5)
     return request.param
 
 
