@@ -9,6 +9,9 @@ from glsmamba.kernels._utils import record_build
 
 record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
 
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+"""log2(e): the kernels scale A by it once and use ``exp2`` (a constexpr global, readable inside ``@triton.jit``)."""
+
 
 @triton.jit
 def affine_combine(a1, b1, a2, b2):

@@ -39,14 +39,16 @@ import torch
 import triton
 import triton.language as tl
 
-from glsmamba.kernels._scan_common import affine_combine, dt_from_raw
+from glsmamba.kernels._scan_common import LOG2E, affine_combine, dt_from_raw
 from glsmamba.kernels._utils import (
     cdiv,
     check_runnable,
+    current_config,
     device_guard,
-    interpreting,
+    gpu_geometry,
     next_pow2,
     record_build,
+    sm_budget,
     units_per_launch,
 )
 from glsmamba.kernels.space_time import st_merge
@@ -144,7 +146,7 @@ def _oss_fwd_kernel(
     m_n = o_n < NS
     m_cn = m_c[:, None] & m_n[None, :]
     A2 = tl.load(A_ptr + (i_k * CH + o_c[:, None]) * NS + o_n[None, :], mask=m_cn, other=0.0).to(tl.float32)
-    A2 = A2 * 1.4426950408889634
+    A2 = A2 * LOG2E
     if HAS_BIAS:
         bias = tl.load(bias_ptr + i_k * CH + o_c, mask=m_c, other=0.0).to(tl.float32)
     else:
@@ -220,7 +222,7 @@ def _oss_carry_kernel(hend_ptr, dsum_ptr, A_ptr, crst_ptr, hin_ptr, CH, K, NS, N
     o_n = tl.arange(0, NP)
     m_cn = m_c[:, None] & (o_n < NS)[None, :]
     A2 = tl.load(A_ptr + (i_k * CH + o_c[:, None]) * NS + o_n[None, :], mask=m_cn, other=0.0).to(tl.float32)
-    A2 = A2 * 1.4426950408889634
+    A2 = A2 * LOG2E
     h = tl.zeros([BLOCK_C, NP], dtype=tl.float32)
     for i in range(NCHUNK):
         o_state = ((i_bk * NCHUNK + i) * CH + o_c[:, None]) * NS + o_n[None, :]
@@ -262,7 +264,7 @@ def _oss_bwd_kernel(
     m_n = o_n < NS
     m_cn = m_c[:, None] & m_n[None, :]
     A = tl.load(A_ptr + (i_k * CH + o_c[:, None]) * NS + o_n[None, :], mask=m_cn, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
+    A2 = A * LOG2E
     if HAS_BIAS:
         bias = tl.load(bias_ptr + i_k * CH + o_c, mask=m_c, other=0.0).to(tl.float32)
     else:
@@ -357,39 +359,33 @@ def _oss_bwd_kernel(
 # launchers
 # ------------------------------------------------------------------------------------------------------------------
 
-# Test knobs: None = heuristic. Tiles per chunk (forces the chunk-parallel forward on tiny inputs), and how the
-# backward reverses a tile (True: exchange-matrix dot, False: tl.flip).
-_TILES_PER_CHUNK: list[int | None] = [None]
-_FLIP_BY_DOT: list[bool | None] = [None]
-# Tiles per backward segment (None: as many as keep the dB/dC partials within kernels._utils.PARTIAL_BYTES).
-_BWD_SEG_TILES: list[int | None] = [None]
-
-
 class _Cfg:
-    """Launch geometry for one call."""
+    """Launch geometry for one call (``kernels._utils.launch_config`` chooses the CUDA or the interpreter one and
+    may force the tiles per chunk and the tile flip)."""
 
     def __init__(self, batch: int, K: int, CH: int, L: int, NS: int, device: torch.device):
+        gpu = gpu_geometry()
+        knobs = current_config()
         self.NP = next_pow2(NS)
-        self.BLOCK_T = 16 if interpreting() else 32
-        if interpreting():  # few programs; BLOCK_C * NP >= 16 so the dot flip has legal shapes
-            self.BLOCK_C = max(min(next_pow2(CH), 16), 16 // min(self.NP, 16))
-        else:  # keep one [BLOCK_T, BLOCK_C, NP] fp32 tile near 2k elements (register budget)
+        self.BLOCK_T = 32 if gpu else 16
+        if gpu:  # keep one [BLOCK_T, BLOCK_C, NP] fp32 tile near 2k elements (register budget)
             self.BLOCK_C = max(1, min(next_pow2(CH), 2048 // (self.BLOCK_T * self.NP)))
+        else:  # few programs; BLOCK_C * NP >= 16 so the dot flip has legal shapes
+            self.BLOCK_C = max(min(next_pow2(CH), 16), 16 // min(self.NP, 16))
         self.NCB = cdiv(CH, self.BLOCK_C)
         self.NT = max(1, cdiv(L, self.BLOCK_T))
-        tiles = _TILES_PER_CHUNK[0]
+        tiles = knobs.tiles_per_chunk
         if tiles is None:
             tiles = self.NT
             base = batch * K * self.NCB
-            if device.type == "cuda":
+            if gpu:
                 # chunk the sequence only when (batch, direction, channel block) programs cannot fill the GPU
-                target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+                target = 2 * sm_budget(device)
                 if base < target:
                     tiles = max(8, cdiv(self.NT, cdiv(target, base)))
         self.TILES = max(1, min(tiles, self.NT))
         self.NCHUNK = cdiv(self.NT, self.TILES)
-        flip = _FLIP_BY_DOT[0]
-        self.FLIP_BY_DOT = interpreting() if flip is None else flip
+        self.FLIP_BY_DOT = (not gpu) if knobs.flip_by_dot is None else knobs.flip_by_dot
         self.num_warps = 4
 
 
@@ -447,7 +443,7 @@ def _bwd(dout, x, delta, A, B, C, D, delta_bias, orders, reset, grp, ckpt, softp
     cfg = _Cfg(Bsz, K, CH, L, NS, x.device)
     f32 = dict(dtype=torch.float32, device=x.device)
     BK = Bsz * K
-    seg = units_per_launch(2 * 4 * cfg.NCB * BK * NS * cfg.BLOCK_T, cfg.NT, _BWD_SEG_TILES[0])  # dB + dC, fp32
+    seg = units_per_launch(2 * 4 * cfg.NCB * BK * NS * cfg.BLOCK_T, cfg.NT)  # dB + dC, fp32
     nseg = cdiv(cfg.NT, seg)
     LSEG = seg * cfg.BLOCK_T
     dxk = torch.empty(Bsz, K, L, CH, **f32)

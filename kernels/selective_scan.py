@@ -23,11 +23,12 @@ import torch
 import triton
 import triton.language as tl
 
-from glsmamba.kernels._scan_common import affine_combine, dt_from_raw
+from glsmamba.kernels._scan_common import LOG2E, affine_combine, dt_from_raw
 from glsmamba.kernels._utils import (
     check_runnable,
+    current_config,
     device_guard,
-    interpreting,
+    gpu_geometry,
     next_pow2,
     record_build,
     units_per_launch,
@@ -97,7 +98,7 @@ def _ss_fwd_kernel(
     m_n = n < NSTATE
     m_dn = m_d[:, None] & m_n[None, :]
     A, bias, Dv = _channel_params(A_ptr, bias_ptr, D_ptr, d, n, m_d, m_dn, s_Ad, s_An, BLOCK_D, HAS_BIAS, HAS_D)
-    A2 = A * 1.4426950408889634
+    A2 = A * LOG2E
     o_state = ((i_b * N_CHUNKS + i_c) * DIM + d[:, None]) * NSTATE + n[None, :]
     if HAS_HIN:
         h = tl.load(hin_ptr + o_state, mask=m_dn, other=0.0)
@@ -155,7 +156,7 @@ def _ss_carry_kernel(
     n = tl.arange(0, NP)
     m_d = d < DIM
     m_dn = m_d[:, None] & (n < NSTATE)[None, :]
-    A2 = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=m_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=m_dn, other=0.0).to(tl.float32) * LOG2E
     if HAS_INIT:
         h = tl.load(init_ptr + (i_b * DIM + d[:, None]) * NSTATE + n[None, :], mask=m_dn, other=0.0)
     else:
@@ -195,7 +196,7 @@ def _ss_bwd_kernel(
     m_n = n < NSTATE
     m_dn = m_d[:, None] & m_n[None, :]
     A, bias, Dv = _channel_params(A_ptr, bias_ptr, D_ptr, d, n, m_d, m_dn, s_Ad, s_An, BLOCK_D, HAS_BIAS, HAS_D)
-    A2 = A * 1.4426950408889634
+    A2 = A * LOG2E
     o_state = ((i_b * N_CHUNKS + i_c) * DIM + d[:, None]) * NSTATE + n[None, :]
     if HAS_LAMIN:
         lam = tl.load(lamin_ptr + o_state, mask=m_dn, other=0.0)
@@ -295,28 +296,25 @@ def _ss_bwd_kernel(
 # launchers
 
 class _Cfg:
-    """Launch geometry for one call."""
+    """Launch geometry for one call (``kernels._utils.launch_config`` chooses the CUDA or the interpreter one and
+    may force the tiles per chunk)."""
 
-    def __init__(self, batch: int, dim: int, length: int, dstate: int, groups: int, tiles: int | None = None):
+    def __init__(self, batch: int, dim: int, length: int, dstate: int, groups: int):
+        gpu = gpu_geometry()
         self.NP = next_pow2(dstate)
-        self.BLOCK_T = 16 if interpreting() else 32
+        self.BLOCK_T = 32 if gpu else 16
         self.group_size = dim // groups
         # GPU: keep a [BLOCK_T, BLOCK_D, N] fp32 tile near 2k elements per live tensor (register budget)
-        cap = 16 if interpreting() else max(1, 2048 // (self.BLOCK_T * self.NP))
+        cap = max(1, 2048 // (self.BLOCK_T * self.NP)) if gpu else 16
         self.BLOCK_D = max(1, min(next_pow2(self.group_size), cap))
         self.blocks_per_group = triton.cdiv(self.group_size, self.BLOCK_D)
         self.n_dblocks = groups * self.blocks_per_group
         self.n_tiles = max(1, triton.cdiv(length, self.BLOCK_T))
-        self.tiles = tiles if tiles is not None else (2 if interpreting() else 8)
+        tiles = current_config().tiles_per_chunk
+        self.tiles = tiles if tiles is not None else (8 if gpu else 2)
         self.n_chunks = triton.cdiv(self.n_tiles, self.tiles)
         self.carry_block_d = min(next_pow2(dim), 64)
         self.num_warps = 4
-
-
-# tests set this to exercise several chunks on tiny inputs; None = the heuristic above
-TILES_PER_CHUNK: int | None = None
-# Chunks per final backward launch (None: as many as keep the dB/dC partials within kernels._utils.PARTIAL_BYTES).
-_BWD_SEG_CHUNKS: list[int | None] = [None]
 
 
 def _as_bgln(B: torch.Tensor, channel_last: bool) -> torch.Tensor:
@@ -335,7 +333,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, channel_last: bool
     dims = check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, channel_last=channel_last)
     check_runnable(u, delta, A, B, C, D, z, delta_bias, op="selective_scan")
     batch, dim, length, dstate = dims.batch, dims.dim, dims.length, dims.dstate
-    cfg = _Cfg(batch, dim, length, dstate, dims.groups, TILES_PER_CHUNK)
+    cfg = _Cfg(batch, dim, length, dstate, dims.groups)
     dev = u.device
     out = torch.empty_like(u, memory_format=torch.contiguous_format)
     Bv, Cv = _as_bgln(B, channel_last), _as_bgln(C, channel_last)
@@ -373,7 +371,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, channel_last: bool
 def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus: bool, channel_last: bool):
     dims = check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, channel_last=channel_last)
     batch, dim, length, dstate, groups = dims.batch, dims.dim, dims.length, dims.dstate, dims.groups
-    cfg = _Cfg(batch, dim, length, dstate, groups, TILES_PER_CHUNK)
+    cfg = _Cfg(batch, dim, length, dstate, groups)
     dev = u.device
     f32 = dict(dtype=torch.float32, device=dev)
     du = torch.empty_like(u, memory_format=torch.contiguous_format)
@@ -382,7 +380,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus: bool,
     Bv, Cv = _as_bgln(B, channel_last), _as_bgln(C, channel_last)
     # dB/dC partials per channel block for the chunks of one final-pass launch (reused)
     chunk_tokens = cfg.tiles * cfg.BLOCK_T
-    seg = units_per_launch(2 * 4 * batch * cfg.n_dblocks * chunk_tokens * dstate, cfg.n_chunks, _BWD_SEG_CHUNKS[0])
+    seg = units_per_launch(2 * 4 * batch * cfg.n_dblocks * chunk_tokens * dstate, cfg.n_chunks)
     dBp = torch.empty(batch, cfg.n_dblocks, seg * chunk_tokens, dstate, **f32)
     dCp = torch.empty_like(dBp)
     dB = torch.empty(batch, groups, length, dstate, **f32)
@@ -463,7 +461,7 @@ def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tens
 def _(u, delta, A, B, C, D, z, delta_bias, softplus, channel_last, save_ckpt):
     batch, dim, length = (u.shape[0], u.shape[2], u.shape[1]) if channel_last else u.shape
     groups = (1 if B.dim() == 3 else B.shape[2 if channel_last else 1])
-    cfg = _Cfg(batch, dim, length, A.shape[1], groups, TILES_PER_CHUNK)
+    cfg = _Cfg(batch, dim, length, A.shape[1], groups)
     f32 = dict(dtype=torch.float32, device=u.device)
     return (torch.empty_like(u, memory_format=torch.contiguous_format), u.new_empty(batch, dim, A.shape[1], **f32),
             u.new_empty(batch, cfg.n_tiles if save_ckpt else 0, dim, A.shape[1], **f32))

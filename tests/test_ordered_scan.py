@@ -12,32 +12,19 @@ import torch.nn.functional as F
 
 import glsmamba.kernels.ordered_scan as kos
 from glsmamba.bench.bench_ordered_scan import unfused_ordered_scan
+from glsmamba.kernels._utils import launch_config
 from glsmamba.model.backend import get_impl
-from glsmamba.reference.space_time import scan_orders, window_orders
+from glsmamba.reference.space_time import STS6D_GROUPS, scan_orders, window_orders
+from glsmamba.verify.cases import ordered_scan_inputs
 from tests.harness import assert_close
 
 SHAPE = (2, 3, 5)  # T, H, W all different; L = 30
 NAMES = ("x", "delta", "A", "B", "C", "D", "delta_bias")
-STS6D_GROUPS = (0, 1, 2, 0, 1, 2)
 
 
-def make_inputs(K, B=2, shape=SHAPE, C=5, N=4, dtype=torch.float32, device="cpu", seed=0, has_D=True,
-                has_bias=True):
-    g = torch.Generator().manual_seed(seed)
-    L = shape[0] * shape[1] * shape[2]
-
-    def rnd(*s, scale=1.0):
-        return (torch.randn(*s, generator=g) * scale).to(device)
-
-    return {
-        "x": rnd(B, L, C).to(dtype),
-        "delta": rnd(B, K, L, C, scale=0.5).to(dtype),
-        "A": -(torch.rand(K, C, N, generator=g) * 1.5 + 0.2).to(device),
-        "B": rnd(B, K, L, N).to(dtype),
-        "C": rnd(B, K, L, N).to(dtype),
-        "D": rnd(K, C) if has_D else None,
-        "delta_bias": rnd(K, C, scale=0.2) if has_bias else None,
-    }
+def make_inputs(K, B=2, shape=SHAPE, C=5, N=4, **kwargs):
+    """The shared ordered-scan inputs (glsmamba.verify.cases) with this file's defaults."""
+    return ordered_scan_inputs(K, batch=B, shape=shape, channels=C, dstate=N, **kwargs)
 
 
 def oracle(inp, orders, groups, reset=None, delta_softplus=True):
@@ -129,31 +116,21 @@ def compare(inp, orders, groups, reset, dtype=torch.float32, grads=True, ref_fn=
         assert_close(f"d{n}", b, a, dtype, kind="grad")
 
 
-@pytest.fixture
-def single_pass_knobs():
-    """Restore the launch knobs the tests below may force."""
-    yield
-    kos._TILES_PER_CHUNK[0] = None
-    kos._FLIP_BY_DOT[0] = None
-    kos._BWD_SEG_TILES[0] = None
-
-
 def test_triton_sts6d_matches_reference(device):
     # C = 5 (not a multiple of the channel block), N = 4, K = 6 directions in 3 groups
     compare(make_inputs(6, device=device), scan_orders(SHAPE, device=device), STS6D_GROUPS, None)
 
 
-def test_triton_windows_chunked_matches_reference(device, single_pass_knobs):
+def test_triton_windows_chunked_matches_reference(device):
     # One tile per chunk: the chunk-parallel forward. L = 60 gives 4 chunks of 16 steps; the window orders have
     # resets inside chunks 1 and 3 (nothing may carry through them), the temporal order none (decay carried).
     # The backward reverses tiles with tl.flip (the GPU path). C = 12, N = 1.
-    kos._TILES_PER_CHUNK[0] = 1
-    kos._FLIP_BY_DOT[0] = False
     shape = (3, 4, 5)
     wo, wr = window_case(device, shape, (2, 3))
     orders = torch.cat([wo, scan_orders(shape, ["temporal"], device=device)])
     reset = torch.cat([wr, torch.zeros_like(wr[:1])])
-    compare(make_inputs(3, shape=shape, C=12, N=1, device=device, has_D=False), orders, (0, 0, 1), reset)
+    with launch_config(tiles_per_chunk=1, flip_by_dot=False):
+        compare(make_inputs(3, shape=shape, C=12, N=1, device=device, has_D=False), orders, (0, 0, 1), reset)
 
 
 def test_triton_reads_views_expanded_over_directions(device):
@@ -186,16 +163,16 @@ def test_triton_reads_views_expanded_over_directions(device):
 
 
 @pytest.mark.parametrize("seg_tiles", [1, 3])
-def test_triton_backward_in_segments(device, single_pass_knobs, seg_tiles):
+def test_triton_backward_in_segments(device, seg_tiles):
     """The backward run in segments of tiles (adjoint state handed between launches, dB/dC partials per
     segment): 1 tile per segment (4 launches) and 3 (a full and a partial segment), windows with resets and the
     temporal order, against the reference."""
-    kos._BWD_SEG_TILES[0] = seg_tiles
     shape = (3, 4, 5)  # L = 60: 4 tiles of 16 steps under the interpreter
     wo, wr = window_case(device, shape, (2, 3))
     orders = torch.cat([wo, scan_orders(shape, ["temporal"], device=device)])
     reset = torch.cat([wr, torch.zeros_like(wr[:1])])
-    compare(make_inputs(3, shape=shape, C=6, N=4, device=device), orders, (0, 1, 1), reset)
+    with launch_config(bwd_segment=seg_tiles):
+        compare(make_inputs(3, shape=shape, C=6, N=4, device=device), orders, (0, 1, 1), reset)
 
 
 def test_triton_mixed_orders(device):
@@ -350,7 +327,7 @@ def test_torch_compile_smoke_triton(device):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", ["sts6d", "windows"])
-def test_gpu_triton_matches_reference_long(dtype, case, single_pass_knobs):
+def test_gpu_triton_matches_reference_long(dtype, case):
     shape = (5, 16, 12)  # L = 960: many tiles; C = 70 spans several channel blocks
     if case == "sts6d":
         orders, reset, groups = scan_orders(shape, device="cuda"), None, STS6D_GROUPS
@@ -359,8 +336,7 @@ def test_gpu_triton_matches_reference_long(dtype, case, single_pass_knobs):
     inp = make_inputs(orders.shape[0], shape=shape, C=70, N=16, dtype=dtype, device="cuda")
     inp["delta"] = inp["delta"] - 2.0  # realistic small steps: softplus(-2) ~ 0.13
     compare(inp, orders, groups, reset, dtype=dtype)
-    kos._TILES_PER_CHUNK[0] = 4  # the chunk-parallel forward as well
-    compare(inp, orders, groups, reset, dtype=dtype, grads=False)
-    kos._TILES_PER_CHUNK[0] = None
-    kos._BWD_SEG_TILES[0] = 7  # the backward in segments (30 tiles of 32 steps: 5 launches)
-    compare(inp, orders, groups, reset, dtype=dtype)
+    with launch_config(tiles_per_chunk=4):  # the chunk-parallel forward as well
+        compare(inp, orders, groups, reset, dtype=dtype, grads=False)
+    with launch_config(bwd_segment=7):  # the backward in segments (30 tiles of 32 steps: 5 launches)
+        compare(inp, orders, groups, reset, dtype=dtype)

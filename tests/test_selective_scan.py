@@ -8,35 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from glsmamba.kernels._utils import launch_config
 from glsmamba.model.backend import get_impl
 from glsmamba.reference.selective_scan import selective_scan_recurrent
+from glsmamba.verify.cases import selective_scan_inputs as make_inputs
 from tests.harness import assert_close
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def make_inputs(batch=2, dim=6, length=37, dstate=4, groups=1, dtype=torch.float32, device="cpu", has_D=True,
-                has_z=True, has_bias=True, channel_last=False, dt_scale=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(device)
-
-    ushape = (batch, length, dim) if channel_last else (batch, dim, length)
-    if channel_last:
-        bshape = (batch, length, dstate) if groups == 1 else (batch, length, groups, dstate)
-    else:
-        bshape = (batch, dstate, length) if groups == 1 else (batch, groups, dstate, length)
-    return {
-        "u": rnd(*ushape).to(dtype),
-        "delta": rnd(*ushape, scale=dt_scale).to(dtype),
-        "A": -(torch.rand(dim, dstate, generator=g) * 1.5 + 0.2).to(device),
-        "B": rnd(*bshape).to(dtype),
-        "C": rnd(*bshape).to(dtype),
-        "D": rnd(dim) if has_D else None,
-        "z": rnd(*ushape).to(dtype) if has_z else None,
-        "delta_bias": rnd(dim, scale=0.2) if has_bias else None,
-    }
 
 
 def oracle(inputs, channel_last, softplus, return_last_state=False):
@@ -105,23 +83,20 @@ def test_triton_matches_oracle(kwargs, softplus, device):
     check_against_oracle("triton", make_inputs(**kwargs, device=device), softplus)
 
 
-def test_triton_many_chunks(device, monkeypatch):
+def test_triton_many_chunks(device):
     """One tile per chunk: the chunk-carry kernels run forward and in reverse over several chunks."""
-    import glsmamba.kernels.selective_scan as ks
-    monkeypatch.setattr(ks, "TILES_PER_CHUNK", 1)
-    check_against_oracle("triton", make_inputs(length=53, dim=3, dstate=2, groups=1, device=device), True,
-                         return_last_state=True)
+    with launch_config(tiles_per_chunk=1):
+        check_against_oracle("triton", make_inputs(length=53, dim=3, dstate=2, groups=1, device=device), True,
+                             return_last_state=True)
 
 
 @pytest.mark.parametrize("seg_chunks", [1, 3])
-def test_triton_backward_final_pass_in_launch_groups(device, monkeypatch, seg_chunks):
+def test_triton_backward_final_pass_in_launch_groups(device, seg_chunks):
     """The final backward pass launched a group of chunks at a time (dB/dC partials per launch, reduced in
     between): 1 and 3 of the 4 chunks per launch, groups G=2, with the last state's gradient."""
-    import glsmamba.kernels.selective_scan as ks
-    monkeypatch.setattr(ks, "TILES_PER_CHUNK", 1)
-    monkeypatch.setattr(ks, "_BWD_SEG_CHUNKS", [seg_chunks])
-    check_against_oracle("triton", make_inputs(length=53, dim=4, dstate=2, groups=2, device=device), True,
-                         return_last_state=True)
+    with launch_config(tiles_per_chunk=1, bwd_segment=seg_chunks):
+        check_against_oracle("triton", make_inputs(length=53, dim=4, dstate=2, groups=2, device=device), True,
+                             return_last_state=True)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
@@ -380,11 +355,10 @@ def test_torch_compile_smoke(backend):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("channel_last", [False, True], ids=["BDL", "BLD"])
-def test_gpu_triton_matches_oracle_long(dtype, channel_last, monkeypatch):
-    import glsmamba.kernels.selective_scan as ks
+def test_gpu_triton_matches_oracle_long(dtype, channel_last):
     inputs = make_inputs(batch=2, length=1531, dim=70, dstate=16, groups=2, dtype=dtype, device="cuda",
                          channel_last=channel_last, dt_scale=0.3)
     inputs["delta"] = inputs["delta"] - 2.0  # realistic small steps: softplus(-2) ~ 0.13
     check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)
-    monkeypatch.setattr(ks, "_BWD_SEG_CHUNKS", [2])  # the final backward pass in launch groups (6 chunks: 3)
-    check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)
+    with launch_config(bwd_segment=2):  # the final backward pass in launch groups (6 chunks: 3)
+        check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)

@@ -10,6 +10,7 @@ import pytest
 
 from glsmamba.vhpe.formats import Frame, Person, Video, coco_to_dict
 from glsmamba.vhpe.metrics import MissingPredictionError, evaluate_coco, evaluate_pck, evaluate_posetrack
+from glsmamba.vhpe.metrics._npsort import _heapsort, classic_argsort, poseval_ranking
 from glsmamba.vhpe.metrics.posetrack import MIN_SCORE, point_in_polygon, voc_ap
 from glsmamba.vhpe.skeleton import COCO_SIGMAS, JHMDB15, POSETRACK15, POSETRACK18, POSEVAL_JOINTS, slots15_to_17
 
@@ -72,6 +73,62 @@ def test_posetrack_extra_unmatched_person(extra_score, total):
     res = evaluate_posetrack([video([[person15(g)]])], [video([preds])])
     assert res.summary()["Total"] == pytest.approx(total, abs=EPS)
     np.testing.assert_allclose(res.ap, total)
+
+
+@pytest.mark.parametrize("exact_first, total", [(True, 50.0), (False, 100.0)])
+def test_posetrack_tied_scores_rank_like_poseval(exact_first, total):
+    """One GT person, an exact and a far-off prediction, all scores 0.5. poseval ranks by
+    numpy.argsort(scores)[::-1]: two tied scores sort ascending in collection order (insertion sort), and the
+    reversal puts the one collected last first. Exact collected first -> the false positive ranks first:
+    precision [0, 1/2] at recall [0, 1] -> AP 50 (poseval's Total 50.0); exact collected last -> AP 100."""
+    g = base_pose()
+    exact, far = person15(g, scores=np.full(15, 0.5)), person15(g + 500, scores=np.full(15, 0.5), track=1)
+    preds = [exact, far] if exact_first else [far, exact]
+    res = evaluate_posetrack([video([[person15(g)]])], [video([preds])])
+    assert res.summary()["Total"] == pytest.approx(total, abs=EPS)
+    np.testing.assert_allclose(res.ap, total)
+
+
+# NumPy's classic argsort of 18 equal values, traced by hand through its quicksort (more than 17 elements, so
+# one partition): median of 3 at index 8 (swapped to 16), the scans swap 1<->15, 2<->14, ..., 7<->9 and meet at
+# 8, the pivot returns to 8; both halves (<= 17 elements) are then insertion-sorted, which moves nothing. So
+# ascending = [0, 15, 14, ..., 1, 16, 17] and poseval's ranking (reversed) = [17, 16, 1, 2, ..., 15, 0].
+HAND_RANK_18 = [17, 16, *range(1, 16), 0]
+
+
+def test_classic_argsort_hand_traced_ties():
+    assert classic_argsort(np.full(18, 0.5)).tolist() == [0, *range(15, 0, -1), 16, 17]
+    assert poseval_ranking(np.full(18, 0.5)).tolist() == HAND_RANK_18
+    assert poseval_ranking([0.5, 0.5]).tolist() == [1, 0]
+    assert poseval_ranking([0.2, 0.9, 0.2, 0.9]).tolist() == [3, 1, 2, 0]  # insertion sort: stable, reversed
+
+
+@pytest.mark.parametrize("exact_at", [0, 1, 16, 17])
+def test_posetrack_eighteen_tied_predictions(exact_at):
+    """One GT person and 18 tied predictions (0.5), one of them exact: its rank is its place in HAND_RANK_18,
+    so AP = 100 / rank (precision 1/rank at recall 1, none before)."""
+    g = base_pose()
+    preds = [person15(g + (0 if i == exact_at else 500 + 10 * i), scores=np.full(15, 0.5), track=i)
+             for i in range(18)]
+    res = evaluate_posetrack([video([[person15(g)]])], [video([preds])])
+    rank = HAND_RANK_18.index(exact_at) + 1
+    np.testing.assert_allclose(res.ap, 100.0 / rank, atol=EPS)
+
+
+def test_classic_argsort_sorts_and_agrees_without_ties():
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 17, 18, 19, 64, 1000):
+        for levels in (1, 3, 1000):
+            x = rng.integers(0, levels, n).astype(np.float64)
+            if n > 4:
+                x[rng.integers(0, n, 2)] = np.nan
+            np.testing.assert_array_equal(x[classic_argsort(x)], np.sort(x))  # NaN last, as NumPy
+        distinct = rng.permutation(n).astype(np.float64)
+        np.testing.assert_array_equal(classic_argsort(distinct), np.argsort(distinct))
+    idx = list(range(40))  # the heapsort fallback (deep recursion) sorts too
+    vals = [float(v) for v in rng.integers(0, 7, 40)]
+    _heapsort(vals, idx, 5, 30)
+    assert [vals[i] for i in idx[5:35]] == sorted(vals[5:35]) and idx[:5] == list(range(5))
 
 
 def test_posetrack_greedy_assignment_like_poseval():
@@ -206,7 +263,7 @@ def _poseval_oracle(gt_docs: list[dict], pr_docs: list[dict], thr: float = 0.5) 
     for j in range(15):
         if not scores[j]:
             continue
-        order = sorted(range(len(scores[j])), key=lambda i: -scores[j][i])  # stable
+        order = poseval_ranking(scores[j])  # ties: poseval's order (hand-checked in the tie tests below)
         tp, rec, prec = 0, [], []
         for rank, i in enumerate(order):
             tp += labels[j][i]
@@ -446,3 +503,103 @@ def test_pck_pairs_people_without_track_ids_by_distance():
     assert res.summary()["Mean"] == 100.0 and res.summary()["Head"] == 100.0
     p1.keypoints[5, 0] += 25.0  # left shoulder 25 px off, norm 100 -> thr 20: wrong on one of two instances
     assert evaluate_pck([gt], [video([[p2, p1]])]).summary()["Sho"] == pytest.approx(75.0, abs=EPS)
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def _pred_with_nan(g: np.ndarray) -> Person:
+    p = person15(g, scores=np.full(15, 0.9))
+    p.keypoints[POSETRACK18.index("right_wrist"), 0] = np.nan
+    p.scores[POSETRACK18.index("left_knee")] = np.inf
+    return p
+
+
+def test_non_finite_keypoints_count_as_missing_with_a_warning():
+    """A NaN x and an inf joint score: those two joints count as not predicted (AP 0 on them), the rest 100;
+    the warning counts and names them; the caller's videos are not modified."""
+    from glsmamba.vhpe.metrics import EvaluationWarning
+
+    g = base_pose()
+    pred = video([[_pred_with_nan(g)]])
+    with pytest.warns(EvaluationWarning, match=r"2 predicted keypoints of 1 people are NaN or infinite.*"
+                                               r"000001_mpii_val.*frame 0.*person 0"):
+        res = evaluate_posetrack([video([[person15(g)]])], [pred])
+    ap = dict(zip(POSEVAL_JOINTS, res.ap, strict=True))
+    assert ap["right_wrist"] == 0.0 and ap["left_knee"] == 0.0
+    assert all(v == 100.0 for k, v in ap.items() if k not in ("right_wrist", "left_knee"))
+    assert np.isnan(pred.frames[0].people[0].keypoints).any()  # input untouched
+    with pytest.warns(EvaluationWarning, match="NaN or infinite"):
+        pck = evaluate_pck([video([[person15(g, bbox=(90, 90, 100, 100))]])], [pred])
+    acc = pck.accuracy
+    assert acc[POSETRACK18.index("right_wrist")] == 0.0 and acc[POSETRACK18.index("left_knee")] == 0.0
+    assert acc[POSETRACK18.index("left_wrist")] == 100.0
+
+
+@pytest.mark.parametrize("metric", ["posetrack", "pck", "coco"])
+def test_non_finite_keypoints_rejected_when_strict(metric):
+    from glsmamba.vhpe.metrics import NonFiniteKeypointError
+    from glsmamba.vhpe.metrics.coco import results_from_videos
+
+    g = base_pose()
+    gt, pred = [video([[person15(g, bbox=(90, 90, 100, 100))]])], [video([[_pred_with_nan(g)]])]
+    with pytest.raises(NonFiniteKeypointError, match="NaN or infinite.*joints"):
+        if metric == "posetrack":
+            evaluate_posetrack(gt, pred, strict=True)
+        elif metric == "pck":
+            evaluate_pck(gt, pred, strict=True)
+        else:
+            results_from_videos(gt, pred, strict=True)
+
+
+def test_coco_results_with_non_finite_values():
+    """COCO results lists: NaN/inf keypoints count as missing (x = y = 0), a NaN score drops the result, each
+    with a warning; strict raises naming the entry."""
+    from glsmamba.vhpe.metrics import EvaluationWarning, NonFiniteKeypointError
+
+    g = base_pose()
+    gt = coco_to_dict([video([[person15(g, bbox=(90, 90, 100, 100))]])], one_based=False)
+    image_id = gt["images"][0]["id"]
+    kp = np.asarray(gt["annotations"][0]["keypoints"], dtype=np.float64).reshape(-1, 3)
+    good = {"image_id": image_id, "category_id": 1, "keypoints": kp.reshape(-1).tolist(), "score": 0.9}
+    nan_kp = copy.deepcopy(good)
+    nan_kp["keypoints"][0] = float("nan")
+    nan_score = dict(good, score=float("nan"))
+    with pytest.warns(EvaluationWarning) as rec:
+        evaluate_coco(gt, [nan_kp, nan_score], path_pred="p.json")
+    msgs = [str(w.message) for w in rec]
+    assert any("1 predicted keypoints of 1 results" in m and "p.json: [0]" in m for m in msgs)
+    assert any("1 results have a NaN/inf score" in m and "p.json: [1]" in m for m in msgs)
+    with pytest.raises(NonFiniteKeypointError, match=r"p.json: \[0\]"):
+        evaluate_coco(gt, [nan_kp], path_pred="p.json", strict=True)
+
+
+def test_prediction_videos_without_ground_truth_are_named():
+    from glsmamba.vhpe.metrics import EvaluationWarning
+
+    g = base_pose()
+    preds = [video([[person15(g)]]), video([[person15(g)]], name="000002_extra"), video([[]], name="000003_more")]
+    with pytest.warns(EvaluationWarning, match="2 of the 3 prediction videos have no ground truth.*000002_extra, "
+                                               "000003_more"):
+        res = evaluate_posetrack([video([[person15(g)]])], preds)
+    assert res.summary()["Total"] == 100.0
+
+
+def test_eval_cli_warns_and_strict_fails(tmp_path, capsys):
+    from glsmamba.cli import main
+    from glsmamba.vhpe.formats import write_posetrack18
+
+    g = base_pose()
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    write_posetrack18(video([[person15(g)]]), gt_dir / "000001_mpii_val.json")
+    write_posetrack18(video([[_pred_with_nan(g)]]), pred_dir / "000001_mpii_val.json")
+    write_posetrack18(video([[person15(g)]], name="000009_stray"), pred_dir / "000009_stray.json")
+    args = ["eval", "--metric", "posetrack", "--gt", str(gt_dir), "--pred", str(pred_dir), "--format", "json"]
+    assert main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert any(e.startswith("glsmamba eval: warning: 1 of the 2 prediction videos have no ground truth") and
+               "000009_stray" in e for e in err)
+    assert any(e.startswith("glsmamba eval: warning: 2 predicted keypoints") for e in err)
+    assert main([*args, "--strict"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("glsmamba eval: error: 2 predicted keypoints")

@@ -21,9 +21,10 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from glsmamba.commands import add_backbone_arguments
+from glsmamba.commands import add_backbone_arguments, error_message, positive_int
 
 HELP = ("evaluate predictions (PoseTrack mAP, COCO OKS AP/AR, PCK) or a checkpoint on a dataset split "
         "(--checkpoint)")
@@ -42,15 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ck.add_argument("--flip", action="store_true", help="flip test (average with the mirrored clip)")
     ck.add_argument("--decode", choices=("msra", "dark"), default="msra", help="heatmap decoding (default msra)")
     ck.add_argument("--out", default=None, help="output folder for predictions/ and results.json")
-    ck.add_argument("--batch-size", type=int, default=32)
+    ck.add_argument("--batch-size", type=positive_int, default=32)
     ck.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     ck.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cuda when available)")
     add_backbone_arguments(ck, "ViTPose weights (checkpoints saved without the encoder)")
-    ck.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ck.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--format", choices=("json", "table"), default="table", help="output (default table)")
     parser.add_argument("--thr", type=float, default=None,
                         help="threshold: PCKh for posetrack (default 0.5), PCK (default 0.2)")
     parser.add_argument("--norm", choices=("bbox", "torso"), default="bbox", help="pck normaliser (default bbox)")
+    parser.add_argument("--strict", action="store_true",
+                        help="prediction mode: reject NaN/inf keypoints (default: they count as missing, with a "
+                             "warning)")
 
 
 def _load_pred(path: str, gt):
@@ -73,17 +77,17 @@ def compute(args: argparse.Namespace):
     gt = read_videos(args.gt)
     pred, raw_results = _load_pred(args.pred, gt)
     if args.metric == "posetrack":
-        return evaluate_posetrack(gt, pred, thresh=0.5 if args.thr is None else args.thr)
+        return evaluate_posetrack(gt, pred, thresh=0.5 if args.thr is None else args.thr, strict=args.strict)
     if args.metric == "pck":
-        return evaluate_pck(gt, pred, thr=0.2 if args.thr is None else args.thr, norm=args.norm)
+        return evaluate_pck(gt, pred, thr=0.2 if args.thr is None else args.thr, norm=args.norm, strict=args.strict)
     # COCO AP over the labelled frames (unlabelled frames have no GT, so detections there would all be false
     # positives); image ids of prediction videos come from the paired GT frames
     gt_dict = coco_to_dict(gt, one_based=False, labeled_only=True)
     labelled = {img["id"] for img in gt_dict["images"]}
     if raw_results is None:
-        raw_results = results_from_videos(gt, pred)
+        raw_results = results_from_videos(gt, pred, strict=args.strict)
     results = [r for r in raw_results if r["image_id"] in labelled]
-    return evaluate_coco(gt_dict, results, path_gt=args.gt, path_pred=args.pred)
+    return evaluate_coco(gt_dict, results, path_gt=args.gt, path_pred=args.pred, strict=args.strict)
 
 
 def _occluded_table(occ: dict) -> str:
@@ -123,7 +127,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
                                   det_score_thr=args.det_thr, progress=sys.stderr.isatty(),
                                   trust_backbone=args.trust_backbone)
     except (ValueError, FileNotFoundError) as e:
-        print(f"glsmamba eval: error: {e}", file=sys.stderr)
+        print(f"glsmamba eval: error: {error_message(e)}", file=sys.stderr)
         return 1
     if args.format == "json":
         print(json.dumps({k: v for k, v in res.items() if k != "table"}))
@@ -151,11 +155,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"glsmamba eval: error: the following arguments are required: {', '.join(missing)} (or use "
               f"--checkpoint CKPT --data DIR)", file=sys.stderr)
         return 2
+    from glsmamba.vhpe.metrics import EvaluationWarning
+
     try:
-        res = compute(args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EvaluationWarning)
+            res = compute(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"glsmamba eval: error: {e}", file=sys.stderr)
         return 1
+    for w in caught:
+        if issubclass(w.category, EvaluationWarning):
+            print(f"glsmamba eval: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if args.format == "json":
         print(json.dumps(res.as_dict()))
     else:

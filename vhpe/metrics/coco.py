@@ -19,13 +19,23 @@ Numbers are returned in percent (x100): ``AP, AP50, AP75, APm, APl, AR, AR50, AR
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..formats import FormatError, Video, person_score
+from ..formats import FormatError, Video, coco_result
 from ..skeleton import get_skeleton, skeleton_from_names
-from .common import clean_number, format_table, pair_frames, pair_videos
+from .common import (
+    EvaluationWarning,
+    NonFiniteKeypointError,
+    clean_number,
+    finite_predictions,
+    format_table,
+    pair_frames,
+    pair_videos,
+)
 
 COLUMNS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 IOU_THRS = np.linspace(0.5, 0.95, 10)
@@ -156,7 +166,7 @@ def _accumulate(evals: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return precision, recall
 
 
-def _prepare(gt: dict, results: list[dict], path_gt: str, path_pred: str):
+def _prepare(gt: dict, results: list[dict], path_gt: str, path_pred: str, strict: bool = False):
     if not isinstance(gt, dict) or "images" not in gt or "annotations" not in gt:
         raise FormatError(f"{path_gt}: top level: expected a COCO dict with 'images' and 'annotations'")
     cats = gt.get("categories") or []
@@ -179,6 +189,8 @@ def _prepare(gt: dict, results: list[dict], path_gt: str, path_pred: str):
         gts[a["image_id"]].append({"_kpts": kp, "_area": area, "_bbox": bbox, "_crowd": crowd,
                                    "_ignore": crowd or nk == 0})
     dts: dict[int, list[dict]] = {i: [] for i in img_ids}
+    cleared: list[tuple[str, int]] = []
+    dropped: list[str] = []
     if not isinstance(results, list):
         raise FormatError(f"{path_pred}: top level: expected a list of results")
     for j, r in enumerate(results):
@@ -192,38 +204,58 @@ def _prepare(gt: dict, results: list[dict], path_gt: str, path_pred: str):
         if kp.shape != (3 * k,):
             raise FormatError(f"{path_pred}: [{j}].keypoints: expected {3 * k} values, got {kp.size}")
         kp = kp.reshape(k, 3)
+        score = float(r["score"])
+        bad = ~np.isfinite(kp).all(axis=1)
+        if bad.any() or not math.isfinite(score):
+            place = f"{path_pred}: [{j}] (image {r['image_id']})"
+            if strict:
+                raise NonFiniteKeypointError(f"{place}: NaN/inf in " + ("keypoints" if bad.any() else "score"))
+            if not math.isfinite(score):
+                dropped.append(place)
+                continue
+            kp = kp.copy()
+            kp[bad] = 0.0  # x = y = score = 0: a missing joint
+            cleared.append((place, int(bad.sum())))
         if r.get("bbox"):  # pycocotools' loadRes takes the box area when results carry boxes
             area = float(r["bbox"][2] * r["bbox"][3])
         else:  # else the keypoint extent
             area = float((kp[:, 0].max() - kp[:, 0].min()) * (kp[:, 1].max() - kp[:, 1].min()))
-        dts[r["image_id"]].append({"_kpts": kp, "_area": area, "score": float(r["score"])})
+        dts[r["image_id"]].append({"_kpts": kp, "_area": area, "score": score})
+    _warn_non_finite(cleared, dropped)
     return sorted(img_ids), gts, dts, np.asarray(sk.sigmas, dtype=np.float64)
 
 
-def results_from_videos(gt: list[Video], pred: list[Video], labeled_only: bool = True) -> list[dict]:
+def _warn_non_finite(cleared: list[tuple[str, int]], dropped: list[str]) -> None:
+    if cleared:
+        where = "; ".join(f"{p} {n} joints" for p, n in cleared[:5]) + (" ..." if len(cleared) > 5 else "")
+        warnings.warn(f"{sum(n for _, n in cleared)} predicted keypoints of {len(cleared)} results are NaN or "
+                      f"infinite and count as missing joints: {where}", EvaluationWarning, stacklevel=4)
+    if dropped:
+        warnings.warn(f"{len(dropped)} results have a NaN/inf score and are not scored: {'; '.join(dropped[:5])}"
+                      + (" ..." if len(dropped) > 5 else ""), EvaluationWarning, stacklevel=4)
+
+
+def results_from_videos(gt: list[Video], pred: list[Video], labeled_only: bool = True,
+                        strict: bool = False) -> list[dict]:
     """COCO results list from prediction videos, with image ids taken from the paired GT frames (videos by name,
     frames by id or file name; every labelled GT frame must have a prediction frame).
 
-    ``keypoints`` = ``x, y, joint score`` (the stored ``v`` when a person has no joint scores); ``score`` =
-    :func:`vhpe.formats.person_score`.
+    Each person is one :func:`vhpe.formats.coco_result` entry: ``keypoints`` = ``x, y, joint score`` (the stored
+    ``v`` when a person has no joint scores), ``score`` = :func:`vhpe.formats.person_score`. NaN/inf joints count
+    as missing (``strict``: raise), see :func:`.common.finite_predictions`.
     """
     out = []
-    for gv, pv in pair_videos(gt, pred):
+    for gv, pv in pair_videos(gt, finite_predictions(pred, strict)):
         need = [i for i, f in enumerate(gv.frames) if f.is_labeled or not labeled_only]
         pframes = pair_frames(gv, pv, need)
         for i in need:
             image_id = gv.frames[i].id if gv.frames[i].id is not None else i
-            for p in pframes[i].people:
-                k = p.keypoints.copy()
-                if p.scores is not None:
-                    k[:, 2] = p.scores
-                out.append({"image_id": image_id, "category_id": 1, "keypoints": [float(v) for v in k.reshape(-1)],
-                            "score": person_score(p)})
+            out += [coco_result(p, image_id) for p in pframes[i].people]
     return out
 
 
 def evaluate_coco(gt: dict, results: list[dict], sigmas=None, path_gt: str = "<gt>",
-                  path_pred: str = "<pred>") -> CocoResult:
+                  path_pred: str = "<pred>", strict: bool = False) -> CocoResult:
     """COCO keypoint AP/AR.
 
     Args:
@@ -232,11 +264,14 @@ def evaluate_coco(gt: dict, results: list[dict], sigmas=None, path_gt: str = "<g
         results: a COCO results list ``[{image_id, keypoints, score}]``.
         sigmas: override the per-joint OKS sigmas ``(K,)``.
         path_gt, path_pred: names used in error messages.
+        strict: raise :class:`.common.NonFiniteKeypointError` on a NaN/inf keypoint or score; else such
+            keypoints count as missing (x = y = score = 0) and results with a NaN/inf score are not scored,
+            each with an :class:`.common.EvaluationWarning`.
 
     Returns:
         :class:`CocoResult`.
     """
-    img_ids, gts, dts, default_sigmas = _prepare(gt, results, path_gt, path_pred)
+    img_ids, gts, dts, default_sigmas = _prepare(gt, results, path_gt, path_pred, strict)
     sig = default_sigmas if sigmas is None else np.asarray(sigmas, dtype=np.float64)
     precision = -np.ones((len(IOU_THRS), len(REC_THRS), len(AREA_RANGES)))
     recall = -np.ones((len(IOU_THRS), len(AREA_RANGES)))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
+
+import numpy as np
 
 from ..formats import Frame, Video
 
@@ -11,8 +15,59 @@ class MissingPredictionError(ValueError):
     """Predictions lack a ground-truth video or frame; the message names them."""
 
 
+class EvaluationWarning(UserWarning):
+    """The metric accepted input it had to drop or change; the message says what and how much."""
+
+
+class NonFiniteKeypointError(ValueError):
+    """With ``strict=True``: a prediction holds a NaN or infinite keypoint; the message names where."""
+
+
+def finite_predictions(pred: list[Video], strict: bool = False) -> list[Video]:
+    """``pred`` with every NaN/inf joint treated as missing (``x = y = v = 0``, joint score 0).
+
+    A joint is non-finite when its x, y or joint score is NaN or infinite. Such joints are dropped with one
+    :class:`EvaluationWarning` that counts them and names the first places (video, frame, person, joint); with
+    ``strict`` they raise :class:`NonFiniteKeypointError` instead. Videos without such joints are returned
+    as they are; the others are copied (the input is never modified).
+    """
+    out, places, joints, people = [], [], 0, 0
+    for v in pred:
+        bad_frames = {}
+        for fi, f in enumerate(v.frames):
+            for pi, p in enumerate(f.people):
+                bad = ~np.isfinite(p.keypoints[:, :2]).all(axis=1)
+                if p.scores is not None:
+                    bad |= ~np.isfinite(p.scores)
+                if bad.any():
+                    bad_frames.setdefault(fi, []).append((pi, np.flatnonzero(bad)))
+                    joints += int(bad.sum())
+                    people += 1
+                    places.append(f"video {v.name!r} frame {fi} ({f.file_name}) person {pi} joints "
+                                  f"{np.flatnonzero(bad).tolist()}")
+        if not bad_frames:
+            out.append(v)
+            continue
+        v = copy.deepcopy(v)
+        for fi, items in bad_frames.items():
+            for pi, js in items:
+                p = v.frames[fi].people[pi]
+                p.keypoints[js] = 0.0
+                if p.scores is not None:
+                    p.scores[js] = 0.0
+        out.append(v)
+    if joints:
+        where = "; ".join(places[:5]) + (f"; ... ({len(places) - 5} more people)" if len(places) > 5 else "")
+        msg = f"{joints} predicted keypoints of {people} people are NaN or infinite: {where}"
+        if strict:
+            raise NonFiniteKeypointError(msg)
+        warnings.warn(f"{msg}; they count as missing joints", EvaluationWarning, stacklevel=3)
+    return out
+
+
 def pair_videos(gt: list[Video], pred: list[Video]) -> list[tuple[Video, Video]]:
-    """Pair ground-truth and prediction videos by name (extra prediction videos are ignored).
+    """Pair ground-truth and prediction videos by name; prediction videos without ground truth are not scored
+    (an :class:`EvaluationWarning` names them).
 
     Raises:
         MissingPredictionError: naming the GT videos that have no prediction.
@@ -27,6 +82,11 @@ def pair_videos(gt: list[Video], pred: list[Video]) -> list[tuple[Video, Video]]
         raise MissingPredictionError(
             f"predictions lack {len(missing)} of the {len(gt)} ground-truth videos: {_names(missing)} "
             f"(predictions have: {_names(sorted(by_name))})")
+    gt_names = {v.name for v in gt}
+    extra = [v.name for v in pred if v.name not in gt_names]
+    if extra:
+        warnings.warn(f"{len(extra)} of the {len(pred)} prediction videos have no ground truth and are not scored: "
+                      f"{_names(extra)}", EvaluationWarning, stacklevel=3)
     return [(v, by_name[v.name]) for v in gt]
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..formats import Person, Video
 from ..skeleton import get_skeleton
-from .common import clean_number, format_table, pair_frames, pair_videos
+from .common import clean_number, finite_predictions, format_table, pair_frames, pair_videos
 
 COLUMNS = ("Head", "Sho", "Elb", "Wri", "Hip", "Knee", "Ank", "Mean")
 _HEAD = {"jhmdb": ("head",), "posetrack18": ("nose", "head_bottom", "head_top"),
@@ -104,13 +104,15 @@ def _pair_people(gts: list[Person], prs: list[Person], where: str) -> list[Perso
     return out
 
 
-def evaluate_pck(gt: list[Video], pred: list[Video], thr: float = 0.2, norm: str = "bbox") -> PCKResult:
+def evaluate_pck(gt: list[Video], pred: list[Video], thr: float = 0.2, norm: str = "bbox",
+                 strict: bool = False) -> PCKResult:
     """PCK@thr of predicted videos against GT videos (see module docstring).
 
     Args:
         gt, pred: videos paired by name, frames by image id / file name (frames with GT people are required).
         thr: threshold on the normalised distance (strict ``<``).
         norm: ``"bbox"`` or ``"torso"``.
+        strict: raise on NaN/inf predicted keypoints instead of counting them as missing (with a warning).
 
     Returns:
         :class:`PCKResult`.
@@ -123,6 +125,7 @@ def evaluate_pck(gt: list[Video], pred: list[Video], thr: float = 0.2, norm: str
             raise ValueError(f"video {v.name!r} has skeleton {v.skeleton!r}, expected {skel!r} like the GT")
     if skel not in _HEAD:
         raise ValueError(f"PCK table is defined for skeletons {sorted(_HEAD)}, got {skel!r}")
+    pred = finite_predictions(pred, strict)
     k = get_skeleton(skel).num_joints
     hits = np.zeros(k)
     count = np.zeros(k)

@@ -13,9 +13,14 @@ Procedure, per video (paired by name) and frame (paired by image id, else file n
 5. Each prediction keeps only its best GT (first on ties); each GT then takes its best prediction; pck 0 means
    unmatched. Every predicted joint adds ``(score, match if its person is assigned else 0)``; a prediction
    without joint scores uses ``MIN_SCORE = -9999``.
-6. Per joint: sort by score (descending; equal scores keep their order of appearance - poseval's order for ties
-   is unspecified), recall = TP / #GT joints, precision = TP / rank, AP = VOC all-point AP x 100. A joint
-   without predictions has AP 0; one without GT but with predictions has AP NaN (both as poseval).
+6. Per joint: rank the detections as poseval does, ``numpy.argsort(scores)[::-1]`` over the scores in the order
+   they were collected (video by video in the order of the GT videos, frame by frame, person by person in the
+   prediction file's order), with NumPy's classic introsort (:mod:`._npsort`): tied scores are NOT kept in
+   their order of appearance (two tied detections rank last-collected first; see ``_npsort`` for why the
+   classic algorithm). recall = TP / #GT joints, precision = TP / rank, AP = VOC all-point AP x 100. A joint
+   without predictions has AP 0; one without GT but with predictions has AP NaN (both as poseval). poseval
+   reads its GT files in ``glob`` order; where tied scores span videos, give the videos in the order poseval
+   saw them to reproduce its number.
 7. Total = mean of the non-NaN joint APs; Head = mean(head_top, head_bottom (= neck), nose); Shou, Elb, Wri,
    Hip, Knee, Ankl = mean of right and left.
 
@@ -31,7 +36,8 @@ import numpy as np
 
 from ..formats import Person, Video
 from ..skeleton import POSETRACK18, POSEVAL_JOINTS
-from .common import clean_number, format_table, pair_frames, pair_videos
+from ._npsort import poseval_ranking
+from .common import clean_number, finite_predictions, format_table, pair_frames, pair_videos
 
 MIN_SCORE = -9999.0
 COLUMNS = ("Head", "Shou", "Elb", "Wri", "Hip", "Knee", "Ankl", "Total")
@@ -200,7 +206,7 @@ def _joint_metrics(scores: list[float], labels: list[bool], n_gt: float) -> tupl
         return 0.0, 0.0, 0.0
     s = np.asarray(scores, dtype=np.float64)
     lab = np.asarray(labels, dtype=bool)
-    order = np.argsort(-s, kind="stable")
+    order = poseval_ranking(s)
     tp = np.cumsum(lab[order]).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         recall = tp / n_gt
@@ -210,25 +216,31 @@ def _joint_metrics(scores: list[float], labels: list[bool], n_gt: float) -> tupl
     return voc_ap(recall, precision) * 100, float(precision[-1] * 100), float(recall[-1] * 100)
 
 
-def evaluate_posetrack(gt: list[Video], pred: list[Video], thresh: float = 0.5) -> PoseTrackAP:
+def evaluate_posetrack(gt: list[Video], pred: list[Video], thresh: float = 0.5, strict: bool = False) -> PoseTrackAP:
     """PoseTrack mAP (poseval ``evaluateAP``) of predicted videos against GT videos.
 
     Args:
         gt: ground-truth videos (skeleton ``posetrack18``; people need ``bbox_head``).
         pred: predicted videos, paired by name; people carry ``scores`` (else ``MIN_SCORE``).
         thresh: PCKh threshold (0.5).
+        strict: raise on NaN/inf predicted keypoints instead of counting them as missing (with a warning).
 
     Returns:
         :class:`PoseTrackAP`.
 
     Raises:
         MissingPredictionError: a GT video or frame has no prediction (names them).
+        NonFiniteKeypointError: ``strict`` and a predicted keypoint is NaN/inf.
         ValueError: wrong skeleton, GT person without head box.
+
+    Warns:
+        EvaluationWarning: prediction videos without ground truth (not scored); NaN/inf keypoints (missing).
     """
     for v in list(gt) + list(pred):
         if v.skeleton != "posetrack18":
             raise ValueError(f"video {v.name!r} has skeleton {v.skeleton!r}; the PoseTrack metric needs "
                              f"'posetrack18'")
+    pred = finite_predictions(pred, strict)
     scores: list[list] = [[] for _ in range(15)]
     labels: list[list] = [[] for _ in range(15)]
     n_gt = np.zeros(15)

@@ -1,21 +1,24 @@
 """Occlusion experiment on synthetic data: does temporal global-local modelling recover occluded joints?
 
-Trains four variants of the ``tiny`` preset on the same ``glsmamba synth`` dataset (every video has a moving
+Trains five variants of the ``tiny`` preset on the same ``glsmamba synth`` dataset (every video has a moving
 occluder) and evaluates each on the val split with GT boxes, reporting the PoseTrack mAP and the same AP restricted
 to the joints the synthetic ground truth marks as occluded (``glsmamba eval`` prints both):
 
 * ``T5``        - tiny, 5-frame clips (full model: GSM with STS6D + STMM, then LRM);
 * ``T1``        - the same network on 1-frame clips (no temporal context);
 * ``T5-gsm``    - GSM blocks only (no LRM), 5 frames;
-* ``T5-sum``    - STMM replaced by the plain sum of the scan directions, 5 frames.
+* ``T5-sum``    - STMM replaced by the plain sum of the scan directions, 5 frames;
+* ``T5-lr``     - the trunk at 1/16 instead of 1/4 (GLSMamba-BLR in miniature: the encoder's features average-pooled
+  4x4, 4 x 3 tokens per frame, heatmaps upsampled to 16 x 12; the same trainable parameters), 5 frames.
 
 Usage (CPU; ``--parallel 2`` runs two trainings at a time, one thread each)::
 
     python bench/results/experiments/occlusion_ablation.py --work /tmp/occl --epochs 8 --seeds 0 1
 
-Writes ``occlusion_ablation.csv`` (one row per variant and seed), ``occlusion_ablation.png`` and
-``runs/<variant>-s<seed>/{metrics.csv,loss.png,config.json,results.json}`` next to this file; the markdown report
-(``occlusion_ablation.md``) is written by hand from them.
+Writes ``<name>.csv`` (one row per variant and seed), ``<name>.png`` (``--name``, default
+``occlusion_ablation``) and ``runs/[<name>/]<variant>-s<seed>/{metrics.csv,loss.png,config.json,results.json}``
+next to this file; the markdown reports (``occlusion_ablation.md``, ``resolution_ablation.md``) are written by hand
+from them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ VARIANTS = {
     "T1": ["--set", "num_frames=1"],
     "T5-gsm": ["--set", "num_lrm=0"],
     "T5-sum": ["--set", "merge=sum"],
+    "T5-lr": ["--set", "feature_stride=16"],
 }
 
 
@@ -60,6 +64,9 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one run per variant each)")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("--name", default="occlusion_ablation",
+                   help="stem of the CSV and plot written next to this file (default occlusion_ablation; the "
+                        "resolution ablation: --variants T5 T5-lr --name resolution_ablation)")
     args = p.parse_args()
     work = Path(args.work)
     data = work / "data"
@@ -122,16 +129,16 @@ def main() -> int:
             "train_s": round(train_s, 1), "final_loss": epochs[-1]["train_loss"],
             "command": "glsmamba " + " ".join(commands[v, seed][3:]),
         })
-        dst = HERE / "runs" / f"{v}-s{seed}"
+        dst = HERE / "runs" / (f"{v}-s{seed}" if args.name == "occlusion_ablation" else f"{args.name}/{v}-s{seed}")
         dst.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.csv", "loss.png", "config.json"):
             shutil.copy(run / name, dst / name)
         shutil.copy(out / "results.json", dst / "results.json")
-    with open(HERE / "occlusion_ablation.csv", "w", newline="") as f:
+    with open(HERE / f"{args.name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    plot(rows, args.variants, HERE / "occlusion_ablation.png")
+    plot(rows, args.variants, HERE / f"{args.name}.png")
     print(json.dumps({"rows": rows, "total_wall_s": round(time.time() - t_start, 1)}, indent=1))
     return 0
 
