@@ -349,7 +349,8 @@ def build_glsmamba(preset: str):
 def model_depth(preset: str) -> int | None:
     """Token-mixing blocks of a GLSMamba preset (GSM + LRM), or None when the network is not importable."""
     try:
-        _, get_config = _load_model_api()
+        from glsmamba.model import get_config
+
         cfg = get_config(preset)
         return int(cfg.num_gsm) + int(cfg.num_lrm)
     except Exception:
