@@ -36,7 +36,8 @@ def run_preset(preset: str, args: argparse.Namespace, out: Path) -> Path:
     argv = ["--device", "cpu", "--dtype", "fp32", "--ops", "glsmamba", "attention_net", "--model-preset", preset,
             "--T", "5", "--hw", *args.hw, "--modes", *args.modes, "--backends", "reference", "sdpa", "sdpa_math",
             *(["compile"] if args.compile else []), "--max-call-s", str(args.max_call_s), "--cpu-budget-s",
-            str(args.cpu_budget_s), "--out", str(out / preset), "--skip-existing", "--no-plot"]
+            str(args.cpu_budget_s), "--cpu-min-reps", str(args.min_reps), "--out", str(out / preset),
+            "--skip-existing", "--no-plot"]
     if args.compile:
         argv += ["--compile-cpu"]
     if args.threads:
@@ -163,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="also torch.compile the GLSMamba network (slow to build)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-call-s", type=float, default=600.0, help="skip a point predicted to take longer per call")
-    p.add_argument("--cpu-budget-s", type=float, default=1.0, help="timing budget per point (at least 3 calls)")
+    p.add_argument("--cpu-budget-s", type=float, default=1.0, help="timing budget per point")
+    p.add_argument("--min-reps", type=int, default=3, help="timed calls per point at least (after the first call "
+                   "and the memory call; the largest points take minutes each on 2 shared cores)")
     p.add_argument("--out", default=None, help="output folder (default bench/results/local/cpu-network-<time>)")
     p.add_argument("--plot-only", default=None, metavar="DIR", help="only redraw the plot and summary of DIR")
     args = p.parse_args(argv)

@@ -162,6 +162,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per measurement (CUDA)")
     g.add_argument("--cpu-budget-s", type=float, default=None, help="wall-clock budget per CPU measurement")
+    g.add_argument("--cpu-min-reps", type=_positive, default=3,
+                   help="timed calls per CPU measurement at least (after the first call and the memory call)")
     g = parser.add_argument_group("output")
     g.add_argument("--out", default=None, help="output folder (default bench/results/local/<timestamp>)")
     g.add_argument("--no-plot", action="store_true", help="write the CSV only")
@@ -308,7 +310,7 @@ class Sweep:
         if dev.type == "cuda":
             timing = time_cuda(run, grads, rep_ms=self.args.rep_ms)
         else:
-            timing = time_cpu(run, grads, budget_s=self.cpu_budget_s)
+            timing = time_cpu(run, grads, budget_s=self.cpu_budget_s, min_reps=self.args.cpu_min_reps)
         for g in grads:
             g.grad = None
         state.clear()
