@@ -8,12 +8,14 @@ import torch
 
 from glsmamba import model
 from glsmamba.cli import main
-from glsmamba.commands.verify import build_cases
 from glsmamba.model.backend import OPS, get_op
+from glsmamba.verify.cases import OP_CASES
+from glsmamba.verify.driver import level_plan
 
 # the inputs of the verify cases that carry the batch dimension first
 BATCHED = {"u", "delta", "B", "C", "z", "x", "ys", "offsets", "mask"}
-CASES = build_cases("quick", on_gpu=False)
+CASES = list(OP_CASES.values())
+SIZES = level_plan("quick", on_gpu=False)[0]  # the sizes of `glsmamba verify --quick` on a CPU
 
 
 def _outputs(out) -> list[torch.Tensor]:
@@ -25,13 +27,13 @@ def test_the_cases_cover_every_registry_op():
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-@pytest.mark.parametrize("case", CASES, ids=[f"{c.op}-{c.label}" for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.op}-{c.variant}" for c in CASES])
 def test_every_op_with_an_empty_batch(case, backend, device):
     """Batch 0: outputs shaped like the batch-2 outputs with batch 0, and a backward pass whose gradients are
     absent or zero, shaped like their inputs."""
-    full = case.make(device, torch.float32, torch.Generator().manual_seed(0))
+    full = case.inputs(SIZES, torch.float32, device, torch.Generator().manual_seed(0))
     want = [(0, *o.shape[1:]) for o in _outputs(get_op(case.op, backend="reference")(**full))]
-    kwargs = {k: (v[:0] if k in BATCHED else v) for k, v in full.items()}
+    kwargs = {k: (v[:0] if k in BATCHED and v is not None else v) for k, v in full.items()}
     kwargs = {k: (v.detach().clone().requires_grad_(True) if k in case.grads else v) for k, v in kwargs.items()}
     outs = _outputs(get_op(case.op, backend=backend)(**kwargs))
     assert [tuple(o.shape) for o in outs] == want
