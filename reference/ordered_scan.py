@@ -157,7 +157,7 @@ def _natural_rows(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     Returns (rows, per_direction)."""
     if t.shape[1] == 1 or t.stride(1) == 0:
         return t[:, 0], False
-    return t.reshape(t.shape[0], -1, t.shape[-1]), True
+    return t.reshape(t.shape[0], t.shape[1] * t.shape[2], t.shape[-1]), True
 
 
 def _gather(rows: torch.Tensor, per_dir: bool, idx: torch.Tensor, dirs: torch.Tensor, L: int,
@@ -205,7 +205,7 @@ def ordered_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
         >>> out.shape
         torch.Size([1, 3, 24, 8])
     """
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or x.shape[0] == 0:  # an empty batch: nothing to step
         return ordered_selective_scan_unfused(x, delta, A, B, C, D, orders, groups, reset, delta_bias,
                                               delta_softplus)
     return _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_softplus)
