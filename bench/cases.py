@@ -345,11 +345,28 @@ def build_glsmamba(preset: str):
     return build
 
 
-def build_attention_net(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
-    if backend not in ATTENTION_IMPLS:
-        raise Skip(f"attention_net runs with {ATTENTION_IMPLS}, not {backend!r}")
-    net = AttentionNet(shape.C, depth=6, impl=backend).to(device).eval()
-    return _net_case(net, _images(shape, device), dtype)
+@functools.cache
+def model_depth(preset: str) -> int | None:
+    """Token-mixing blocks of a GLSMamba preset (GSM + LRM), or None when the network is not importable."""
+    try:
+        from glsmamba.model import get_config
+
+        cfg = get_config(preset)
+        return int(cfg.num_gsm) + int(cfg.num_lrm)
+    except Exception:
+        return None
+
+
+def build_attention_net(depth: int):
+    """The full-attention network with ``depth`` blocks, at the sweep's network width (the GLSMamba preset's)."""
+
+    def build(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
+        if backend not in ATTENTION_IMPLS:
+            raise Skip(f"attention_net runs with {ATTENTION_IMPLS}, not {backend!r}")
+        net = AttentionNet(shape.C, depth=depth, impl=backend).to(device).eval()
+        return _net_case(net, _images(shape, device), dtype)
+
+    return build
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -360,6 +377,7 @@ def build_attention_net(shape: Shape, dtype: torch.dtype, device: torch.device, 
 def targets(model_preset: str) -> list[Target]:
     """Every benchmark target, in the order the sweep runs them at each resolution."""
     rb = REGISTRY_BACKENDS
+    depth = model_depth(model_preset) or 6  # the attention network as deep as the preset's GSM + LRM blocks
     return [
         Target("selective_scan", "", (*rb, "mambapy"), build_op("selective_scan", "plain")),
         Target("selective_scan_channel_last", "", rb, build_op("selective_scan_channel_last", "plain")),
@@ -370,7 +388,8 @@ def targets(model_preset: str) -> list[Target]:
         Target("deformable_aggregate", "spatial", rb, build_op("deformable_aggregate", "spatial")),
         Target("attention", "", ATTENTION_IMPLS, build_attention, exponent=2.0),
         Target("glsmamba", model_preset, rb, build_glsmamba(model_preset), kind="net"),
-        Target("attention_net", "depth6", ATTENTION_IMPLS, build_attention_net, kind="net", exponent=2.0),
+        Target("attention_net", f"depth{depth}", ATTENTION_IMPLS, build_attention_net(depth), kind="net",
+               exponent=2.0),
     ]  # fmt: skip
 
 
@@ -379,7 +398,7 @@ def estimate_bytes(target: Target, shape: Shape, dtype: torch.dtype, mode: str, 
     if target.op == "attention":
         return est_attention_bytes(shape, dtype, mode, backend)
     if target.op == "attention_net":
-        return est_attention_bytes(shape, dtype, mode, backend, depth=6)
+        return est_attention_bytes(shape, dtype, mode, backend, depth=int(target.variant.removeprefix("depth") or 6))
     if target.op == "selective_scan" and backend == "mambapy":
         return est_mambapy_bytes(shape, dtype, mode)
     return None

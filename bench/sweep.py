@@ -162,6 +162,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per measurement (CUDA)")
     g.add_argument("--cpu-budget-s", type=float, default=None, help="wall-clock budget per CPU measurement")
+    g.add_argument("--cpu-min-reps", type=_positive, default=3,
+                   help="timed calls per CPU measurement at least (after the first call and the memory call)")
     g = parser.add_argument_group("output")
     g.add_argument("--out", default=None, help="output folder (default bench/results/local/<timestamp>)")
     g.add_argument("--no-plot", action="store_true", help="write the CSV only")
@@ -247,6 +249,8 @@ class Sweep:
         self.run_id = f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.t0 = time.perf_counter()
         self.last_ok: dict[tuple[str, str], tuple[int, float]] = {}
+        # (target key, backend, mode) -> (tokens, MiB above the start) of its last measured point (CPU OOM guard)
+        self.last_mem: dict[tuple[str, str, str], tuple[int, float]] = {}
         self.oom_at: dict[tuple[str, str, str], int] = {}
         self.reasons: dict[str, str] = {}
         self.counts = {"ok": 0, "oom": 0, "skip": 0, "error": 0}
@@ -308,7 +312,7 @@ class Sweep:
         if dev.type == "cuda":
             timing = time_cuda(run, grads, rep_ms=self.args.rep_ms)
         else:
-            timing = time_cpu(run, grads, budget_s=self.cpu_budget_s)
+            timing = time_cpu(run, grads, budget_s=self.cpu_budget_s, min_reps=self.args.cpu_min_reps)
         for g in grads:
             g.grad = None
         state.clear()
@@ -358,6 +362,9 @@ class Sweep:
                 continue
             if self.device.type == "cpu":
                 est = cases.estimate_bytes(target, shape, self.dtype, mode, backend)
+                seen = self.last_mem.get((target.key, backend, mode))
+                if est is None and seen is not None and shape.tokens > seen[0]:  # the last point's, scaled
+                    est = seen[1] * 2**20 * (shape.tokens / seen[0]) ** target.exponent
                 limit = 0.5 * cpu_available_bytes()
                 if est is not None and est > limit:
                     note = f"predicted {est / 2**30:.1f} GiB > half the available host memory ({limit / 2**30:.1f} GiB)"
@@ -396,6 +403,8 @@ class Sweep:
                     self.oom_at[(target.key, backend, mode)] = shape.tokens
             self.emit({**base, **res})
             if res["status"] == "ok":
+                if res["mem_delta_mb"] == res["mem_delta_mb"]:  # not NaN
+                    self.last_mem[(target.key, backend, mode)] = (shape.tokens, res["mem_delta_mb"])
                 key = (target.key, backend)
                 prev = self.last_ok.get(key)
                 ms = res["ms_p50"] if prev is None or prev[0] != shape.tokens else max(prev[1], res["ms_p50"])

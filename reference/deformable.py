@@ -10,7 +10,15 @@ corners is dropped when it falls outside ``[0, H) x [0, W)``, i.e. zero padding)
 outside ``[0, T)``. Bilinear weights use ``floor``: ``h0 = floor(hh)``, ``lh = hh - h0``,
 ``(1-lh)(1-lw) x[h0, w0] + (1-lh) lw x[h0, w0+1] + lh (1-lw) x[h0+1, w0] + lh lw x[h0+1, w0+1]``.
 
-This file is the spec: explicit gathers, fp32 (float64 for float64 inputs), autograd by PyTorch.
+Two implementations, fp32 (float64 for float64 inputs), autograd by PyTorch:
+  * :func:`deformable_aggregate_gathers` -- the oracle, written for obviousness: per tap, four explicit gathers of
+    the corner rows (at the clamped position; an outside corner is multiplied by 0).
+  * :func:`deformable_aggregate` -- the fast path: the sample positions, corner rows and bilinear weights of all
+    taps in a few batched ops over ``(Bsz, L, Goff, P)``, then per tap one ``embedding_bag`` (the four weighted
+    corner rows summed in one fused gather, with the mask folded into the corner weights) and one ``addcmul`` with
+    the tap weights. The same corners are read with the same weights (an outside corner reads the same clamped row
+    with weight 0), so a NaN or inf reaches the same outputs as in the oracle; only the rounding of the products
+    differs.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from glsmamba.reference.space_time import _check_same_device, _check_shape, _check_tensor
 
@@ -66,27 +75,15 @@ def _check_deformable(x: object, offsets: object, mask: object, weight: object, 
     return T, H, W, Goff
 
 
-def deformable_aggregate(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
-                         taps: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Bilinear space-time deformable aggregation (STMM modulation), reference.
+def _index(pos: torch.Tensor, size: int) -> torch.Tensor:
+    """A float corner coordinate as a valid int64 index: clamped into ``[0, size)``, NaN to 0 (its bilinear weight
+    is NaN then, so the row read does not matter; NaN.long() is not an index)."""
+    return pos.clamp(0, size - 1).nan_to_num(0.0).long()
 
-    Args:
-        x: ``[Bsz, L, C]`` tokens in natural order ``l = (t*H + h)*W + w``.
-        offsets: ``[Bsz, L, Goff, P, 2]`` fractional ``(off_h, off_w)`` per token, offset group and tap.
-        mask: ``[Bsz, L, Goff, P]`` modulation (already sigmoid-ed by the caller).
-        weight: ``[P, C]`` depthwise tap weights.
-        taps: ``[P, 3]`` integer ``(dt, dh, dw)`` (any device), e.g. :data:`SPATIAL_TAPS`, :data:`TEMPORAL_TAPS`.
-        shape: ``(T, H, W)`` with ``T*H*W == L``.
 
-    Returns:
-        ``[Bsz, L, C]`` in ``x.dtype`` (see the module docstring for the formula).
-
-    Example:
-        >>> x = torch.randn(1, 2 * 3 * 4, 8)
-        >>> off = torch.zeros(1, 24, 2, 9, 2); m = torch.ones(1, 24, 2, 9)
-        >>> deformable_aggregate(x, off, m, torch.randn(9, 8), SPATIAL_TAPS, (2, 3, 4)).shape
-        torch.Size([1, 24, 8])
-    """
+def deformable_aggregate_gathers(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                                 taps: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The oracle of :func:`deformable_aggregate` (same contract): explicit per-tap gathers."""
     T, H, W, Goff = _check_deformable(x, offsets, mask, weight, taps, shape)
     Bsz, L, C = x.shape
     cpg = C // Goff
@@ -111,8 +108,66 @@ def deformable_aggregate(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Ten
                             (1, 0, lh * (1 - lw)), (1, 1, lh * lw)):
             hc, wc = h0 + ch, w0 + cw
             ok = t_ok & (hc >= 0) & (hc <= H - 1) & (wc >= 0) & (wc <= W - 1)
-            row = (tt.clamp(0, T - 1)[None, :, None] * H + hc.clamp(0, H - 1).long()) * W + wc.clamp(0, W - 1).long()
+            row = (tt.clamp(0, T - 1)[None, :, None] * H + _index(hc, H)) * W + _index(wc, W)
             corner = torch.gather(xg, 1, row[..., None].expand(Bsz, L, Goff, cpg))  # x[b, row, g, :]
             val = val + (bil * ok)[..., None] * corner
         out = out + wgt[p] * msk[..., p, None] * val
+    return out.reshape(Bsz, L, C).to(x.dtype)
+
+
+def deformable_aggregate(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                         taps: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Bilinear space-time deformable aggregation (STMM modulation), reference (the fast path; module docstring).
+
+    Args:
+        x: ``[Bsz, L, C]`` tokens in natural order ``l = (t*H + h)*W + w``.
+        offsets: ``[Bsz, L, Goff, P, 2]`` fractional ``(off_h, off_w)`` per token, offset group and tap.
+        mask: ``[Bsz, L, Goff, P]`` modulation (already sigmoid-ed by the caller).
+        weight: ``[P, C]`` depthwise tap weights.
+        taps: ``[P, 3]`` integer ``(dt, dh, dw)`` (any device), e.g. :data:`SPATIAL_TAPS`, :data:`TEMPORAL_TAPS`.
+        shape: ``(T, H, W)`` with ``T*H*W == L``.
+
+    Returns:
+        ``[Bsz, L, C]`` in ``x.dtype`` (see the module docstring for the formula).
+
+    Example:
+        >>> x = torch.randn(1, 2 * 3 * 4, 8)
+        >>> off = torch.zeros(1, 24, 2, 9, 2); m = torch.ones(1, 24, 2, 9)
+        >>> deformable_aggregate(x, off, m, torch.randn(9, 8), SPATIAL_TAPS, (2, 3, 4)).shape
+        torch.Size([1, 24, 8])
+    """
+    T, H, W, Goff = _check_deformable(x, offsets, mask, weight, taps, shape)
+    Bsz, L, C = x.shape
+    cpg = C // Goff
+    P = taps.shape[0]
+    acc = torch.float64 if torch.float64 in (x.dtype, offsets.dtype, mask.dtype, weight.dtype) else torch.float32
+    dev = x.device
+    off, msk = offsets.to(acc), mask.to(acc)
+    wgt = weight.to(acc).reshape(P, Goff, cpg)
+    tp = taps.to(dev)
+    l = torch.arange(L, device=dev)
+    t, h, w = l // (H * W), (l // W) % H, l % W
+    tt = t[:, None] + tp[:, 0]  # (L, P) frame read by each tap
+    t_ok = ((tt >= 0) & (tt < T))[None, :, None]  # (1, L, 1, P)
+    hh = (h[:, None] + tp[:, 1]).to(acc)[None, :, None] + off[..., 0]  # (Bsz, L, Goff, P) sample row
+    ww = (w[:, None] + tp[:, 2]).to(acc)[None, :, None] + off[..., 1]
+    h0, w0 = torch.floor(hh), torch.floor(ww)
+    lh, lw = hh - h0, ww - w0
+    frame = (tt.clamp(0, T - 1) * H)[None, :, None]
+    base = (torch.arange(Bsz, device=dev)[:, None, None, None] * L) * Goff + torch.arange(Goff, device=dev)[:, None]
+    idx, coef = [], []
+    for ch, cw, bil in ((0, 0, (1 - lh) * (1 - lw)), (0, 1, (1 - lh) * lw),
+                        (1, 0, lh * (1 - lw)), (1, 1, lh * lw)):
+        hc, wc = h0 + ch, w0 + cw
+        ok = t_ok & (hc >= 0) & (hc <= H - 1) & (wc >= 0) & (wc <= W - 1)
+        idx.append(base + ((frame + _index(hc, H)) * W + _index(wc, W)) * Goff)  # table row of (b, row, g)
+        coef.append(bil * ok * msk)
+    idx = torch.stack(idx, -1).permute(3, 0, 1, 2, 4).reshape(P, -1, 4)  # (P, Bsz*L*Goff bags, 4 corners)
+    coef = torch.stack(coef, -1).permute(3, 0, 1, 2, 4).reshape(P, -1, 4)
+    table = x.to(acc).reshape(Bsz * L * Goff, cpg)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, offsets, mask, weight))
+    out = torch.zeros(Bsz, L, Goff, cpg, dtype=acc, device=dev)
+    for p in range(P):
+        val = F.embedding_bag(idx[p], table, per_sample_weights=coef[p], mode="sum").view(Bsz, L, Goff, cpg)
+        out = torch.addcmul(out, val, wgt[p]) if grad else out.addcmul_(val, wgt[p])
     return out.reshape(Bsz, L, C).to(x.dtype)

@@ -9,10 +9,21 @@ For each direction k (orders[k] a permutation of the L tokens), with per-directi
     out[:, groups[k], orders[k, j]] += y_j
 
 i.e. ``space_time_scan -> selective_scan_channel_last (per direction, per reset segment) -> space_time_merge``.
-This reference does exactly that: it permutes copies, runs ``reference.selective_scan.selective_scan_channel_last``
-per direction (the segments between resets become independent batch rows, grouped by length), un-permutes and
-sums each group in fp32. The per-direction outputs are in x's dtype (the selective scan's contract), so the
-low-precision result is that of the unfused composition.
+
+Two implementations with one contract:
+  * :func:`ordered_selective_scan_unfused` -- the oracle, exactly that composition: it permutes copies, runs
+    ``reference.selective_scan.selective_scan_channel_last`` per direction (the segments between resets become
+    independent batch rows, grouped by length), un-permutes and sums each group in fp32. The per-direction outputs
+    are in x's dtype (the selective scan's contract). It is also what runs off CPU.
+  * :func:`ordered_selective_scan` -- the fast path on CPU: every direction (and every reset segment of one
+    length) is a row of one sequential scan (``_scan_seq.py``: the oracle's recurrence, one op per token over all
+    rows, so NaN/inf reach exactly as in the oracle). The inputs are read through a table of natural indices per
+    (step, row): delta, B and C given as views expanded over the directions (zero stride, as the model passes
+    them) are indexed once, from their one natural-order copy. Without autograd recording nothing of size
+    ``(Bsz, K, L, C)`` is formed: each block of steps gathers its tokens, computes dt in place, scans, adds
+    ``D u`` and index-adds the block into the fp32 ``(G, L)`` group sums. With autograd, the gathered rows are
+    materialised and the scan's hand-written backward runs. Per-direction outputs stay fp32 until the group sum
+    is cast to x's dtype. ``torch.compile`` runs it eagerly (a graph break).
 """
 
 from __future__ import annotations
@@ -23,7 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-from glsmamba.reference.selective_scan import selective_scan_channel_last
+from glsmamba.reference._scan_seq import _LOG2E, SequentialScan, Stepper
+from glsmamba.reference.selective_scan import _dt, selective_scan_channel_last
 from glsmamba.reference.space_time import (
     _check_groups,
     _check_orders,
@@ -93,6 +105,79 @@ def _segments(reset: torch.Tensor | None, k: int, L: int) -> dict[int, torch.Ten
     return {n: torch.tensor(v, dtype=torch.int64) for n, v in by_len.items()}
 
 
+def ordered_selective_scan_unfused(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                                   C: torch.Tensor, D: torch.Tensor | None, orders: torch.Tensor, groups: Sequence[int],
+                                   reset: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
+                                   delta_softplus: bool = True) -> torch.Tensor:
+    """The oracle of :func:`ordered_selective_scan` (same contract): the unfused composition (module docstring)."""
+    dims, inv = _check_ordered_scan(x, delta, A, B, C, D, orders, groups, reset, delta_bias)
+    Bsz, L, Cch, K = dims.batch, dims.length, dims.channels, dims.directions
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    G = max(dims.groups) + 1
+    out = torch.zeros(Bsz, G, L, Cch, dtype=acc, device=x.device)
+    for k in range(K):
+        perm = orders[k]
+        u = x.index_select(1, perm)  # (Bsz, L, C) in scan order k
+        dl = delta[:, k].index_select(1, perm)
+        Bk = B[:, k].index_select(1, perm)
+        Ck = C[:, k].index_select(1, perm)
+        Dk = None if D is None else D[k]
+        bk = None if delta_bias is None else delta_bias[k]
+        y = torch.empty_like(u)
+        for n, starts in _segments(reset, k, L).items():
+            # the segments of length n become independent batch rows: (Bsz * S, n, ...)
+            rows = (starts[:, None] + torch.arange(n)).reshape(-1).to(x.device)
+            S = starts.numel()
+
+            def seg(t: torch.Tensor) -> torch.Tensor:
+                return t.index_select(1, rows).reshape(Bsz * S, n, t.shape[-1])  # noqa: B023
+
+            ys = selective_scan_channel_last(seg(u), seg(dl), A[k], seg(Bk), seg(Ck), Dk, None, bk, delta_softplus)
+            y.index_copy_(1, rows, ys.reshape(Bsz, S * n, Cch))
+        out[:, dims.groups[k]] += y.index_select(1, inv[k]).to(acc)  # back to natural order, summed per group
+    return out.to(x.dtype)
+
+
+def _row_tables(orders: torch.Tensor, reset: torch.Tensor | None, L: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rows of the fast path, one table per segment length n: ``(idx (n, S) natural index read at step j by
+    row s, dirs (S,) the direction of each row)``. Without reset each direction is one row of length L."""
+    if reset is None:
+        K = orders.shape[0]
+        return [(orders.t().contiguous(), torch.arange(K, device=orders.device))]
+    by_len: dict[int, tuple[list[torch.Tensor], list[int]]] = {}
+    for k in range(orders.shape[0]):
+        for n, starts in _segments(reset, k, L).items():
+            idx, dirs = by_len.setdefault(n, ([], []))
+            idx.append(orders[k][(starts[:, None] + torch.arange(n)).to(orders.device)])  # (S_k, n)
+            dirs += [k] * starts.numel()
+    return [(torch.cat(idx).t().contiguous(), torch.tensor(dirs, device=orders.device))
+            for n, (idx, dirs) in sorted(by_len.items())]
+
+
+def _natural_rows(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``t (Bsz, K, L, F)`` as ``(Bsz, M, F)`` rows to index: one natural-order copy when t is the same tensor for
+    every direction (a zero-stride view, or K = 1), else the K copies side by side (direction k at rows k*L + l).
+    Returns (rows, per_direction)."""
+    if t.shape[1] == 1 or t.stride(1) == 0:
+        return t[:, 0], False
+    return t.reshape(t.shape[0], t.shape[1] * t.shape[2], t.shape[-1]), True
+
+
+def _gather(rows: torch.Tensor, per_dir: bool, idx: torch.Tensor, dirs: torch.Tensor, L: int,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """Time-major ``(m, S, Bsz, F)`` of ``rows (Bsz, M, F)`` at the natural indices ``idx (m, S)`` of directions
+    ``dirs (S,)``. With ``out`` (a buffer of at least m*S*Bsz*F elements, any dtype; no autograd) the result is
+    written there: reused buffers spare the page faults of fresh multi-megabyte temporaries."""
+    flat = (idx + dirs * L if per_dir else idx).reshape(-1)
+    shape = (*idx.shape, rows.shape[0], rows.shape[-1])
+    if out is None:
+        return rows.index_select(1, flat).transpose(0, 1).contiguous().view(shape)
+    res = out.view(-1)[:flat.numel() * rows.shape[0] * rows.shape[-1]]
+    if rows.shape[0] == 1 and rows.dtype == out.dtype:  # (1, I, F) is time-major already
+        return torch.index_select(rows, 1, flat, out=res.view(1, flat.numel(), -1)).view(shape)
+    return res.view(shape).copy_(rows.index_select(1, flat).transpose(0, 1).view(shape))
+
+
 def ordered_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                            C: torch.Tensor, D: torch.Tensor | None, orders: torch.Tensor, groups: Sequence[int],
                            reset: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
@@ -123,29 +208,66 @@ def ordered_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
         >>> out.shape
         torch.Size([1, 3, 24, 8])
     """
-    dims, inv = _check_ordered_scan(x, delta, A, B, C, D, orders, groups, reset, delta_bias)
-    Bsz, L, Cch, K = dims.batch, dims.length, dims.channels, dims.directions
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    # an empty batch: nothing to step; torch.export: the composition's graph does not grow with L
+    if x.device.type != "cpu" or x.shape[0] == 0 or torch.compiler.is_exporting():
+        return ordered_selective_scan_unfused(x, delta, A, B, C, D, orders, groups, reset, delta_bias,
+                                              delta_softplus)
+    return _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_softplus)
+
+
+@torch.compiler.disable  # a loop over blocks of tokens: torch.compile runs it eagerly (a graph break)
+def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_softplus):
+    dims, _ = _check_ordered_scan(x, delta, A, B, C, D, orders, groups, reset, delta_bias)
+    Bsz, L, Cch, N = dims.batch, dims.length, dims.channels, dims.dstate
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     G = max(dims.groups) + 1
-    out = torch.zeros(Bsz, G, L, Cch, dtype=acc, device=x.device)
-    for k in range(K):
-        perm = orders[k]
-        u = x.index_select(1, perm)  # (Bsz, L, C) in scan order k
-        dl = delta[:, k].index_select(1, perm)
-        Bk = B[:, k].index_select(1, perm)
-        Ck = C[:, k].index_select(1, perm)
-        Dk = None if D is None else D[k]
-        bk = None if delta_bias is None else delta_bias[k]
-        y = torch.empty_like(u)
-        for n, starts in _segments(reset, k, L).items():
-            # the segments of length n become independent batch rows: (Bsz * S, n, ...)
-            rows = (starts[:, None] + torch.arange(n)).reshape(-1).to(x.device)
-            S = starts.numel()
-
-            def seg(t: torch.Tensor) -> torch.Tensor:
-                return t.index_select(1, rows).reshape(Bsz * S, n, t.shape[-1])  # noqa: B023
-
-            ys = selective_scan_channel_last(seg(u), seg(dl), A[k], seg(Bk), seg(Ck), Dk, None, bk, delta_softplus)
-            y.index_copy_(1, rows, ys.reshape(Bsz, S * n, Cch))
-        out[:, dims.groups[k]] += y.index_select(1, inv[k]).to(acc)  # back to natural order, summed per group
-    return out.to(x.dtype)
+    grp = torch.tensor(dims.groups, device=x.device)
+    record_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias))
+    xr = (x, False)
+    dr, br, cr = _natural_rows(delta), _natural_rows(B), _natural_rows(C)
+    out = torch.zeros(G * L, Bsz, Cch, dtype=ct, device=x.device)  # time-major group sums
+    for idx, dirs in _row_tables(orders, reset, L):
+        S = dirs.numel()
+        R = S * Bsz
+        A_rows = A.to(ct)[dirs].transpose(1, 2)[:, None].expand(S, Bsz, N, Cch).reshape(R, N, Cch)
+        bias = None if delta_bias is None else delta_bias.to(ct)[dirs][:, None]  # (S, 1, C)
+        D_rows = None if D is None else D.to(ct)[dirs][:, None]
+        target = idx + grp[dirs] * L  # (n, S): row of the group sum each step adds to
+        if record_grad:
+            u = _gather(*xr, idx, dirs, L).to(ct)
+            dt = _gather(*dr, idx, dirs, L).to(ct)
+            dt = _dt(dt if bias is None else dt + bias, None, delta_softplus, ct, 3)
+            dtu = dt * u
+            n = idx.shape[0]
+            y, _ = SequentialScan.apply(dt.view(n, R, Cch), dtu.view(n, R, Cch), A_rows,
+                                        _gather(*br, idx, dirs, L).to(ct).view(n, R, 1, N),
+                                        _gather(*cr, idx, dirs, L).to(ct).view(n, R, 1, N))
+            y = y.view(n, S, Bsz, Cch)
+            if D_rows is not None:
+                y = torch.addcmul(y, D_rows, u)
+            out = out.index_add(0, target.reshape(-1), y.reshape(n * S, Bsz, Cch))
+            continue
+        A2 = A_rows.contiguous() * _LOG2E
+        stepper = Stepper(R, N, Cch, ct, x.device)
+        q = stepper.block
+        u_b, dt_b, dtu_b, y_b = (torch.empty(q, S, Bsz, Cch, dtype=ct, device=x.device) for _ in range(4))
+        B_b, C_b = (torch.empty(q, R, 1, N, dtype=ct, device=x.device) for _ in range(2))
+        with torch.no_grad():
+            for s in range(0, idx.shape[0], q):
+                ib = idx[s:s + q]
+                m = ib.shape[0]
+                u = _gather(*xr, ib, dirs, L, u_b)
+                dt = _gather(*dr, ib, dirs, L, dt_b)
+                if bias is not None:
+                    dt.add_(bias)
+                _dt(dt, None, delta_softplus, ct, 3, inplace=True)
+                dtu = torch.mul(dt, u, out=dtu_b[:m])
+                y = stepper.step(dt.view(m, R, Cch), dtu.view(m, R, Cch), A2,
+                                 _gather(*br, ib, dirs, L, B_b).view(m, R, 1, N),
+                                 _gather(*cr, ib, dirs, L, C_b).view(m, R, 1, N), y_b[:m].view(m, R, Cch))
+                y = y.view(m, S, Bsz, Cch)
+                if D_rows is not None:
+                    y.addcmul_(D_rows, u)
+                out.index_add_(0, target[s:s + q].reshape(-1), y.view(m * S, Bsz, Cch))
+    return out.view(G, L, Bsz, Cch).permute(2, 0, 1, 3).to(x.dtype).contiguous()

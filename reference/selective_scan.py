@@ -13,29 +13,28 @@ u, delta, z as ``(B, L, D)`` and B, C as ``(B, L, N)`` or ``(B, L, G, N)``.
 
 Everything is computed in float32 (float64 inputs stay float64) and the output is cast to u's dtype.
 
-Two implementations:
-  * :func:`selective_scan_recurrent` -- the step-by-step loop. It is the oracle of every test.
-  * :func:`selective_scan` -- vectorised: L is cut into chunks of ``CHUNK`` tokens; inside a chunk the
-    recurrence is solved in closed form. With ``c_t`` the cumulative sum of dt from the chunk start and ``r`` the
-    chunk's middle, ``h_t = e^{A (c_t - c_r)} (e^{A c_r} h_0 + sum_{s<=t} e^{-A (c_s - c_r)} b_s)``. The sum over
-    s is a prefix sum done as small triangular matmuls (much faster on CPU than ``cumsum``); ``GROUP`` consecutive
-    chunks are solved in one batched step from a zero start, and the true start states are then carried across
-    them with one ``addcmul`` per chunk. Centring on ``r`` keeps every exponent within the chunk's decay range; a
-    chunk whose range exceeds what float32 can hold (|A| * range > 80) is halved until it fits, down to single
-    exact steps, so the result never depends on the input's scale. The scan runs token-major (states stored
-    ``(N, D)``, D contiguous); per-token elementwise work stays in the caller's layout. Without autograd
-    recording, the chunk temporaries live in reused buffers and are updated in place (``bench/
-    bench_reference_speed.py`` measures the effect); with it, every op is out of place.
+Implementations:
+  * :func:`selective_scan_recurrent` -- the step-by-step loop, written for obviousness. It is the oracle of every
+    test.
+  * :func:`selective_scan` / :func:`selective_scan_channel_last` -- the fast path, same semantics including where
+    a NaN or inf can reach. On CPU (eager): the recurrence stepped token by token with every batch row, channel and
+    state in one op per token, the per-token exponentials and contractions batched over blocks of tokens, and a
+    hand-written backward that keeps only block-start states (``_scan_seq.py``); without autograd recording it
+    works in place on its own time-major copies. While ``torch.compile`` traces, and on other devices: the chunked
+    closed form (``_scan_chunked.py``: a fixed-size graph, few kernel launches), which hands inputs it cannot
+    take (a decay range too wide for float32, NaN/inf) to the sequential scan.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
+
+from glsmamba.reference._scan_chunked import scan_tokens, scan_tokens_export
+from glsmamba.reference._scan_seq import SequentialScan, scan
 
 __all__ = [
     "selective_scan",
@@ -123,24 +122,10 @@ def check_selective_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=No
     return ScanDims(batch, dim, length, dstate, groups)
 
 
-# Tokens solved in closed form at once (reference-only tuning, fastest on a 2-core CPU for D=256, N=16).
-CHUNK = 32
-# Consecutive chunks handled by one batched step (the sequential part is one ``addcmul`` per chunk).
-GROUP = 4
-# Keep the per-step working set (b x GROUP x CHUNK x N x D) near the L2 cache: fewer chunks per step when b*N*D is big.
-_GROUP_ELEMS = 1 << 19
-# The prefix sum inside a chunk: triangular matmuls over blocks of SUB tokens, then the block totals carried.
-SUB = 8
-# exp() of float32 overflows past 88.7: every exponent of the closed form is kept within +-80.
-_MAX_EXPONENT = 80.0
-_LOG2E = 1.0 / math.log(2.0)
-# Test hook: [True] runs the torch.compile path (see _scan_tokens_traced) in eager mode.
+# Test hook: [True] runs the torch.compile path (the chunked closed form of _scan_chunked.py) in eager mode.
 _TRACED_PATH = [False]
-# Test hook: [True] runs the torch.export path (see _scan_tokens_export) in eager mode.
+# Test hook: [True] runs the torch.export path (_scan_chunked.scan_tokens_export) in eager mode.
 _EXPORT_PATH = [False]
-# Tokens per block of the torch.export path: its pairwise decays take PAIR_BLOCK times the closed form's memory.
-PAIR_BLOCK = 8
-  # exp(x) = exp2(x * log2(e)); exp2 is several times faster than exp on CPU
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
@@ -197,278 +182,48 @@ def selective_scan_recurrent(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return (out, h) if return_last_state else out
 
 
-def _prefix_sum(W, q, out=None):
-    """Inclusive prefix sum over dim 2 of ``W (b, K, q, F)`` as small triangular matmuls (``cumsum`` over a
-    non-inner dim is far slower on CPU). Writes into ``out`` when given."""
-    b, K, _, f = W.shape
-    kw = dict(dtype=W.dtype, device=W.device)
-    if q <= SUB or q % SUB:
-        return torch.matmul(torch.ones(q, q, **kw).tril(), W, out=out)
-    m = q // SUB
-    inner = torch.matmul(torch.ones(SUB, SUB, **kw).tril(), W.view(b, K, m, SUB, f),
-                         out=None if out is None else out.view(b, K, m, SUB, f))  # prefix inside each block
-    for i in range(1, m):  # carry the running total block by block (in place: autograd records the slices)
-        inner[:, :, i] += inner[:, :, i - 1, -1:]
-    return inner.view(b, K, q, f)
+def _time_major(x, channel_last, copy_to=None):
+    """Per-token ``(b, D, L)`` (channel-first) or ``(b, L, D)`` -> contiguous time-major ``(L, b, D)``.
+
+    ``copy_to``: a dtype; the result is then a fresh tensor of ours (to update in place, no autograd)."""
+    b = x.shape[0]
+    if not channel_last and b == 1:  # a 2-D transpose: torch copies it with a cache-blocked kernel
+        x2 = x[0] if copy_to is None else x[0].to(copy_to)
+        out = x2.t().contiguous()
+        if out.data_ptr() == x.data_ptr():  # already time-major storage (a transposed view was given)
+            out = out.clone()
+        return out[:, None]
+    view = x.permute(2, 0, 1) if not channel_last else x.transpose(0, 1)
+    if copy_to is None:
+        return view.contiguous()
+    return torch.empty(view.shape, dtype=copy_to, device=x.device).copy_(view)
 
 
-class _Workspace:
-    """Reusable buffers for the no-grad path: fresh multi-megabyte temporaries per chunk cost page faults and
-    cache misses that dominate the arithmetic. ``None`` everywhere when autograd records (out= is not allowed)."""
-
-    def __init__(self, enabled: bool, dtype: torch.dtype, device: torch.device):
-        self.enabled, self.dtype, self.device = enabled, dtype, device
-        self._bufs: dict[str, torch.Tensor] = {}
-
-    def __call__(self, name: str, *shape: int) -> torch.Tensor | None:
-        if not self.enabled:
-            return None
-        numel = math.prod(shape)
-        buf = self._bufs.get(name)
-        if buf is None or buf.numel() < numel:
-            buf = self._bufs[name] = torch.empty(numel, dtype=self.dtype, device=self.device)
-        return buf[:numel].view(shape)
+def _from_time_major(y, channel_last):
+    """``(L, b, D)`` -> contiguous ``(b, D, L)`` (channel-first) or ``(b, L, D)``."""
+    if channel_last:
+        return y.transpose(0, 1).contiguous()
+    if y.shape[1] == 1:
+        return y[:, 0].t().contiguous()[None]
+    return y.permute(1, 2, 0).contiguous()
 
 
-def _scan_chunks(h, dt, dtu, A2t, Bc, Cc, y_out, ws):
-    """Closed form over K consecutive chunks of q tokens (channel-last, states stored ``(b, N, D)``).
-
-    h (b, N, D) state before the first chunk (None: zero, carried in log depth); dt, dtu (b, K, q, D);
-    Bc, Cc (b, K, q, G, N). Returns (y (b, K, q, D), state after the last chunk). ``y_out`` (a view of the output)
-    and ``ws`` are only given on the no-grad path.
-    """
-    b, K, q, dim = dt.shape
-    groups, n = Bc.shape[3], Bc.shape[4]
-    rep = dim // groups
-    cum = _prefix_sum(dt, q)  # c_t: cumulative dt inside each chunk
-    cref = cum[:, :, q // 2]  # (b, K, D): each chunk's centre
-    X = cum - cref[:, :, None]
-    fast = y_out is not None
-    E = ws("E", b, K, q, n, dim)
-    E = torch.exp2(torch.mul(X[:, :, :, None, :], A2t, out=E), out=E)  # e^{A (c_t - c_r)}
-    # e^{-A (c_s - c_r)} from its own exp2, not 1/E: reciprocal's backward squares it (overflow past e^44)
-    W = ws("W", b, K, q, n, dim)
-    W = torch.exp2(torch.mul(X[:, :, :, None, :], -A2t, out=W), out=W).view(b, K, q, n, groups, rep)
-    W = torch.mul(W, Bc.transpose(3, 4)[..., None], out=W if fast else None).view(b, K, q, n, dim)
-    W = torch.mul(W, dtu[:, :, :, None, :], out=W if fast else None)  # e^{-A (c_s - c_r)} dt_s u_s B_s
-    Estart = torch.exp2(cref[:, :, None, :] * A2t)  # (b, K, N, D): e^{A (c_r - c_start)}
-    Elast = E[:, :, -1]
-    decay = Estart * Elast  # whole-chunk decay
-    hend = W.sum(2) * Elast  # chunk-end state from a zero start
-    if h is None:  # log-depth carry from a zero start (torch.compile: no per-chunk Python)
-        hins, h = _carry_doubling(decay, hend)
-    else:
-        hins = []
-        for k in range(K):  # the only sequential step: carry the state across the K chunks
-            hins.append(h)
-            h = torch.addcmul(hend[:, k], decay[:, k], h)
-        hins = torch.stack(hins, 1)
-    h0 = Estart * hins  # (b, K, N, D): each chunk's start state moved to its centre
-    acc = _prefix_sum(W.view(b, K, q, n * dim), q, out=ws("acc", b, K, q, n * dim)).view(b, K, q, n, dim)
-    if y_out is None:
-        hs = (acc + h0[:, :, None]) * E
-    else:
-        hs = acc.add_(h0[:, :, None]).mul_(E)
-    if groups == 1:  # y_t = C_t . h_t as one batched (1 x N) @ (N x D) product
-        direct = y_out is not None and b == 1  # with b > 1 the output rows of a chunk group are not one block
-        y = torch.bmm(Cc.reshape(b * K * q, 1, n), hs.view(b * K * q, n, dim),
-                      out=y_out.view(b * K * q, 1, dim) if direct else None)
-        if y_out is not None and not direct:
-            y = y_out.copy_(y.view(b, K, q, dim))
-    else:
-        prod = hs.view(b, K, q, n, groups, rep) * Cc.transpose(3, 4)[..., None]
-        y = torch.sum(prod, 3, out=None if y_out is None else y_out.view(b, K, q, groups, rep))
-    return y.view(b, K, q, dim), h
+def _scan_fallback(dt, dtu, A, B, C):
+    """The sequential scan on token-major ``(b, L, D)`` inputs (the closed form's fallback): (y, last state)."""
+    y, h = SequentialScan.apply(dt.transpose(0, 1).contiguous(), dtu.transpose(0, 1).contiguous(),
+                                A.to(dt.dtype).t()[None], B.transpose(0, 1).to(dt.dtype).contiguous(),
+                                C.transpose(0, 1).to(dt.dtype).contiguous())
+    return y.transpose(0, 1), h.transpose(1, 2)
 
 
-def _carry_doubling(decay, hend):
-    """States entering each chunk, from a zero start: the scan ``h_{k+1} = decay_k h_k + hend_k`` over dim 1 in
-    log2(K) doubling steps (Hillis-Steele). Returns (states entering chunks (b, K, N, D), final state)."""
-    K = decay.shape[1]
-    a, s = decay, hend
-    d = 1
-    while d < K:
-        s = torch.cat([s[:, :d], torch.addcmul(s[:, d:], a[:, d:], s[:, :-d])], 1)
-        a = torch.cat([a[:, :d], a[:, d:] * a[:, :-d]], 1)
-        d *= 2
-    return torch.cat([torch.zeros_like(s[:, :1]), s[:, :-1]], 1), s[:, -1]
-
-
-def _scan_exact(h, dt, dtu, A, Bc, Cc):
-    """One token stepped exactly (where even a two-token closed form would overflow). h (b, N, D)."""
-    rep = dt.shape[2] // Bc.shape[2]
-    Bt = Bc[:, 0].repeat_interleave(rep, dim=1).transpose(1, 2)  # (b, N, D)
-    Ct = Cc[:, 0].repeat_interleave(rep, dim=1).transpose(1, 2)
-    h = torch.exp(dt[:, 0, None, :] * A.t()) * h + dtu[:, 0, None, :] * Bt
-    return (h * Ct).sum(1)[:, None], h
-
-
-def _swap_last(x: torch.Tensor) -> torch.Tensor:
-    """``x (b, P, Q)`` -> contiguous ``(b, Q, P)``. One 2-D transpose per batch row: torch copies a transposed 2-D
-    matrix with a cache-blocked kernel, three to five times faster than the generic strided copy of a 3-D view."""
-    rows = [r.t().contiguous() for r in x.unbind(0)]
-    return rows[0][None] if len(rows) == 1 else torch.stack(rows)
-
-
-def _decay_terms(A, ct):
-    """(A in ct, A * log2(e) as ``(N, D)`` (states are laid out (N, D) inside, D contiguous), max |A| per channel)."""
-    Af = A.to(ct)
-    return Af, (Af * _LOG2E).t().contiguous(), Af.abs().amax(1)
-
-
-def _chunk_widths(dt_chunks, nonneg_dt, Amax):
-    """``(b, K, D)``: the widest exponent |A| * |c_t - c_r| (and |A| * |c_r| for the start state) of each chunk of
-    ``dt_chunks (b, K, q, D)``, bounded by the |dt| mass on one side of the centre (exact up to one token)."""
-    adt = dt_chunks if nonneg_dt else dt_chunks.abs()
-    q = adt.shape[2]
-    r = q // 2 + 1  # tokens up to the centre c_r, and after it
-    width = adt[:, :, :r].sum(2) if r == q else torch.maximum(adt[:, :, :r].sum(2), adt[:, :, r:].sum(2))
-    return width * Amax
-
-
-def _scan_tokens_traced(dt, dtu, A, B, C, nonneg_dt):
-    """The path taken while torch.compile traces: every chunk in one batched closed form and a log-depth carry,
-    so the graph does not grow with L (the eager driver would be unrolled chunk by chunk). L is padded to a
-    whole number of chunks with dt = 0 and zero input, which leaves the state unchanged. An input whose decay
-    range needs smaller chunks runs the eager driver outside the graph."""
-    ct = dt.dtype
-    b, L, dim = dt.shape
-    _, A2t, Amax = _decay_terms(A, ct)
-    K = -(-L // CHUNK)
-    pad = K * CHUNK - L
-    dtp = F.pad(dt, (0, 0, 0, pad)).view(b, K, CHUNK, dim)
-    if K == 0 or not bool(_chunk_widths(dtp, nonneg_dt, Amax).amax() <= _MAX_EXPONENT):
-        return _scan_tokens_eager(dt, dtu, A, B, C, nonneg_dt)
-    Bc, Cc = (F.pad(t.to(ct), (0, 0, 0, 0, 0, pad)).view(b, K, CHUNK, *t.shape[2:]) for t in (B, C))
-    y, h = _scan_chunks(None, dtp, F.pad(dtu, (0, 0, 0, pad)).view(b, K, CHUNK, dim), A2t, Bc, Cc, None,
-                        _Workspace(False, ct, dt.device))
-    return y.reshape(b, K * CHUNK, dim)[:, :L], h.transpose(1, 2)
-
-
-@torch.compiler.disable
-def _scan_tokens_eager(dt, dtu, A, B, C, nonneg_dt):
-    return _scan_tokens_driver(dt, dtu, A, B, C, nonneg_dt, record_grad=True)
-
-
-def _scan_tokens_export(dt, dtu, A, B, C):
-    """The path taken under torch.export, whose graph cannot hold the closed form's data-dependent range check:
-    inside blocks of ``PAIR_BLOCK`` tokens ``h_t = e^{A c_t} h_0 + sum_{s<=t} e^{A (c_t - c_s)} dt_s u_s B_s``
-    (``c`` the cumulative dt from the block start) with every exponent the true decay between two tokens, so it
-    overflows only where the recurrence itself does, whatever the input's scale; the blocks are carried in log
-    depth. No Python branch on values; ``PAIR_BLOCK`` times the closed form's memory."""
-    ct = dt.dtype
-    b, L, dim = dt.shape
-    p = PAIR_BLOCK
-    m = -(-L // p)
-    if m == 0:
-        return dt.new_zeros(b, 0, dim), dt.new_zeros(b, dim, A.shape[1])
-    pad = m * p - L  # dt = 0 and zero input leave the state unchanged
-    dtk, dtuk = (F.pad(t, (0, 0, 0, pad)).view(b, m, p, dim) for t in (dt, dtu))
-    Bk, Ck = (F.pad(t.to(ct), (0, 0, 0, 0, 0, pad)).view(b, m, p, *t.shape[2:]) for t in (B, C))  # (b, m, p, G, N)
-    rep = dim // Bk.shape[3]
-    At = A.to(ct).t()  # (N, D)
-    cum = dtk.cumsum(2)
-    causal = torch.ones(p, p, dtype=torch.bool, device=dt.device).tril()[:, :, None]  # (t, s, 1): s <= t
-    diff = (cum[:, :, :, None] - cum[:, :, None]).masked_fill(~causal, 0.0)  # (b, m, t, s, D): c_t - c_s
-    decay = torch.exp(diff[:, :, :, :, None] * At).masked_fill(~causal[..., None], 0.0)  # (b, m, t, s, N, D)
-    Bd = Bk.transpose(3, 4).repeat_interleave(rep, dim=4)  # (b, m, p, N, D): channel d reads group d // rep
-    Cd = Ck.transpose(3, 4).repeat_interleave(rep, dim=4)
-    hz = torch.einsum("bmtsnd,bmsnd->bmtnd", decay, dtuk[:, :, :, None] * Bd)  # states from a zero block start
-    from_start = torch.exp(cum[:, :, :, None] * At)  # (b, m, p, N, D): e^{A c_t}
-    h_in, h = _carry_doubling(from_start[:, :, -1], hz[:, :, -1])
-    y = ((hz + from_start * h_in[:, :, None]) * Cd).sum(3)
-    return y.reshape(b, m * p, dim)[:, :L], h.transpose(1, 2)
-
-
-def _scan_tokens(dt, dtu, A, B, C, nonneg_dt, record_grad, out=None):
-    """The chunked scan, token-major. dt, dtu contiguous ``(b, L, D)``; A ``(D, N)``; B, C ``(b, L, G, N)``.
-
-    Returns y ``(b, L, D)`` (contiguous, without the D skip and the gate) and the last state ``(b, D, N)``.
-    ``nonneg_dt`` (softplus was applied) spares an ``abs``; ``record_grad`` selects the autograd-safe path
-    (out-of-place ops) over the no-grad one (reused buffers, results written in place); there, ``out`` (which may
-    be dt itself) receives y.
-    """
-    if _EXPORT_PATH[0] or torch.compiler.is_exporting():
-        return _scan_tokens_export(dt, dtu, A, B, C)
-    if _TRACED_PATH[0] or torch.compiler.is_compiling():
-        return _scan_tokens_traced(dt, dtu, A, B, C, nonneg_dt)
-    return _scan_tokens_driver(dt, dtu, A, B, C, nonneg_dt, record_grad, out)
-
-
-def _scan_tokens_driver(dt, dtu, A, B, C, nonneg_dt, record_grad, out=None):
-    """Eager driver: groups of chunks in closed form, chunks too wide for it halved (see _scan_tokens)."""
-    ct = dt.dtype
-    b, L, dim = dt.shape
-    n = A.shape[1]
-    Af, A2t, Amax = _decay_terms(A, ct)
-    Bc, Cc = B.to(ct).contiguous(), C.to(ct).contiguous()  # small (b, L, G, N): token rows for the chunk views
-    ws = _Workspace(not record_grad, ct, dt.device)
-    # ``out`` may be dt itself: every read of dt[:, a:c] (range check, cumulative sums) precedes the write of
-    # y[:, a:c], and later chunks only read later tokens
-    y = out if out is not None or record_grad else torch.empty(b, L, dim, dtype=ct, device=dt.device)
-    ys = []
-    group = max(1, min(GROUP, _GROUP_ELEMS // max(1, b * CHUNK * n * dim)))
-
-    def span(h, s, e, q):
-        """Scan tokens [s, e) in chunks of q (q divides e - s); a chunk whose decay range would overflow the
-        closed form is rescanned in halves, down to single exact steps."""
-        K = (e - s) // q
-        width = _chunk_widths(dt[:, s:e].view(b, K, q, dim), nonneg_dt, Amax)
-        ok = (width.amax((0, 2)) <= _MAX_EXPONENT).tolist()  # False for NaN/inf: the exact path
-        k = 0
-        while k < K:
-            a = s + k * q
-            if not ok[k]:
-                if q > 1:
-                    h = span(h, a, a + q // 2 * 2, q // 2)
-                    if q % 2:
-                        h = span(h, a + q - 1, a + q, 1)
-                else:
-                    one = slice(a, a + 1)
-                    yk, h = _scan_exact(h, dt[:, one], dtu[:, one], Af, Bc[:, one], Cc[:, one])
-                    if y is None:
-                        ys.append(yk)
-                    else:
-                        y[:, one] = yk
-                k += 1
-                continue
-            j = k + 1
-            while j < K and j - k < group and ok[j]:
-                j += 1
-            c = s + j * q
-            chunk = (b, j - k, q)
-            yk, h = _scan_chunks(h, dt[:, a:c].view(*chunk, dim), dtu[:, a:c].view(*chunk, dim), A2t,
-                                 Bc[:, a:c].view(*chunk, *Bc.shape[2:]), Cc[:, a:c].view(*chunk, *Cc.shape[2:]),
-                                 None if y is None else y[:, a:c].view(*chunk, dim), ws)
-            if y is None:
-                ys.append(yk.reshape(b, c - a, dim))
-            k = j
-        return h
-
-    h = dt.new_zeros(b, n, dim)
-    full = L // CHUNK * CHUNK
-    if full:
-        h = span(h, 0, full, CHUNK)
-    if L > full:
-        h = span(h, full, L, L - full)
-    if y is None:
-        y = torch.cat(ys, dim=1) if ys else dt.new_zeros(b, 0, dim)
-    return y, h.transpose(1, 2)
-
-
-def _token_major(x, ct, channel_last):
-    """A fresh contiguous ``(b, L, D)`` copy of x in dtype ct (ours to update in place)."""
-    if not channel_last:
-        return _swap_last(x.to(ct))
-    out = torch.empty(x.shape, dtype=ct, device=x.device)
-    return out.copy_(x)
+_scan_fallback_eager = torch.compiler.disable(_scan_fallback)
 
 
 def _run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, channel_last):
-    """Both layouts: the scan runs token-major. With autograd recording, dt and dt*u are formed in the caller's
-    layout and transposed (out of place); without, they are formed in place on token-major copies and the
-    whole-sequence temporaries are freed early (fewer fresh pages: the page faults of multi-megabyte temporaries
-    cost as much as the arithmetic on CPU)."""
+    """Both layouts. On CPU outside torch.compile: the sequential scan of ``_scan_seq.py`` (time-major), with its
+    hand-written backward when autograd records, else in place on our own time-major copies (dt's buffer takes
+    dt*u, then y). While torch.compile traces, and off CPU: the chunked closed form of ``_scan_chunked.py``; under
+    torch.export its branch-free variant (``scan_tokens_export``)."""
     ct = _compute_dtype(u)
     if u.shape[0] == 0:  # an empty batch: nothing to scan (the chunk drivers assume b >= 1)
         y = torch.zeros(u.shape, dtype=ct, device=u.device)
@@ -478,19 +233,30 @@ def _run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, channel_last):
     cdim = 2 if channel_last else 1
     if B.dim() == 3:
         B, C = B.unsqueeze(cdim), C.unsqueeze(cdim)
-    if not channel_last:
+    if not channel_last:  # token rows (b, L, G, N)
         B, C = B.permute(0, 3, 1, 2), C.permute(0, 3, 1, 2)
+    exporting = _EXPORT_PATH[0] or torch.compiler.is_exporting()
+    if exporting or _TRACED_PATH[0] or torch.compiler.is_compiling() or u.device.type != "cpu":
+        dt = _dt(delta, delta_bias, delta_softplus, ct, cdim)
+        dtu = dt * u.to(ct)
+        swap = (lambda t: t.contiguous()) if channel_last else (lambda t: t.transpose(1, 2).contiguous())
+        if exporting:  # no branch on values in an exported graph
+            y, h = scan_tokens_export(swap(dt), swap(dtu), A, B, C)
+        else:
+            y, h = scan_tokens(swap(dt), swap(dtu), A, B, C, delta_softplus, _scan_fallback_eager)
+        return _finish(y if channel_last else y.transpose(1, 2), u, D, z, ct, cdim), h
+    Bt, Ct = (t.transpose(0, 1).to(ct).contiguous() for t in (B, C))  # (L, b, G, N)
+    At = A.to(ct).t()[None]  # (1, N, D)
     if record_grad:
         dt = _dt(delta, delta_bias, delta_softplus, ct, cdim)
         dtu = dt * u.to(ct)
-        swap = (lambda t: t.contiguous()) if channel_last else _swap_last
-        y, h = _scan_tokens(swap(dt), swap(dtu), A, B, C, delta_softplus, record_grad)
-        return _finish(y if channel_last else _swap_last(y), u, D, z, ct, cdim), h
-    dt = _dt(_token_major(delta, ct, channel_last), delta_bias, delta_softplus, ct, 2, inplace=True)
-    dtu = _token_major(u, ct, channel_last).mul_(dt)
-    y, h = _scan_tokens(dt, dtu, A, B, C, delta_softplus, record_grad, out=dt)  # y overwrites dt in place
+        y, h = SequentialScan.apply(_time_major(dt, channel_last), _time_major(dtu, channel_last), At, Bt, Ct)
+        return _finish(_from_time_major(y, channel_last), u, D, z, ct, cdim), h.transpose(1, 2)
+    dt = _dt(_time_major(delta, channel_last, ct), delta_bias, delta_softplus, ct, 2, inplace=True)
+    dtu = _time_major(u, channel_last, ct).mul_(dt)
+    y, h = scan(dt, dtu, At, Bt, Ct, y=dtu)  # y overwrites dt*u
     del dt, dtu
-    return _finish(y if channel_last else _swap_last(y), u, D, z, ct, cdim, inplace=True), h
+    return _finish(_from_time_major(y, channel_last), u, D, z, ct, cdim, inplace=True), h.transpose(1, 2)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

@@ -11,7 +11,7 @@ import torch
 
 from glsmamba.verify.tolerances import FWD, GRAD_FACTOR, Tol, compare, error_stats, tol
 
-__all__ = ["FWD", "GRAD_FACTOR", "Tol", "assert_close", "error_stats", "tol"]
+__all__ = ["FWD", "GRAD_FACTOR", "Tol", "assert_close", "assert_same_special_values", "error_stats", "tol"]
 
 
 def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, dtype: torch.dtype | None = None,
@@ -25,6 +25,27 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, dtype: torch.d
     result = compare(ref, out, dtype, kind)
     if not result.passed:
         raise AssertionError(result.message(name, kind, dtype))
+
+
+def assert_same_special_values(name: str, ref: torch.Tensor, out: torch.Tensor, dtype: torch.dtype | None = None,
+                               kind: str = "fwd", exact: bool = True) -> None:
+    """Where NaN and inf reach: ``out`` is NaN / +inf / -inf exactly where ``ref`` is (``exact``), or at least
+    non-finite exactly where ``ref`` is (``exact=False``: the kind of non-finite value may differ where two
+    implementations multiply the same factors in another order); the finite entries agree as :func:`assert_close`."""
+    ref, out = ref.detach().cpu(), out.detach().cpu()
+    if ref.shape != out.shape:
+        raise AssertionError(f"{name}: shape {tuple(out.shape)} != reference shape {tuple(ref.shape)}")
+    tests = {"non-finite": lambda t: ~torch.isfinite(t)}
+    if exact:
+        tests = {"NaN": torch.isnan, "+inf": torch.isposinf, "-inf": torch.isneginf}
+    for what, f in tests.items():
+        a, b = f(ref), f(out)
+        if not torch.equal(a, b):
+            idx = (a != b).nonzero()[0].tolist()
+            raise AssertionError(f"{name}: {what} at {int(b.sum())} entries, reference at {int(a.sum())}; first "
+                                 f"difference at {idx}: out={out[tuple(idx)].item()} ref={ref[tuple(idx)].item()}")
+    finite = torch.isfinite(ref)
+    assert_close(name, ref[finite], out[finite], dtype or out.dtype, kind)
 
 
 # Streaming inference with the encoder-feature cache vs batched clips (the same crops, the encoder run per frame

@@ -170,6 +170,18 @@ def test_cpu_memory_guard_records_predicted_oom(tmp_path, monkeypatch):
     assert all(r["note"].startswith("predicted") for r in rows)
 
 
+def test_cpu_memory_guard_scales_the_last_measured_point(tmp_path, monkeypatch):
+    """Without a memory model the guard scales the last measured point (4x the tokens: 4x its MiB)."""
+    monkeypatch.setattr(sweep, "cpu_available_bytes", lambda: 2 * 30 * 2**20)  # half of it: 30 MiB
+    monkeypatch.setattr(sweep, "measure_memory", lambda fn, dev: (fn(), (100.0, 10.0, "cpu_peak_rss"))[1])
+    s = _sweep(tmp_path, ["--modes", "fwd", "--hw", "4x3", "8x6", "16x12"])
+    s.targets = [Target("net", "", ("reference",), lambda shape, *a: Case(lambda: None, []))]
+    s.run()
+    rows = harness.read_rows(s.csv)
+    assert [(int(r["tokens"]), r["status"]) for r in rows] == [(12, "ok"), (48, "oom"), (192, "oom")]
+    assert rows[1]["note"].startswith("predicted") and rows[2]["note"].startswith("not run: out of memory")
+
+
 def test_measurement_row_fields(tmp_path):
     calls = []
 

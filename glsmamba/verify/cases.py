@@ -239,11 +239,18 @@ def _clip_label(s: Sizes) -> str:
     return f"B={s.batch} THW={s.frames}x{s.height}x{s.width} C={s.channels}"
 
 
-def _selective_scan_case(channel_last: bool, grouped: bool, with_z: bool) -> Callable[..., Inputs]:
+def _selective_scan_case(channel_last: bool, grouped: bool, with_z: bool,
+                         large_delta: bool = False) -> Callable[..., Inputs]:
     def build(s: Sizes, dtype, device, gen, init, dt_shift) -> Inputs:
         kw = selective_scan_inputs(batch=s.batch, dim=s.channels, length=s.seqlen, dstate=s.dstate,
                                    groups=2 if grouped else 1, dtype=dtype, device=device, generator=gen,
                                    channel_last=channel_last, has_z=with_z, dt_shift=dt_shift, init=init)
+        if large_delta:  # delta in (10, 20) (softplus != identity in fp32), some 25 and 100 (past its threshold)
+            big = _rand(gen, *kw["delta"].shape) * 10 + 10
+            big.view(-1)[::7] = 25.0
+            big.view(-1)[3::11] = 100.0
+            kw["delta"] = big.to(device=device, dtype=dtype)
+            kw["A"] = kw["A"] * 0.005  # decays that keep memory over a few tokens at dt ~ 15
         return {**kw, "delta_softplus": True, "return_last_state": with_z}
 
     return build
@@ -284,6 +291,8 @@ def _make_cases() -> dict[tuple[str, str], OpCase]:
         OpCase("selective_scan", "plain", SSM_GRADS, _selective_scan_case(False, False, False), _ssm_label),
         OpCase("selective_scan", "grouped-z-last", SSM_GRADS + ("z",), _selective_scan_case(False, True, True),
                lambda s: _ssm_label(s) + " G=2 z last_state"),
+        OpCase("selective_scan", "large-delta", SSM_GRADS, _selective_scan_case(False, False, False, True),
+               lambda s: _ssm_label(s) + " delta 10..100"),
         OpCase("selective_scan_channel_last", "plain", SSM_GRADS, _selective_scan_case(True, False, False),
                _ssm_label),
         OpCase("selective_scan_channel_last", "z-last", SSM_GRADS + ("z",), _selective_scan_case(True, False, True),
@@ -308,7 +317,8 @@ OP_CASES: dict[tuple[str, str], OpCase] = _make_cases()
 OP_NAMES: tuple[str, ...] = tuple(dict.fromkeys(op for op, _ in OP_CASES))
 
 VERIFY_CASES: tuple[tuple[str, str], ...] = (
-    ("selective_scan", "plain"), ("selective_scan", "grouped-z-last"), ("selective_scan_channel_last", "z-last"),
+    ("selective_scan", "plain"), ("selective_scan", "grouped-z-last"), ("selective_scan", "large-delta"),
+    ("selective_scan_channel_last", "z-last"),
     ("space_time_scan", "sts6d"), ("space_time_merge", "sts6d"),
     ("ordered_selective_scan", "sts6d"), ("ordered_selective_scan", "wsts"),
     ("deformable_aggregate", "spatial"), ("deformable_aggregate", "temporal"),

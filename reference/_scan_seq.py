@@ -1,0 +1,213 @@
+"""The CPU fast path of the reference scans: the recurrence itself, one fused op per token over every row at once.
+
+Time-major layout: per-token tensors ``(L, R, D)`` (R rows: batch rows, or scan directions x batch rows), B and C
+``(L, R, G, N)`` (channel d reads group ``d // (D // G)``), states ``(R, N, D)``. For every row, state and channel::
+
+    a_t = exp2(dt_t * A2)            A2 = A * log2(e): the oracle's exp(dt_t * A)
+    h_t = a_t * h_{t-1} + dtu_t B_t  dtu = dt * u, h_{-1} = h0 (zero)
+    y_t = sum_n C_t[n] h_t[n]
+
+in the oracle's order of operations (``selective_scan_recurrent``): no closed form mixes tokens, so the values
+agree to rounding and a NaN or inf reaches exactly the outputs and gradients it reaches in the oracle. With many
+rows (the directions of an ordered scan) each token is four in-place ops on the one ``(R, N, D)`` state, which
+stays in cache; with few, per block of up to ``BLOCK`` tokens the exponentials, the input terms ``dtu_t B_t`` and
+the contraction with C are single batched ops over ``(tokens, R, N, D)`` and the sequential part is one
+``addcmul`` per token. One exponential per (token, state, channel) is the least work the recurrence needs (the
+chunked closed form in ``_scan_chunked.py`` spends two, plus prefix sums); ``bench/bench_reference_speed.py``
+measures both.
+
+Autograd: :class:`SequentialScan` keeps only the state at each block start; its backward recomputes a block's
+decays and states from there and steps the adjoint recurrence ``g_t = C_t gy_t + a_{t+1} g_{t+1}`` backwards
+(the gradient of h_t), giving ``d(dtu)_t = sum_n g_t B_t``, ``dB_t = sum_d g_t dtu_t``, ``dC_t = sum_d gy_t h_t``
+and, through ``p_t = g_t h_{t-1} a_t``, ``d(dt)_t = sum_n p_t A`` and ``dA = sum_t p_t dt_t`` (the oracle's
+autograd graph, term by term).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Tokens per block of batched work (the buffers hold BLOCK x R x N x D elements), and between the states the
+# autograd path keeps for its backward.
+BLOCK = 16
+# Fewer tokens per block when R*N*D is large: keep a block's buffers near the L2/L3 cache.
+_BLOCK_ELEMS = 1 << 20
+# From this many state elements (rows x N x D) on, the forward steps each token in place (see Stepper).
+_STEP_ELEMS = 1 << 15
+_LOG2E = 1.0 / math.log(2.0)
+
+
+def block_size(rows: int, dstate: int, dim: int) -> int:
+    return max(1, min(BLOCK, _BLOCK_ELEMS // max(1, rows * dstate * dim)))
+
+
+def outer(v: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[t, r, n, d] = v[t, r, d] * w[t, r, g(d), n]``: v ``(m, R, D)``, w ``(m, R, G, N)`` -> ``(m, R, N, D)``."""
+    m, R, D = v.shape
+    G, N = w.shape[2:]
+    if G == 1:
+        return torch.mul(v[:, :, None, :], w[:, :, 0, :, None], out=out)
+    rep = D // G
+    torch.mul(v.view(m, R, 1, G, rep), w.transpose(2, 3)[..., None], out=out.view(m, R, N, G, rep))
+    return out
+
+
+def contract_n(w: torch.Tensor, S: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_n w[t, r, g(d), n] * S[t, r, n, d]``: w ``(m, R, G, N)``, S ``(m, R, N, D)`` -> ``(m, R, D)``."""
+    m, R, N, D = S.shape
+    G = w.shape[2]
+    if G == 1:  # one (1 x N) @ (N x D) product per token and row
+        y = torch.bmm(w.reshape(m * R, 1, N), S.view(m * R, N, D),
+                      out=None if out is None else out.view(m * R, 1, D))
+        return y.view(m, R, D)
+    rep = D // G
+    prod = S.view(m, R, N, G, rep) * w.transpose(2, 3)[..., None]
+    return torch.sum(prod, 2, out=None if out is None else out.view(m, R, G, rep)).view(m, R, D)
+
+
+def contract_d(S: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``sum_{d in group g} S[t, r, n, d] * v[t, r, d]``: S ``(m, R, N, D)``, v ``(m, R, D)`` -> ``(m, R, G, N)``
+    (G from the caller's B/C: this returns G = 1 unless ``v`` is given as ``(m, R, G, D // G)``)."""
+    m, R, N, D = S.shape
+    if v.dim() == 3:
+        return torch.bmm(S.view(m * R, N, D), v.reshape(m * R, D, 1)).view(m, R, 1, N)
+    G, rep = v.shape[2:]
+    return (S.view(m, R, N, G, rep) * v[:, :, None]).sum(-1).transpose(2, 3)
+
+
+def block_states(h: torch.Tensor, dt: torch.Tensor, dtu: torch.Tensor, A2: torch.Tensor, Bm: torch.Tensor,
+                 a_buf: torch.Tensor, h_buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decays ``a (m, R, N, D)`` and states ``H (m, R, N, D)`` of one block of m tokens, into the buffers.
+
+    ``h (R, N, D)`` is the state before the block (read only; it may live in another buffer).
+    """
+    m = dt.shape[0]
+    a = torch.mul(dt[:, :, None, :], A2, out=a_buf[:m]).exp2_()
+    H = outer(dtu, Bm, h_buf[:m])
+    for t in range(m):
+        h = H[t].addcmul_(a[t], h)  # h_t = dtu_t B_t + a_t h_{t-1}
+    return a, H
+
+
+class Stepper:
+    """Steps the recurrence block by block without autograd; holds the state and reusable buffers.
+
+    ``step`` takes one block's ``dt, dtu (m, R, D)``, ``Bm, Cm (m, R, G, N)`` and writes ``y (m, R, D)``. With at
+    least ``_STEP_ELEMS`` state elements (and G = 1) every token is done in place on the one state tensor -- decay,
+    input term and output contraction (four ops per token, all on cache-resident ``(R, N, D)`` tensors); with fewer,
+    a block's decays and states go through ``(block, R, N, D)`` buffers (fewer, larger ops).
+    """
+
+    def __init__(self, rows: int, dstate: int, dim: int, dtype: torch.dtype, device: torch.device,
+                 block: int | None = None, groups: int = 1):
+        self.block = block or block_size(rows, dstate, dim)
+        kw = dict(dtype=dtype, device=device)
+        self.h = torch.zeros(rows, dstate, dim, **kw)
+        self.per_token = groups == 1 and rows * dstate * dim >= _STEP_ELEMS
+        if self.per_token:
+            self._a = torch.empty(rows, dstate, dim, **kw)
+            return
+        self._a = torch.empty(self.block, rows, dstate, dim, **kw)
+        self._H = (torch.empty(self.block, rows, dstate, dim, **kw), torch.empty(self.block, rows, dstate, dim, **kw))
+        self._i = 0
+
+    def step(self, dt, dtu, A2, Bm, Cm, y):
+        if self.per_token:
+            h, a = self.h, self._a
+            m, R, D = dt.shape
+            per_token = zip(dt.view(m, R, 1, D).unbind(0), dtu.view(m, R, 1, D).unbind(0),
+                            Bm.transpose(2, 3).unbind(0), Cm.unbind(0), y.view(m, R, 1, D).unbind(0), strict=True)
+            for dt_t, dtu_t, B_t, C_t, y_t in per_token:  # (R, 1, D), (R, 1, D), (R, N, 1), (R, 1, N), (R, 1, D)
+                torch.mul(dt_t, A2, out=a).exp2_()
+                h.mul_(a).addcmul_(dtu_t, B_t)  # a_t h_{t-1} + dtu_t B_t
+                torch.bmm(C_t, h, out=y_t)
+            return y
+        _, H = block_states(self.h, dt, dtu, A2, Bm, self._a, self._H[self._i])
+        contract_n(Cm, H, y)
+        self.h = H[-1]  # the other buffer is written next: this state stays valid for one more block
+        self._i ^= 1
+        return y
+
+    def scan(self, dt, dtu, A2, Bm, Cm, y, states: torch.Tensor | None = None):
+        """The whole sequence ``(L, R, ...)``; ``states[i]`` (if given) receives the state entering token
+        ``i * BLOCK`` (the checkpoints of the backward)."""
+        L, q = dt.shape[0], (BLOCK if states is not None else self.block)
+        for i, s in enumerate(range(0, L, q)):
+            if states is not None:
+                states[i].copy_(self.h)
+            for a in range(s, min(L, s + q), self.block):
+                e = min(L, s + q, a + self.block)
+                self.step(dt[a:e], dtu[a:e], A2, Bm[a:e], Cm[a:e], y[a:e])
+        return y, self.h.clone()
+
+
+def scan(dt, dtu, A, Bm, Cm, y=None):
+    """No-grad scan of time-major inputs (ct dtype): returns ``(y (L, R, D), last state (R, N, D))``.
+
+    ``y`` may be ``dtu`` itself (each block reads its dtu before writing its y)."""
+    L, R, D = dt.shape
+    N = Bm.shape[-1]
+    if y is None:
+        y = torch.empty(L, R, D, dtype=dt.dtype, device=dt.device)
+    return Stepper(R, N, D, dt.dtype, dt.device, groups=Bm.shape[2]).scan(dt, dtu, A * _LOG2E, Bm, Cm, y)
+
+
+class SequentialScan(torch.autograd.Function):
+    """``(y, h_last) = scan(dt, dtu, A, Bm, Cm)`` with the hand-written backward of the module docstring.
+
+    dt, dtu ``(L, R, D)``; A ``(R, N, D)`` or ``(1, N, D)`` (natural, not scaled); Bm, Cm ``(L, R, G, N)``;
+    all in the compute dtype. Returns y ``(L, R, D)`` and the last state ``(R, N, D)``.
+    """
+
+    @staticmethod
+    def forward(ctx, dt, dtu, A, Bm, Cm):
+        L, R, D = dt.shape
+        N = Bm.shape[-1]
+        stepper = Stepper(R, N, D, dt.dtype, dt.device, groups=Bm.shape[2])
+        states = torch.empty(-(-L // BLOCK), R, N, D, dtype=dt.dtype, device=dt.device)  # one per BLOCK tokens
+        y = torch.empty(L, R, D, dtype=dt.dtype, device=dt.device)
+        y, h = stepper.scan(dt, dtu, A * _LOG2E, Bm, Cm, y, states)
+        ctx.save_for_backward(dt, dtu, A, Bm, Cm, states)
+        return y, h
+
+    @staticmethod
+    def backward(ctx, gy, gh):
+        dt, dtu, A, Bm, Cm, states = ctx.saved_tensors
+        L, R, D = dt.shape
+        G, N = Bm.shape[2:]
+        q = BLOCK
+        kw = dict(dtype=dt.dtype, device=dt.device)
+        if gy is None:
+            gy = torch.zeros(L, R, D, **kw)
+        A2 = A * _LOG2E
+        gdt, gdtu = torch.empty_like(dt), torch.empty_like(dtu)
+        gB, gC = torch.empty(Bm.shape, **kw), torch.empty(Cm.shape, **kw)
+        gA = torch.zeros(R, N, D, **kw)
+        gcarry = torch.zeros(R, N, D, **kw) if gh is None else gh.to(dt.dtype).clone()  # dL/dh_{e-1} from later
+        a_buf, h_buf, g_buf = (torch.empty(q, R, N, D, **kw) for _ in range(3))
+        grouped = (lambda v: v) if G == 1 else (lambda v: v.view(v.shape[0], R, G, D // G))
+        for i in reversed(range(-(-L // q))):
+            s, e = i * q, min(L, (i + 1) * q)
+            m = e - s
+            hprev = states[i]
+            a, H = block_states(hprev, dt[s:e], dtu[s:e], A2, Bm[s:e], a_buf, h_buf)
+            gC[s:e] = contract_d(H, grouped(gy[s:e]))
+            Gh = outer(gy[s:e], Cm[s:e], g_buf[:m])  # C_t gy_t, then the adjoint recurrence
+            Gh[m - 1].add_(gcarry)
+            for t in range(m - 2, -1, -1):
+                Gh[t].addcmul_(a[t + 1], Gh[t + 1])
+            gcarry = a[0] * Gh[0]
+            contract_n(Bm[s:e], Gh, gdtu[s:e])
+            gB[s:e] = contract_d(Gh, grouped(dtu[s:e]))
+            P = Gh  # p_t = g_t h_{t-1} a_t: the gradient of the exponent dt_t * A
+            P[0].mul_(hprev)
+            if m > 1:
+                P[1:].mul_(H[:-1])
+            P.mul_(a)
+            gA.add_(torch.mul(P, dt[s:e, :, None, :], out=a_buf[:m]).sum(0))
+            torch.sum(P.mul_(A), 2, out=gdt[s:e])
+        if A.shape[0] != R:
+            gA = gA.sum(0, keepdim=True)
+        return gdt, gdtu, gA, gB, gC

@@ -1,0 +1,178 @@
+"""The reference fast paths against the oracles they replace (docs/design.md 3.5), values and every gradient.
+
+* ``ordered_selective_scan`` (one sequential scan over all directions, inputs read through an index table) against
+  ``ordered_selective_scan_unfused`` (K permuted copies, one selective scan each, un-permuted and summed);
+* ``deformable_aggregate`` (batched bilinear weights, one ``embedding_bag`` per tap) against
+  ``deformable_aggregate_gathers`` (four explicit gathers per tap).
+
+NaN/inf reach and large deltas: ``tests/test_special_values.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from glsmamba.reference.deformable import (
+    SPATIAL_TAPS,
+    TEMPORAL_TAPS,
+    deformable_aggregate,
+    deformable_aggregate_gathers,
+)
+from glsmamba.reference.ordered_scan import ordered_selective_scan, ordered_selective_scan_unfused
+from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
+from tests import test_deformable, test_ordered_scan
+from tests.harness import assert_close
+from tests.test_special_values import stepper_mode  # noqa: F401  (fixture: both ways the scan steps)
+
+SHARED = ("delta", "B", "C")
+
+
+def _ordered_setup(case):
+    """(shape, orders, reset, groups) for a named case."""
+    if case in ("sts6d", "sts6d-per-direction"):
+        shape = (2, 3, 5)
+        return shape, scan_orders(shape, STS6D), None, (0, 1, 2, 0, 1, 2)
+    if case == "windows":  # border windows: segments of several lengths
+        shape = (2, 7, 5)
+        orders, reset = window_orders(shape, (3, 2))
+        return shape, orders, reset, (0, 0)
+    if case == "windows-rev-groups":
+        shape = (3, 5, 2)
+        orders, reset = window_orders(shape, (2, 2))
+        return shape, orders, reset, (1, 0)
+    shape = (2, 3, 5)  # "mixed": two orders of different types, one group
+    return shape, scan_orders(shape, ["temporal", "unified_rev"]), None, (0, 0)
+
+
+def _ordered_call(fn, inp, shared, orders, reset, groups, grads, softplus=True):
+    """Run ``fn`` with delta/B/C (``shared``) given as zero-stride views of one natural-order tensor, the way the
+    model passes them. Returns (out, {name: grad of the leaves})."""
+    K = orders.shape[0]
+    leaves = {k: None if v is None else (v[:, :1] if k in shared else v).detach().clone().requires_grad_(grads)
+              for k, v in inp.items()}
+    args = {k: v.expand(v.shape[0], K, *v.shape[2:]) if k in shared else v for k, v in leaves.items()}
+    out = fn(**args, orders=orders, groups=groups, reset=reset, delta_softplus=softplus)
+    if not grads:
+        return out, {}
+    dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(out.dtype)
+    names = [k for k, v in leaves.items() if v is not None]
+    return out, dict(zip(names, torch.autograd.grad(out, [leaves[k] for k in names], dy), strict=True))
+
+
+@pytest.mark.usefixtures("stepper_mode")
+@pytest.mark.parametrize("case", ["sts6d", "sts6d-per-direction", "windows", "windows-rev-groups", "mixed"])
+def test_ordered_fast_path_matches_unfused(case):
+    shape, orders, reset, groups = _ordered_setup(case)
+    K = orders.shape[0]
+    inp = test_ordered_scan.make_inputs(K, B=2, shape=shape, C=5, N=3, has_D=case != "mixed",
+                                        has_bias=case != "windows")
+    shared = () if case == "sts6d-per-direction" else SHARED
+    softplus = case != "mixed"
+    if not softplus:
+        inp["delta"] = inp["delta"].abs()
+    want, want_g = _ordered_call(ordered_selective_scan_unfused, inp, shared, orders, reset, groups, True, softplus)
+    got, got_g = _ordered_call(ordered_selective_scan, inp, shared, orders, reset, groups, True, softplus)
+    assert_close("out", want, got, torch.float32)
+    for k in want_g:
+        assert_close(f"d{k}", want_g[k], got_g[k], torch.float32, "grad")
+    with torch.no_grad():
+        fast, _ = _ordered_call(ordered_selective_scan, inp, shared, orders, reset, groups, False, softplus)
+    assert_close("out (no grad)", want, fast, torch.float32)
+
+
+@pytest.mark.usefixtures("stepper_mode")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=["fp64", "bf16", "fp16"])
+def test_ordered_fast_path_dtypes(dtype):
+    """float64 stays float64; low precision in, fp32 inside, the result in x's dtype."""
+    shape, orders, reset, groups = _ordered_setup("windows")
+    params = ("A", "D", "delta_bias") if dtype != torch.float64 else ()  # float32 parameters with fp16/bf16 tokens
+    inp = {k: None if v is None else (v if k in params else v.to(dtype))
+           for k, v in test_ordered_scan.make_inputs(2, B=2, shape=shape, C=4, N=2).items()}
+    want, want_g = _ordered_call(ordered_selective_scan_unfused, inp, SHARED, orders, reset, groups, True)
+    for grads in (True, False):
+        with torch.set_grad_enabled(grads):
+            got, got_g = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, grads)
+        assert got.dtype == dtype
+        assert_close("out", want, got, dtype)
+        for k in got_g:
+            assert got_g[k].dtype == inp[k].dtype
+            assert_close(f"d{k}", want_g[k], got_g[k], dtype, "grad")
+
+
+class _LargestFloat32(TorchDispatchMode):
+    """Records the largest storage (in float32 elements) behind any float32 tensor an op returns (views such as a
+    zero-stride expand count as the storage they view)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                self.largest = max(self.largest, t.untyped_storage().nbytes() // 4)
+        return out
+
+
+@pytest.mark.parametrize("case", ["sts6d", "windows"])
+def test_ordered_fast_path_no_grad_forms_no_bklc_temporary(case):
+    """Without autograd nothing of Bsz*K*L*C fp32 elements is formed: the group sums are G*L*C (G < K here), the
+    scan's per-block buffers (block x rows x N x C) do not grow with L."""
+    shape = (3, 16, 12) if case == "sts6d" else (5, 16, 12)
+    orders = scan_orders(shape, STS6D) if case == "sts6d" else window_orders(shape, (4, 3))[0]
+    reset = None if case == "sts6d" else window_orders(shape, (4, 3))[1]
+    groups = (0, 1, 2, 0, 1, 2) if case == "sts6d" else (0, 0)
+    K, L, C = orders.shape[0], orders.shape[1], 32
+    inp = test_ordered_scan.make_inputs(K, B=1, shape=shape, C=C, N=4 if case == "sts6d" else 2)
+    inp = {k: v[:, :1].clone() if k in SHARED else v for k, v in inp.items()}  # (1, 1, L, .): no K-fold storage
+    mode = _LargestFloat32()
+    with torch.no_grad():
+        want, _ = _ordered_call(ordered_selective_scan_unfused, inp, SHARED, orders, reset, groups, False)
+        with mode:
+            got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, False)
+    assert_close("out", want, got, torch.float32)
+    assert 0 < mode.largest < K * L * C, (mode.largest, K * L * C)
+
+
+@pytest.mark.parametrize("taps", [SPATIAL_TAPS, TEMPORAL_TAPS], ids=["spatial", "temporal"])
+@pytest.mark.parametrize("kind", ["fractional", "integer", "far", "G1", "G3"])
+def test_deformable_fast_path_matches_gathers(taps, kind):
+    shape = (3, 4, 5)
+    G = {"G1": 1, "G3": 3}.get(kind, 2)
+    inp = test_deformable.make_inputs(B=2, shape=shape, C=6, G=G, taps=taps, off_scale=4.0 if kind == "far" else 1.5)
+    if kind == "integer":  # samples exactly on pixels: the zero-weight corners are read too, in both
+        inp["offsets"] = inp["offsets"].round()
+    got, want = {}, {}
+    for res, fn in ((got, deformable_aggregate), (want, deformable_aggregate_gathers)):
+        leaves = {k: v.clone().requires_grad_() for k, v in inp.items()}
+        res["out"] = fn(**leaves, taps=taps, shape=shape)
+        dy = torch.randn(res["out"].shape, generator=torch.Generator().manual_seed(3))
+        res.update(zip(leaves, torch.autograd.grad(res["out"], list(leaves.values()), dy), strict=True))
+    for k in want:
+        assert_close(k, want[k], got[k], torch.float32, "fwd" if k == "out" else "grad")
+    with torch.no_grad():
+        assert_close("out (no grad)", want["out"], deformable_aggregate(**inp, taps=taps, shape=shape), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
+def test_deformable_fast_path_dtypes(dtype):
+    shape = (2, 3, 4)
+    inp = {k: v.to(dtype) for k, v in test_deformable.make_inputs(B=1, shape=shape, C=4, G=2).items()}
+    want = deformable_aggregate_gathers(**inp, taps=SPATIAL_TAPS, shape=shape)
+    got = deformable_aggregate(**inp, taps=SPATIAL_TAPS, shape=shape)
+    assert got.dtype == dtype
+    assert_close("out", want, got, dtype)
+
+
+def test_deformable_nan_offsets_with_odd_width():
+    """A NaN offset is a NaN output for its (token, group), on both paths (its index used to be NaN.long())."""
+    shape = (2, 3, 3)
+    inp = test_deformable.make_inputs(B=1, shape=shape, C=4, G=2)
+    inp["offsets"][0, 4, 1, 2, 0] = float("nan")
+    for fn in (deformable_aggregate, deformable_aggregate_gathers):
+        out = fn(**inp, taps=SPATIAL_TAPS, shape=shape)
+        assert torch.isnan(out[0, 4, 2:]).all() and torch.isfinite(out[0, 4, :2]).all()
+        assert torch.isfinite(out[0, :4]).all() and torch.isfinite(out[0, 5:]).all()
