@@ -113,15 +113,38 @@ def test_triton_many_chunks(device, monkeypatch):
                          return_last_state=True)
 
 
-@pytest.mark.parametrize("seg_chunks", [1, 3])
-def test_triton_backward_final_pass_in_launch_groups(device, monkeypatch, seg_chunks):
-    """The final backward pass launched a group of chunks at a time (dB/dC partials per launch, reduced in
-    between): 1 and 3 of the 4 chunks per launch, groups G=2, with the last state's gradient."""
+@pytest.mark.parametrize("splits", [2, 3])
+def test_triton_backward_channel_ranges(device, monkeypatch, splits):
+    """The backward's channels of a group split into ranges run by separate programs (dB/dC per range, summed by
+    a second kernel in a fixed order): 2 and 3 ranges of the 3 channels per group, G=2, several chunks and a
+    forward tile shorter than the checkpoint spacing, with the last state's gradient."""
     import glsmamba.kernels.selective_scan as ks
-    monkeypatch.setattr(ks, "TILES_PER_CHUNK", 1)
-    monkeypatch.setattr(ks, "_BWD_SEG_CHUNKS", [seg_chunks])
-    check_against_oracle("triton", make_inputs(length=53, dim=4, dstate=2, groups=2, device=device), True,
+    monkeypatch.setattr(ks, "TILES_PER_CHUNK", 2)
+    monkeypatch.setattr(ks, "FWD_TILE", 8)
+    monkeypatch.setattr(ks, "BWD_SPLITS", splits)
+    check_against_oracle("triton", make_inputs(length=53, dim=6, dstate=2, groups=2, device=device), True,
                          return_last_state=True)
+
+
+def _grads(fn, inputs, seed=7):
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    out = fn(**leaves, delta_softplus=True)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.device)
+    names = [k for k in NAMES if leaves[k] is not None]
+    return torch.autograd.grad(out, [leaves[k] for k in names], dout.to(out.dtype)), names
+
+
+@pytest.mark.parametrize("channel_last", [False, True], ids=["channel-first", "channel-last"])
+def test_triton_backward_is_bit_identical_on_repeat(device, monkeypatch, channel_last):
+    """Every gradient is reduced in a fixed order (no atomics): two runs give the same bits. Several chunks and
+    channel ranges, so the chained adjoint and the second reductions are exercised."""
+    import glsmamba.kernels.selective_scan as ks
+    monkeypatch.setattr(ks, "BWD_SPLITS", 2)
+    fn = get_impl("selective_scan_channel_last" if channel_last else "selective_scan", "triton")
+    inputs = make_inputs(length=45, dim=4, dstate=4, groups=1, channel_last=channel_last, device=device)
+    (first, names), (second, _) = _grads(fn, inputs), _grads(fn, inputs)
+    for name, a, b in zip(names, first, second, strict=True):
+        assert torch.equal(a, b), f"d{name} differs between two identical runs"
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
@@ -386,5 +409,5 @@ def test_gpu_triton_matches_oracle_long(dtype, channel_last, monkeypatch):
                          channel_last=channel_last, dt_scale=0.3)
     inputs["delta"] = inputs["delta"] - 2.0  # realistic small steps: softplus(-2) ~ 0.13
     check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)
-    monkeypatch.setattr(ks, "_BWD_SEG_CHUNKS", [2])  # the final backward pass in launch groups (6 chunks: 3)
+    monkeypatch.setattr(ks, "BWD_SPLITS", 3)  # the backward's channels in 3 ranges (dB/dC partials summed after)
     check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)
