@@ -21,10 +21,11 @@ passes on from a zero start, and the adjoint it passes back) need no scan: they 
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
-from glsmamba.kernels._utils import record_build
+from glsmamba.kernels._utils import cdiv, interpreting, record_build
 
 record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
 
@@ -217,8 +218,10 @@ def load_steps(ptr, rows, off, lim, R: tl.constexpr, T: tl.constexpr, MASKED: tl
 def fwd_tile(u_ptr, dl_ptr, z_ptr, o_ptr, off, B_ptr, C_ptr, B_rows, C_rows, lim, s_Bn, s_Cn, mask, first, last, rst,
              A2s, hs, bias, Dv, NS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
              HAS_Z: tl.constexpr, HAS_RESET: tl.constexpr, MASKED: tl.constexpr, ACCUM: tl.constexpr,
-             PAIRS: tl.constexpr, FAST: tl.constexpr, GATHER: tl.constexpr = False):
-    """One forward tile: writes (or, with ACCUM, adds into) the output and returns the state after the tile.
+             PAIRS: tl.constexpr, FAST: tl.constexpr, GATHER: tl.constexpr = False, acc_on=None,
+             BC_PAD: tl.constexpr = False):
+    """One forward tile: writes (or, with ACCUM and ``acc_on``, adds into) the output and returns the state after
+    the tile. BC_PAD: B/C rows are padded to whole tiles (read unmasked even in a MASKED tile).
 
     ``u_ptr .. o_ptr`` share the offset tile ``off`` (see :func:`load_tile`); ``B_rows``/``C_rows`` ``[R, 1]`` are the offsets of each
     row's first step of the tile at n = 0 in B/C (row n at ``+ n * s_Bn``, ``lim`` valid steps); ``hs`` is the
@@ -239,8 +242,8 @@ def fwd_tile(u_ptr, dl_ptr, z_ptr, o_ptr, off, B_ptr, C_ptr, B_rows, C_rows, lim
         y = tl.zeros_like(u)
     new = ()
     for n in tl.static_range(NS):
-        Bn = load_steps(B_ptr, B_rows, n * s_Bn, lim, R, T, MASKED, PAIRS)
-        Cn = load_steps(C_ptr, C_rows, n * s_Cn, lim, R, T, MASKED, PAIRS)
+        Bn = load_steps(B_ptr, B_rows, n * s_Bn, lim, R, T, MASKED and not BC_PAD, PAIRS)
+        Cn = load_steps(C_ptr, C_rows, n * s_Cn, lim, R, T, MASKED and not BC_PAD, PAIRS)
         a = tl.exp2(dt * A2s[n][:, None])
         if HAS_RESET:
             a = tl.where(rst, 0.0, a)
@@ -252,8 +255,11 @@ def fwd_tile(u_ptr, dl_ptr, z_ptr, o_ptr, off, B_ptr, C_ptr, B_rows, C_rows, lim
     if HAS_Z:
         z = load_tile(z_ptr, off, lmask, MASKED, GATHER)
         y = y * z * sigmoid(z, FAST)
-    if ACCUM:
-        y += load_tile(o_ptr, off, lmask, MASKED, GATHER)
+    if ACCUM:  # a later direction of a group: add to what the earlier ones wrote (a masked, uniform read)
+        if GATHER:
+            y += load_tile(o_ptr, off, tl.where(acc_on, lim, 0), True, GATHER)
+        else:
+            y += load_tile(o_ptr, off, mask & acc_on, True, GATHER)
     store_tile(o_ptr, off, y, lmask, MASKED, GATHER)
     return new
 
@@ -261,7 +267,8 @@ def fwd_tile(u_ptr, dl_ptr, z_ptr, o_ptr, off, B_ptr, C_ptr, B_rows, C_rows, lim
 @triton.jit
 def summary_tile(dl_ptr, v1_ptr, v2_ptr, off, P_ptr, P_rows, s_Pn, mask, rst, A2s, acc, offs, bias,
                  NS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_V2: tl.constexpr, HAS_RESET: tl.constexpr,
-                 MASKED: tl.constexpr, FORWARD: tl.constexpr, FAST: tl.constexpr):
+                 MASKED: tl.constexpr, FORWARD: tl.constexpr, FAST: tl.constexpr, GATHER: tl.constexpr = False,
+                 lim=None):
     """One tile of a chunk summary, without a scan.
 
     FORWARD: the state a chunk passes on from a zero start, ``sum_s prod_{r > s} a_r * dt_s u_s B_s`` (v1 = u,
@@ -270,12 +277,15 @@ def summary_tile(dl_ptr, v1_ptr, v2_ptr, off, P_ptr, P_rows, s_Pn, mask, rst, A2
     C_s`` (v1 = dout, v2 = z when the output is gated, P = C), with ``offs`` the dt summed over the earlier tiles
     of the chunk. With resets, steps before the tile's last reset (forward) or from its first reset on
     (backward) contribute nothing. Returns (acc, offs + sum dt, any reset in the tile)."""
-    dt, _ = dt_tile(dl_ptr, off, mask, None, bias, SOFTPLUS, MASKED, FAST)
-    v = load_tile(v1_ptr, off, mask, MASKED)
+    lm = mask
+    if GATHER:
+        lm = lim
+    dt, _ = dt_tile(dl_ptr, off, mask, lim, bias, SOFTPLUS, MASKED, FAST, GATHER)
+    v = load_tile(v1_ptr, off, lm, MASKED, GATHER)
     if FORWARD:
         v = dt * v
     elif HAS_V2:
-        z = load_tile(v2_ptr, off, mask, MASKED)
+        z = load_tile(v2_ptr, off, lm, MASKED, GATHER)
         v = v * z * sigmoid(z, FAST)
     cum = tl.cumsum(dt, 1)
     tot = tl.sum(dt, 1)
@@ -310,17 +320,18 @@ def summary_tile(dl_ptr, v1_ptr, v2_ptr, off, P_ptr, P_rows, s_Pn, mask, rst, A2
 
 
 @triton.jit
-def scan_carry(loc_ptr, dsum_ptr, rst_ptr, A_ptr, init_ptr, out_ptr, NCHUNK, ROWS, NS, s_Ar, s_An, A_rows,
+def scan_carry(loc_ptr, dsum_ptr, rst_ptr, A_ptr, init_ptr, out_ptr, NCHUNK, ROWS, NS, s_Ar, s_An, DIRS,
                BLOCK: tl.constexpr, REVERSE: tl.constexpr, HAS_RESET: tl.constexpr, HAS_INIT: tl.constexpr):
     """Chain chunk summaries: ``out[c]`` = the state entering chunk c (REVERSE: the adjoint entering it from the
-    right). ``loc``/``out`` ``(P, NCHUNK, ROWS, NS)`` fp32, ``dsum`` ``(P, NCHUNK, ROWS)``, ``rst`` ``(P, NCHUNK)``
-    (a reset inside the chunk passes nothing on), A rows ``row % A_rows`` (A ``(A_rows, NS)``, scaled here)."""
+    right). ``loc``/``out`` ``(P, NCHUNK, ROWS, NS)`` fp32, ``dsum`` ``(P, NCHUNK, ROWS)``; sequence p uses A rows
+    ``(p % DIRS) * ROWS + row`` (A ``(DIRS * ROWS, NS)``, scaled here) and the reset flags ``rst[p % DIRS, c]``
+    (a reset inside chunk c passes nothing on)."""
     e = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)  # (row, n) flattened
     p = tl.program_id(1).to(tl.int64)
     m = e < ROWS * NS
     r = e // NS
     n = e % NS
-    A2 = tl.load(A_ptr + (r % A_rows) * s_Ar + n * s_An, mask=m, other=0.0).to(tl.float32) * LOG2E
+    A2 = tl.load(A_ptr + ((p % DIRS) * ROWS + r) * s_Ar + n * s_An, mask=m, other=0.0).to(tl.float32) * LOG2E
     if HAS_INIT:
         h = tl.load(init_ptr + p * ROWS * NS + e, mask=m, other=0.0).to(tl.float32)
     else:
@@ -334,31 +345,33 @@ def scan_carry(loc_ptr, dsum_ptr, rst_ptr, A_ptr, init_ptr, out_ptr, NCHUNK, ROW
         tl.store(out_ptr + o, h, mask=m)
         dec = tl.exp2(tl.load(dsum_ptr + (p * NCHUNK + c) * ROWS + r, mask=m, other=0.0) * A2)
         if HAS_RESET:
-            dec = tl.where(tl.load(rst_ptr + p * NCHUNK + c) != 0, 0.0, dec)
+            dec = tl.where(tl.load(rst_ptr + (p % DIRS) * NCHUNK + c) != 0, 0.0, dec)
         h = dec * h + tl.load(loc_ptr + o, mask=m, other=0.0)
 
 
 @triton.jit
 def sum_rows(src_ptr, dst_ptr, P, M, BLOCK: tl.constexpr):
-    """``dst[m] = sum_p src[p, m]`` in the fixed order p = 0, 1, ... (deterministic; fp32 accumulation)."""
+    """``dst[q, m] = sum_p src[q, p, m]`` in the fixed order p = 0, 1, ... (deterministic; fp32 accumulation;
+    q = program_id(1) batches independent sums)."""
     o = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    q = tl.program_id(1).to(tl.int64)
     m = o < M
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for p in range(P):
-        acc += tl.load(src_ptr + p * M + o, mask=m, other=0.0)
-    tl.store(dst_ptr + o, acc.to(dst_ptr.dtype.element_ty), mask=m)
+        acc += tl.load(src_ptr + (q * P + p) * M + o, mask=m, other=0.0)
+    tl.store(dst_ptr + q * M + o, acc.to(dst_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C_ptr, bc_rows, s_Bn,
              dB_ptr, dC_ptr, acc_rows, s_dn, acc_m, mask, lim, first, last, rst, A_ptr, a_off, s_An, h_ptr, nu_ptr,
-             dA_ptr, st_off, bias, Dv,
+             dA_ptr, st_off, dA_off, bias, Dv,
              NS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
              HAS_NU: tl.constexpr, HAS_RESET: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr,
-             VEC: tl.constexpr, FAST: tl.constexpr, GATHER: tl.constexpr = False):
+             VEC: tl.constexpr, FAST: tl.constexpr, GATHER: tl.constexpr = False, BC_PAD: tl.constexpr = False):
     """One backward tile: writes du, ddelta, dz and adds this tile's dB/dC terms into the fp32 accumulators
     ``dB_ptr``/``dC_ptr`` at offsets ``acc_rows + n * s_dn + step`` (read where ``acc_m``: not for the first
-    channel, which initialises them); stores the dA terms summed over the tile's steps at ``dA_ptr[st_off + n]``;
+    channel, which initialises them); stores the dA terms summed over the tile's steps at ``dA_ptr[dA_off + n]``;
     returns (dD ``[R]``, d(delta_bias) ``[R]``) summed over the tile's steps.
 
     Per row (``[R]`` offsets, addresses formed at each use): ``h_ptr[st_off + n]`` is the state entering the
@@ -387,8 +400,8 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
     T: tl.constexpr = dt.shape[1]
     for n in tl.static_range(NS):
         An = tl.load(A_ptr + (a_off + n * s_An)).to(tl.float32)
-        Bn = load_steps(B_ptr, bc_rows, n * s_Bn, lim, R, T, MASKED, PAIRS)
-        Cn = load_steps(C_ptr, bc_rows, n * s_Bn, lim, R, T, MASKED, PAIRS)
+        Bn = load_steps(B_ptr, bc_rows, n * s_Bn, lim, R, T, MASKED and not BC_PAD, PAIRS)
+        Cn = load_steps(C_ptr, bc_rows, n * s_Bn, lim, R, T, MASKED and not BC_PAD, PAIRS)
         a = tl.exp2(dt * (An * LOG2E)[:, None])
         if HAS_RESET:
             a = tl.where(rst, 0.0, a)
@@ -409,10 +422,10 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
             dyC = tl.where(last, dyC + tl.load(nu_ptr + (st_off + n))[:, None], dyC)
         _, lam = tl.associative_scan((an, dyC), 1, affine_combine, reverse=True)
         # B again (an L1 hit) rather than live across both scans: the register budget of one warp per chunk
-        lB += lam * load_steps(B_ptr, bc_rows, n * s_Bn, lim, R, T, MASKED, PAIRS)
+        lB += lam * load_steps(B_ptr, bc_rows, n * s_Bn, lim, R, T, MASKED and not BC_PAD, PAIRS)
         lah = lam * ah
         ddt += An[:, None] * lah
-        tl.store(dA_ptr + (st_off + n), tl.sum(lah * dt, 1))
+        tl.store(dA_ptr + (dA_off + n), tl.sum(lah * dt, 1))
         vB = lam * dtu + tl.load(dB_ptr + (acc_rows + n * s_dn), mask=acc_m, other=0.0)
         if MASKED:
             tl.store(dB_ptr + (acc_rows + n * s_dn), vB, mask=mask)
@@ -442,12 +455,63 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
     return dD, tl.sum(ddt, 1)
 
 
-@triton.jit
-def dt_from_raw(raw, mask, bias, SOFTPLUS: tl.constexpr):
-    """(dt, pre) for a ``[steps, channels]`` tile of raw delta (the ordered scan's former tile body)."""
-    pre = raw.to(tl.float32) + bias[None, :]
-    if SOFTPLUS:
-        dt = tl.where(pre <= 20.0, tl.log(1.0 + tl.exp(pre)), pre)
-    else:
-        dt = pre
-    return tl.where(mask, dt, 0.0), pre
+
+# ------------------------------------------------------------------------------------------------------------------
+# launcher helpers (Python)
+# ------------------------------------------------------------------------------------------------------------------
+
+H100_SMS = 132  # SM count the GPU geometry assumes when no CUDA device is present (the static report)
+
+
+def none_flag(name: str):
+    """A ``triton.heuristics`` entry: True when the argument ``name`` is given (optional inputs travel as None)."""
+    return lambda args: args[name] is not None
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return H100_SMS
+
+
+def divisor(n: int, cands=(4, 2, 1)) -> int:
+    """The first candidate dividing n."""
+    return next(c for c in cands if n % c == 0)
+
+
+def index_type(*tensors: torch.Tensor):
+    """int32 element offsets (half the address registers) unless a tensor can reach 2**31 elements."""
+    return tl.int64 if any(t.numel() >= 2 ** 31 for t in tensors) else tl.int32
+
+
+def pairs_ok(*rows: torch.Tensor) -> bool:
+    """bfloat16 step rows that can be read two steps per 32-bit word (even strides and length)."""
+    return all(t.dtype == torch.bfloat16 and all(s % 2 == 0 for s in t.stride()[:-1]) and t.shape[-1] % 2 == 0
+               for t in rows)
+
+
+def vec_of(t: torch.Tensor) -> int:
+    """Steps one thread holds in the loop body's layout: a 16-byte vector of t's elements (at most 8)."""
+    return min(8, 16 // t.element_size())
+
+
+def chunked(B: torch.Tensor, ck: int) -> torch.Tensor:
+    """(..., N, L) -> (..., n_ck, N, ck): the N rows of every ck-step chunk next to each other (one copy; the tail
+    of a partial last chunk is zero), so that state n of a chunk is an immediate offset ``n * ck``."""
+    *lead, dstate, length = B.shape
+    nck, full = cdiv(length, ck), length // ck
+    out = B.new_empty(*lead, nck, dstate, ck)
+    out[..., :full, :, :] = B[..., : full * ck].reshape(*lead, dstate, full, ck).transpose(-2, -3)
+    if full < nck:
+        out[..., full, :, :] = 0
+        out[..., full, :, : length - full * ck] = B[..., full * ck:]
+    return out
+
+
+def sum_leading(src: torch.Tensor, dst: torch.Tensor, batches: int = 1) -> torch.Tensor:
+    """``dst[q] = src[q].sum(0)`` for ``batches`` independent sums, in a fixed order, by a Triton kernel (src
+    ``(batches, P, M)`` contiguous, dst ``(batches, M)`` in its own dtype)."""
+    P, M = src.numel() // (batches * (dst.numel() // batches)), dst.numel() // batches
+    block = 256 if interpreting() else 1024
+    sum_rows[(cdiv(M, block), batches)](src_ptr=src, dst_ptr=dst, P=P, M=M, BLOCK=block)
+    return dst

@@ -29,7 +29,21 @@ import torch
 import triton
 import triton.language as tl
 
-from glsmamba.kernels._scan_common import LOG2E, bwd_tile, fwd_tile, scan_carry, sum_rows, summary_tile
+from glsmamba.kernels._scan_common import (
+    LOG2E,
+    bwd_tile,
+    chunked,
+    divisor,
+    fwd_tile,
+    index_type,
+    none_flag,
+    pairs_ok,
+    scan_carry,
+    sm_count,
+    sum_leading,
+    summary_tile,
+    vec_of,
+)
 from glsmamba.kernels._utils import cdiv, check_runnable, device_guard, interpreting, record_build
 from glsmamba.reference.selective_scan import check_selective_scan_inputs
 
@@ -38,11 +52,7 @@ record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRE
 __all__ = ["selective_scan", "selective_scan_channel_last"]
 
 
-def _none(name):
-    return lambda a: a[name] is not None
-
-
-_FLAGS = {"HAS_D": _none("D_ptr"), "HAS_Z": _none("z_ptr"), "HAS_BIAS": _none("bias_ptr")}
+_FLAGS = {"HAS_D": none_flag("D_ptr"), "HAS_Z": none_flag("z_ptr"), "HAS_BIAS": none_flag("bias_ptr")}
 
 
 @triton.jit
@@ -101,7 +111,7 @@ def _tile_offs(base, rows, t0, s_d, s_l, unit, T: tl.constexpr, VEC: tl.constexp
     return off
 
 
-@triton.heuristics({**_FLAGS, "HAS_HIN": _none("hin_ptr"), "SAVE": _none("ck_ptr")})
+@triton.heuristics({**_FLAGS, "HAS_HIN": none_flag("hin_ptr"), "SAVE": none_flag("ck_ptr")})
 @triton.jit(do_not_specialize=["unit", "T0", "NT"])
 def _ss_fwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, hin_ptr, hend_ptr, ck_ptr,
                    s_b, s_d, s_l, s_Bb, s_Bg, s_Bn, s_Ad, s_An, L, DIM, GROUP_SIZE, T0, NT, TILES, NCHUNK, unit,
@@ -153,7 +163,7 @@ def _ss_fwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, o
             tl.store(hend_ptr + (i_b * DIM + rows) * NS + n, hs[n])
 
 
-@triton.heuristics({"HAS_Z": _none("z_ptr"), "HAS_BIAS": _none("bias_ptr")})
+@triton.heuristics({"HAS_Z": none_flag("z_ptr"), "HAS_BIAS": none_flag("bias_ptr")})
 @triton.jit(do_not_specialize=["unit"])
 def _ss_summary_kernel(u_ptr, dl_ptr, A_ptr, P_ptr, z_ptr, bias_ptr, loc_ptr, dsum_ptr,
                        s_b, s_d, s_l, s_Pb, s_Pg, s_Pn, s_Ad, s_An, L, DIM, GROUP_SIZE, TILES, NCHUNK, unit,
@@ -188,7 +198,7 @@ def _ss_summary_kernel(u_ptr, dl_ptr, A_ptr, P_ptr, z_ptr, bias_ptr, loc_ptr, ds
     tl.store(dsum_ptr + o, offs)
 
 
-@triton.heuristics({**_FLAGS, "HAS_NU": _none("nu_ptr")})
+@triton.heuristics({**_FLAGS, "HAS_NU": none_flag("nu_ptr")})
 @triton.jit(do_not_specialize=["unit", "C0"])
 def _ss_bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ck_ptr, nu_ptr,
                    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
@@ -238,7 +248,7 @@ def _ss_bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, d
             u_ptr, dl_ptr, z_ptr, dout_ptr, du_ptr, ddl_ptr, dz_ptr,
             _chunk_offs(base, d, t0, s_d, s_l, unit, BLOCK_T, VEC, CHANNEL_LAST), B_ptr, C_ptr, bc_rows,
             BLOCK_T, dB_ptr, dC_ptr, acc_rows, BLOCK_T, acc_m, mask, lim, first, last, None, A_ptr, rows * s_Ad, s_An,
-            ck_ptr, nu_ptr, dA_ptr, o_st, bias, Dv, NS, SOFTPLUS, HAS_D,
+            ck_ptr, nu_ptr, dA_ptr, o_st, o_st, bias, Dv, NS, SOFTPLUS, HAS_D,
             HAS_Z, HAS_NU, False, MASKED, PAIRS, VEC, FAST, CHANNEL_LAST)
         tl.store(dD_ptr + o_p, dDv)
         tl.store(dbias_ptr + o_p, dbv)
@@ -262,23 +272,12 @@ def _unchunk_kernel(src_ptr, dst_ptr, S, NS, L, M, NCK, CK: tl.constexpr, BLOCK:
 # ----------------------------------------------------------------------------------------------------------------
 # launchers
 
-H100_SMS = 132  # SM count assumed for the GPU geometry when no CUDA device is present (the static report)
 # Test knobs (None: the heuristics below): tiles per forward chunk (forces the chunked forward) and channel ranges
 # per backward group (forces the dB/dC partials and their second reduction).
 TILES_PER_CHUNK: int | None = None
 BWD_SPLITS: int | None = None
 FWD_TILE: int | None = None  # interpreter only: forward tile shorter than the checkpoint spacing
 MAXNREG = 128  # registers per thread (one-warp programs would otherwise take up to 255)
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return H100_SMS
-
-
-def _divisor(n: int, cands=(4, 2, 1)) -> int:
-    return next(c for c in cands if n % c == 0)
 
 
 class _Geo:
@@ -292,14 +291,14 @@ class _Geo:
         self.CK = 256 if gpu else 16
         self.n_ck = max(1, cdiv(length, self.CK))
         self.group_size = dim // groups
-        target = 2 * _sm_count(device)  # programs that fill two waves
+        target = 2 * sm_count(device)  # programs that fill two waves
         # forward: one warp per program holding R rows x BLOCK_T steps; more rows per warp means fewer shuffle
         # rounds per scan, fewer programs. Chunks only when even one row per program cannot fill the GPU.
         if gpu:
             self.BLOCK_T, self.R = next(((t, r) for t, r in ((64, 4), (128, 2), (256, 1))
                                          if dim % r == 0 and batch * dim // r >= target), (256, 1))
         else:
-            self.BLOCK_T, self.R = FWD_TILE or self.CK, _divisor(dim)
+            self.BLOCK_T, self.R = FWD_TILE or self.CK, divisor(dim)
         self.CK_TILES = self.CK // self.BLOCK_T
         self.n_tiles = max(1, cdiv(length, self.BLOCK_T))
         tiles = self.n_tiles
@@ -310,7 +309,7 @@ class _Geo:
         self.tiles = cdiv(max(1, min(tiles, self.n_tiles)), self.CK_TILES) * self.CK_TILES
         # backward: programs own (batch row, group, channel range, Rb chunk rows); one warp per chunk row
         self.nfull = length // self.CK
-        self.Rb = 1 if gpu else _divisor(max(self.nfull, 1))
+        self.Rb = 1 if gpu else divisor(max(self.nfull, 1))
         # two warps per chunk row on the GPU: one warp (8 steps per thread) needs ~136 registers in the backward
         self.bwd_warps = 2 if gpu else 1
         base = batch * groups * self.n_ck
@@ -339,33 +338,9 @@ def _from_bgnl(g: torch.Tensor, like: torch.Tensor, channel_last: bool) -> torch
     return g[:, 0] if like.dim() == 3 else g
 
 
-def _index_type(*tensors: torch.Tensor):
-    """int32 element offsets (half the address registers) unless a tensor can reach 2**31 elements."""
-    big = any(t.numel() >= 2 ** 31 for t in tensors)
-    return tl.int64 if big else tl.int32
-
-
-def _pairs(*rows: torch.Tensor) -> bool:
-    """bfloat16 step rows that can be read two steps per 32-bit word (even strides and length)."""
-    return all(t.dtype == torch.bfloat16 and all(s % 2 == 0 for s in t.stride()[:-1]) and t.shape[-1] % 2 == 0
-               for t in rows)
-
-
 def _strides(u: torch.Tensor, channel_last: bool) -> dict:
     s_b, s_1, s_2 = u.stride()
     return dict(s_b=s_b, s_d=s_2 if channel_last else s_1, s_l=s_1 if channel_last else s_2)
-
-
-def _chunked(B: torch.Tensor, ck: int) -> torch.Tensor:
-    """(batch, G, N, L) -> (batch, G, n_ck, N, ck): the N rows of every ck-step chunk next to each other (one copy;
-    the tail of a partial last chunk is left unwritten: the kernels mask it)."""
-    batch, groups, dstate, length = B.shape
-    nck, full = cdiv(length, ck), length // ck
-    out = B.new_empty(batch, groups, nck, dstate, ck)
-    out[:, :, :full] = B[..., : full * ck].reshape(batch, groups, dstate, full, ck).transpose(2, 3)
-    if full < nck:
-        out[:, :, full, :, : length - full * ck] = B[..., full * ck:]
-    return out
 
 
 def _unchunk(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -375,14 +350,6 @@ def _unchunk(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     block = 256 if interpreting() else 1024
     _unchunk_kernel[(cdiv(length, block), rows * dstate)](src_ptr=src, dst_ptr=dst, S=S, NS=dstate, L=length,
                                                           M=rows * nck * dstate * ck, NCK=nck, CK=ck, BLOCK=block)
-    return dst
-
-
-def _sum_rows(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """dst = src.sum(0) over the leading dimension, in a fixed order, by a Triton kernel."""
-    P, M = src.shape[0], dst.numel()
-    block = 1024 if not interpreting() else 256
-    sum_rows[(cdiv(M, block),)](src_ptr=src, dst_ptr=dst, P=P, M=M, BLOCK=block)
     return dst
 
 
@@ -402,10 +369,10 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, channel_last: bool
     common = dict(u_ptr=u, dl_ptr=delta, A_ptr=A, bias_ptr=delta_bias, **_strides(u, channel_last),
                   s_Ad=A.stride(0), s_An=A.stride(1), L=length, DIM=dim, GROUP_SIZE=geo.group_size, unit=1,
                   NS=dstate, BLOCK_R=geo.R, BLOCK_T=geo.BLOCK_T, SOFTPLUS=softplus, CHANNEL_LAST=channel_last,
-                  FAST=geo.FAST, IDX=_index_type(u, Bt), num_warps=1, maxnreg=MAXNREG)
+                  FAST=geo.FAST, IDX=index_type(u, Bt), num_warps=1, maxnreg=MAXNREG)
     main = dict(B_ptr=Bt, C_ptr=Ct, D_ptr=D, z_ptr=z, out_ptr=out, hend_ptr=hend, ck_ptr=ck, s_Bb=Bt.stride(0),
-                s_Bg=Bt.stride(1), s_Bn=Bt.stride(2), CK_TILES=geo.CK_TILES, PAIRS=_pairs(Bt, Ct),
-                VEC=min(8, 16 // Bt.element_size()), **common)
+                s_Bg=Bt.stride(1), s_Bn=Bt.stride(2), CK_TILES=geo.CK_TILES, PAIRS=pairs_ok(Bt, Ct),
+                VEC=vec_of(Bt), **common)
     nfull = length // geo.BLOCK_T
     with device_guard(u):
         hin = None
@@ -435,7 +402,7 @@ def _carry(loc, dsum, A, init, out, reverse: bool):
     block = 256
     scan_carry[(cdiv(rows * ns, block), P)](
         loc_ptr=loc, dsum_ptr=dsum, rst_ptr=None, A_ptr=A, init_ptr=init, out_ptr=out, NCHUNK=nchunk, ROWS=rows,
-        NS=ns, s_Ar=A.stride(0), s_An=A.stride(1), A_rows=A.shape[0], BLOCK=block, REVERSE=reverse,
+        NS=ns, s_Ar=A.stride(0), s_An=A.stride(1), DIRS=1, BLOCK=block, REVERSE=reverse,
         HAS_RESET=False, HAS_INIT=init is not None)
 
 
@@ -461,7 +428,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ck, softplus: bool, c
     strides = _strides(u, channel_last)
     rows = dict(A_ptr=A, bias_ptr=delta_bias, **strides, s_Ad=A.stride(0), s_An=A.stride(1), L=length, DIM=dim,
                 GROUP_SIZE=geo.group_size, unit=1, NS=dstate, SOFTPLUS=softplus, CHANNEL_LAST=channel_last,
-                FAST=geo.FAST, IDX=_index_type(u, Bt, dBs))
+                FAST=geo.FAST, IDX=index_type(u, Bt, dBs))
     dlast = dlast.float().contiguous() if dlast is not None else None
     with device_guard(u):
         nu = dlast[:, None] if dlast is not None else None  # one chunk: the adjoint entering it is d last_state
@@ -474,12 +441,12 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ck, softplus: bool, c
                 BLOCK_T=geo.BLOCK_T, FORWARD=False, num_warps=1, **rows)
             nu = torch.empty_like(loc)
             _carry(loc, dsum, A, dlast, nu, reverse=True)
-        Bc, Cc = _chunked(Bt, geo.CK), _chunked(Ct, geo.CK)
+        Bc, Cc = chunked(Bt, geo.CK), chunked(Ct, geo.CK)
         main = dict(u_ptr=u, dl_ptr=delta, B_ptr=Bc, C_ptr=Cc, D_ptr=D, z_ptr=z, dout_ptr=dout, ck_ptr=ck,
                     nu_ptr=nu, du_ptr=du, ddl_ptr=ddelta, dz_ptr=dz, dB_ptr=dBs, dC_ptr=dCs, dA_ptr=dAp,
                     dD_ptr=dDp, dbias_ptr=dbp, s_Bb=Bc.stride(0), s_Bg=Bc.stride(1),
-                    CPS=geo.cps, NSPLIT=geo.splits, GROUPS=groups, NCK=nck, PAIRS=_pairs(Bc, Cc),
-                    VEC=min(8, 16 // Bt.element_size()), maxnreg=MAXNREG, **rows)
+                    CPS=geo.cps, NSPLIT=geo.splits, GROUPS=groups, NCK=nck, PAIRS=pairs_ok(Bc, Cc),
+                    VEC=vec_of(Bt), maxnreg=MAXNREG, **rows)
         progs = batch * groups * geo.splits
         if geo.nfull:
             _ss_bwd_kernel[(geo.nfull // geo.Rb, progs)](C0=0, BLOCK_R=geo.Rb, BLOCK_T=geo.CK, MASKED=False,
@@ -489,10 +456,10 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ck, softplus: bool, c
                                        **main)
         dB = _unchunk(dBs, torch.empty(batch, groups, dstate, length, dtype=B.dtype, device=u.device))
         dC = _unchunk(dCs, torch.empty(batch, groups, dstate, length, dtype=C.dtype, device=u.device))
-        dA = _sum_rows(dAp.view(batch * nck, dim * dstate), torch.empty(dim, dstate, dtype=A.dtype,
+        dA = sum_leading(dAp.view(batch * nck, dim * dstate), torch.empty(dim, dstate, dtype=A.dtype,
                                                                         device=u.device))
-        dD = _sum_rows(dDp.view(batch * nck, dim), torch.empty_like(D)) if D is not None else None
-        dbias = _sum_rows(dbp.view(batch * nck, dim), torch.empty_like(delta_bias)) \
+        dD = sum_leading(dDp.view(batch * nck, dim), torch.empty_like(D)) if D is not None else None
+        dbias = sum_leading(dbp.view(batch * nck, dim), torch.empty_like(delta_bias)) \
             if delta_bias is not None else None
     return du, ddelta, dA, _from_bgnl(dB, B, channel_last), _from_bgnl(dC, C, channel_last), dD, dz, dbias
 

@@ -130,12 +130,10 @@ def compare(inp, orders, groups, reset, dtype=torch.float32, grads=True, ref_fn=
 
 
 @pytest.fixture
-def single_pass_knobs():
+def knobs():
     """Restore the launch knobs the tests below may force."""
     yield
-    kos._TILES_PER_CHUNK[0] = None
-    kos._FLIP_BY_DOT[0] = None
-    kos._BWD_SEG_TILES[0] = None
+    kos.BWD_SPLITS = None
 
 
 def test_triton_sts6d_matches_reference(device):
@@ -143,12 +141,9 @@ def test_triton_sts6d_matches_reference(device):
     compare(make_inputs(6, device=device), scan_orders(SHAPE, device=device), STS6D_GROUPS, None)
 
 
-def test_triton_windows_chunked_matches_reference(device, single_pass_knobs):
-    # One tile per chunk: the chunk-parallel forward. L = 60 gives 4 chunks of 16 steps; the window orders have
-    # resets inside chunks 1 and 3 (nothing may carry through them), the temporal order none (decay carried).
-    # The backward reverses tiles with tl.flip (the GPU path). C = 12, N = 1.
-    kos._TILES_PER_CHUNK[0] = 1
-    kos._FLIP_BY_DOT[0] = False
+def test_triton_windows_chunked_matches_reference(device):
+    # L = 60: 4 backward chunks of 16 steps under the interpreter; the window orders have resets inside chunks 1
+    # and 3 (no adjoint may carry through them), the temporal order none (its adjoint is carried). C = 12, N = 1.
     shape = (3, 4, 5)
     wo, wr = window_case(device, shape, (2, 3))
     orders = torch.cat([wo, scan_orders(shape, ["temporal"], device=device)])
@@ -185,13 +180,12 @@ def test_triton_reads_views_expanded_over_directions(device):
         assert_close(f"d{name}", r, g, torch.float32, kind="grad")
 
 
-@pytest.mark.parametrize("seg_tiles", [1, 3])
-def test_triton_backward_in_segments(device, single_pass_knobs, seg_tiles):
-    """The backward run in segments of tiles (adjoint state handed between launches, dB/dC partials per
-    segment): 1 tile per segment (4 launches) and 3 (a full and a partial segment), windows with resets and the
-    temporal order, against the reference."""
-    kos._BWD_SEG_TILES[0] = seg_tiles
-    shape = (3, 4, 5)  # L = 60: 4 tiles of 16 steps under the interpreter
+@pytest.mark.parametrize("splits", [2, 3])
+def test_triton_backward_channel_ranges(device, knobs, splits):
+    """The backward's channels split into ranges run by separate programs (dB/dC per range, summed afterwards in
+    a fixed order): 2 and 3 ranges of 6 channels, windows with resets and the temporal order, 4 chunks."""
+    kos.BWD_SPLITS = splits
+    shape = (3, 4, 5)  # L = 60: 4 chunks of 16 steps under the interpreter
     wo, wr = window_case(device, shape, (2, 3))
     orders = torch.cat([wo, scan_orders(shape, ["temporal"], device=device)])
     reset = torch.cat([wr, torch.zeros_like(wr[:1])])
@@ -240,7 +234,11 @@ def test_window_segments_are_independent(backend, device):
     assert not torch.allclose(out[:, :, inside], out2[:, :, inside])
 
 
-def test_triton_backward_is_deterministic(device):
+@pytest.mark.parametrize("splits", [None, 2])
+def test_triton_backward_is_deterministic(device, knobs, splits):
+    """Every gradient is reduced in a fixed order (no atomics): two identical runs give the same bits (on the
+    interpreter this also catches reads of memory nothing wrote)."""
+    kos.BWD_SPLITS = splits
     inp = make_inputs(2, C=5, N=4, device=device)
     orders = scan_orders(SHAPE, ["temporal", "temporal_rev"], device=device)
     fn = get_impl("ordered_selective_scan", "triton")
@@ -350,7 +348,7 @@ def test_torch_compile_smoke_triton(device):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", ["sts6d", "windows"])
-def test_gpu_triton_matches_reference_long(dtype, case, single_pass_knobs):
+def test_gpu_triton_matches_reference_long(dtype, case, knobs):
     shape = (5, 16, 12)  # L = 960: many tiles; C = 70 spans several channel blocks
     if case == "sts6d":
         orders, reset, groups = scan_orders(shape, device="cuda"), None, STS6D_GROUPS
@@ -359,8 +357,5 @@ def test_gpu_triton_matches_reference_long(dtype, case, single_pass_knobs):
     inp = make_inputs(orders.shape[0], shape=shape, C=70, N=16, dtype=dtype, device="cuda")
     inp["delta"] = inp["delta"] - 2.0  # realistic small steps: softplus(-2) ~ 0.13
     compare(inp, orders, groups, reset, dtype=dtype)
-    kos._TILES_PER_CHUNK[0] = 4  # the chunk-parallel forward as well
-    compare(inp, orders, groups, reset, dtype=dtype, grads=False)
-    kos._TILES_PER_CHUNK[0] = None
-    kos._BWD_SEG_TILES[0] = 7  # the backward in segments (30 tiles of 32 steps: 5 launches)
+    kos.BWD_SPLITS = 3  # the backward's channels in 3 ranges (dB/dC partials summed afterwards)
     compare(inp, orders, groups, reset, dtype=dtype)
