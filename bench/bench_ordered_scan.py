@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-STS6D_GROUPS = (0, 1, 2, 0, 1, 2)
 
 
 def unfused_ordered_scan(x, delta, A, B, C, D, orders, groups, delta_bias=None, delta_softplus=True,
@@ -60,22 +59,14 @@ def unfused_ordered_scan(x, delta, A, B, C, D, orders, groups, delta_bias=None, 
 
 def make_inputs(batch: int, shape: Sequence[int], channels: int, dstate: int, dtype: torch.dtype,
                 device: torch.device, seed: int = 0) -> dict:
-    from glsmamba.reference.space_time import STS6D, scan_orders
+    """The shared ordered-scan inputs (``glsmamba.verify.cases``) for the six STS6D orders, with realistic small
+    steps (softplus(-2) ~ 0.13)."""
+    from glsmamba.reference.space_time import STS6D, STS6D_GROUPS, scan_orders
+    from glsmamba.verify.cases import ordered_scan_inputs
 
-    g = torch.Generator().manual_seed(seed)
-    T, H, W = shape
-    L, K = T * H * W, len(STS6D)
-
-    def rnd(*s, scale=1.0):
-        return (torch.randn(*s, generator=g) * scale).to(device=device, dtype=dtype)
-
-    return dict(
-        x=rnd(batch, L, channels), delta=rnd(batch, K, L, channels, scale=0.5) - 2.0,
-        A=-(torch.rand(K, channels, dstate, generator=g) + 0.5).to(device),
-        B=rnd(batch, K, L, dstate), C=rnd(batch, K, L, dstate),
-        D=torch.randn(K, channels, generator=g).to(device), orders=scan_orders(shape, STS6D, device=device),
-        groups=STS6D_GROUPS, delta_bias=(torch.randn(K, channels, generator=g) * 0.1).to(device),
-    )
+    inputs = ordered_scan_inputs(len(STS6D), batch=batch, shape=shape, channels=channels, dstate=dstate, dtype=dtype,
+                                 device=device, generator=seed, dt_shift=-2.0)
+    return {**inputs, "orders": scan_orders(tuple(shape), STS6D, device=device), "groups": STS6D_GROUPS}
 
 
 def _timer(fn: Callable[[], object], device: torch.device, reps: int) -> float:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from glsmamba.bench.cases import _ssm_params, selective_scan_traffic
+from glsmamba.bench.cases import selective_scan_traffic
 from glsmamba.bench.harness import CsvWriter, environment, now_iso, roofline, time_cpu, time_first_call
+from glsmamba.verify.cases import selective_scan_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,14 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from glsmamba.reference.selective_scan import selective_scan, selective_scan_recurrent
 
-    torch.manual_seed(0)
     device = torch.device("cpu")
     Bsz, D, N, L = args.B, args.D, args.N, args.L
-    u = torch.randn(Bsz, D, L)
-    delta = torch.randn(Bsz, D, L) * 0.5
-    Bm, Cm = torch.randn(Bsz, N, L), torch.randn(Bsz, N, L)
-    prm = {k: v.detach() for k, v in _ssm_params(D, N, device).items()}
-    kw = dict(D=prm["D"], delta_bias=prm["delta_bias"], delta_softplus=True)
+    inputs = selective_scan_inputs(batch=Bsz, dim=D, length=L, dstate=N, has_z=False, init="mamba")
 
     out_dir = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "local"
     writer = CsvWriter(out_dir / "reference_speed.csv")
@@ -58,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
 
             def call(fn=fn, name=name):
-                outputs[name] = fn(u, delta, prm["A"], Bm, Cm, **kw)
+                outputs[name] = fn(**inputs, delta_softplus=True)
 
             first = time_first_call(call, device)
             timing = time_cpu(call, budget_s=args.budget_s, min_reps=3, max_reps=20)

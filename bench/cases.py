@@ -4,9 +4,10 @@ A :class:`Target` names one row family of the CSV (``op``, ``variant``) and the 
 ``build(shape, dtype, device, backend)`` returns a :class:`Case`: a zero-argument forward closure, the leaf
 tensors that receive gradients, and the traffic model (bytes moved, MUFU ops, FLOPs) per mode.
 
-Project ops come from the registry (``model.backend.get_impl``); an op whose module has not landed yet raises
-:class:`~bench.harness.Skip` with the import error, so the sweep skips it with a printed reason and picks it
-up once it is merged. Backends:
+Project ops come from the registry (``model.backend.get_impl``) with the inputs of the shared op cases
+(``glsmamba.verify.cases``: the tests and ``glsmamba verify`` build the same ones) and Mamba's parameter
+initialisation; a backend that cannot be benched on the device raises :class:`~bench.harness.Skip` with the
+reason. Backends:
 
   ``reference``  the pure-PyTorch implementation;
   ``triton``     the Triton kernels (benched on CUDA only: on CPU they run under the interpreter);
@@ -24,10 +25,7 @@ Traffic model (docs/kernels.md section 5; s = bytes per element of the I/O dtype
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import importlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,12 +42,11 @@ from glsmamba.bench.baselines import (
     mambapy_selective_scan,
 )
 from glsmamba.bench.harness import MODES, Skip
+from glsmamba.reference.space_time import DEFAULT_WINDOW
+from glsmamba.verify.cases import OP_CASES, Sizes
 
 REGISTRY_BACKENDS = ("reference", "triton", "compile")
-
-# STS6D groups: (unified, spatial, temporal, unified_rev, spatial_rev, temporal_rev) -> one group per scan type.
-STS6D_GROUPS = (0, 1, 2, 0, 1, 2)
-WINDOW = (8, 6)
+WINDOW = DEFAULT_WINDOW
 
 
 @dataclass(frozen=True)
@@ -142,7 +139,7 @@ def registry_impl(op: str, backend: str, device: torch.device) -> Callable[..., 
     """The function running ``op`` on ``backend`` (``compile`` = a fresh ``torch.compile`` of the reference).
 
     Raises:
-        Skip: the op's module has not landed, or the backend cannot be benched on ``device``.
+        Skip: the backend cannot be benched on ``device``.
     """
     from glsmamba.model import backend as registry
 
@@ -153,11 +150,7 @@ def registry_impl(op: str, backend: str, device: torch.device) -> Callable[..., 
         reason = registry.triton_unavailable_reason(device)
         if reason is not None:
             raise Skip(f"triton cannot run: {reason}")
-    try:
-        fn = registry.get_impl(op, impl_backend)
-    except (ImportError, AttributeError) as e:
-        pkg = "kernels" if impl_backend == "triton" else "reference"
-        raise Skip(f"{pkg}.{registry.OPS[op]}.{op} is not importable yet ({type(e).__name__}: {e})") from None
+    fn = registry.get_impl(op, impl_backend)
     return compile_fresh(fn) if backend == "compile" else fn
 
 
@@ -180,30 +173,6 @@ def compile_fresh(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _randn(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, scale: float = 1.0) -> torch.Tensor:
     return (torch.randn(shape, device=device, dtype=torch.float32) * scale).to(dtype).requires_grad_()
-
-
-def _ssm_params(C: int, N: int, device: torch.device, K: int | None = None) -> dict[str, torch.Tensor]:
-    """Mamba-style parameters: S4D-real A = -(1..N), dt in [1e-3, 1e-1] through an inverse-softplus bias, D=1."""
-    lead = () if K is None else (K,)
-    A = -torch.arange(1, N + 1, dtype=torch.float32, device=device).expand(*lead, C, N).contiguous()
-    u = torch.rand(*lead, C, device=device)
-    dt = torch.exp(u * (math.log(1e-1) - math.log(1e-3)) + math.log(1e-3))
-    delta_bias = dt + torch.log(-torch.expm1(-dt))
-    D = torch.ones(*lead, C, device=device)
-    return {k: v.requires_grad_() for k, v in {"A": A, "D": D, "delta_bias": delta_bias}.items()}
-
-
-def _orders(shape: Shape, device: torch.device, kind: str) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor | None]:
-    """(orders (K, L), groups, reset (K, L) or None) for ``kind`` in {"sts6d", "wsts"}."""
-    try:
-        from glsmamba.reference import space_time
-    except ImportError as e:
-        raise Skip(f"reference.space_time is not importable yet ({e})") from None
-    if kind == "sts6d":
-        return space_time.scan_orders(shape.thw, space_time.STS6D, device=device), STS6D_GROUPS, None
-    fwd, rf = space_time.window_order(shape.thw, WINDOW, reverse=False, device=device)
-    bwd, rb = space_time.window_order(shape.thw, WINDOW, reverse=True, device=device)
-    return torch.stack([fwd, bwd]), (0, 0), torch.stack([rf, rb])
 
 
 def _elem(dtype: torch.dtype) -> int:
@@ -256,99 +225,49 @@ def attention_flops(Bsz: int, L: int, C: int) -> dict[str, Traffic]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def build_selective_scan(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
-    if backend == "mambapy":
-        reason = mambapy_available()
-        if reason:
-            raise Skip(reason)
-        fn = mambapy_selective_scan
-    else:
-        fn = registry_impl("selective_scan", backend, device)
+def _sizes(shape: Shape) -> Sizes:
+    """The op-case sizes of a resolution point (WSTS 8 x 6 windows; 4 offset groups where C allows)."""
+    return Sizes(shape.B, *shape.thw, channels=shape.C, dstate=shape.N, window=WINDOW,
+                 offset_groups=4 if shape.C % 4 == 0 else 1)
+
+
+def _op_traffic(op: str, kw: dict[str, Any], shape: Shape, s: int) -> tuple[dict[str, Traffic], int | None]:
+    """(traffic model per mode, number of scan directions K or None) of one op call."""
     Bsz, C, L, N = shape.B, shape.C, shape.tokens, shape.N
-    u = _randn((Bsz, C, L), dtype, device)
-    delta = _randn((Bsz, C, L), dtype, device, 0.5)
-    Bm = _randn((Bsz, N, L), dtype, device)
-    Cm = _randn((Bsz, N, L), dtype, device)
-    p = _ssm_params(C, N, device)
-
-    def run():
-        return fn(u, delta, p["A"], Bm, Cm, D=p["D"], delta_bias=p["delta_bias"], delta_softplus=True)
-
-    return Case(run, [u, delta, Bm, Cm, *p.values()], selective_scan_traffic(Bsz, C, L, N, _elem(dtype)))
-
-
-def build_selective_scan_channel_last(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
-    fn = registry_impl("selective_scan_channel_last", backend, device)
-    Bsz, C, L, N = shape.B, shape.C, shape.tokens, shape.N
-    u = _randn((Bsz, L, C), dtype, device)
-    delta = _randn((Bsz, L, C), dtype, device, 0.5)
-    Bm = _randn((Bsz, L, N), dtype, device)
-    Cm = _randn((Bsz, L, N), dtype, device)
-    p = _ssm_params(C, N, device)
-
-    def run():
-        return fn(u, delta, p["A"], Bm, Cm, D=p["D"], delta_bias=p["delta_bias"], delta_softplus=True)
-
-    return Case(run, [u, delta, Bm, Cm, *p.values()], selective_scan_traffic(Bsz, C, L, N, _elem(dtype)))
+    if op in ("selective_scan", "selective_scan_channel_last"):
+        return selective_scan_traffic(Bsz, C, L, N, s), None
+    if op == "deformable_aggregate":
+        G, P = kw["offsets"].shape[2], kw["taps"].shape[0]
+        return deformable_traffic(Bsz, C, L, G, P, s), None
+    K = kw["orders"].shape[0]
+    G = max(kw["groups"]) + 1 if "groups" in kw else 1
+    if op == "space_time_scan":
+        return scan_traffic(Bsz, C, L, K, s), K
+    if op == "space_time_merge":
+        return merge_traffic(Bsz, C, L, K, G, s), K
+    return ordered_scan_traffic(Bsz, C, L, N, K, G, s), K
 
 
-def build_space_time_scan(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
-    fn = registry_impl("space_time_scan", backend, device)
-    orders, _, _ = _orders(shape, device, "sts6d")
-    x = _randn((shape.B, shape.tokens, shape.C), dtype, device)
-    K = orders.shape[0]
-    return Case(lambda: fn(x, orders), [x], scan_traffic(shape.B, shape.C, shape.tokens, K, _elem(dtype)), K=K)
+def build_op(op: str, variant: str) -> Callable[[Shape, torch.dtype, torch.device, str], Case]:
+    """The builder of the op case ``(op, variant)`` of ``glsmamba.verify.cases.OP_CASES`` (Mamba's parameter init,
+    every differentiable input a leaf that gets gradients)."""
+    op_case = OP_CASES[(op, variant)]
 
-
-def build_space_time_merge(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
-    fn = registry_impl("space_time_merge", backend, device)
-    orders, groups, _ = _orders(shape, device, "sts6d")
-    K, G = orders.shape[0], max(groups) + 1
-    ys = _randn((shape.B, K, shape.tokens, shape.C), dtype, device)
-    traffic = merge_traffic(shape.B, shape.C, shape.tokens, K, G, _elem(dtype))
-    return Case(lambda: fn(ys, orders, groups), [ys], traffic, K=K)
-
-
-def _build_ordered(kind: str):
     def build(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
-        fn = registry_impl("ordered_selective_scan", backend, device)
-        orders, groups, reset = _orders(shape, device, kind)
-        K, G = orders.shape[0], max(groups) + 1
-        Bsz, L, C, N = shape.B, shape.tokens, shape.C, shape.N
-        x = _randn((Bsz, L, C), dtype, device)
-        delta = _randn((Bsz, K, L, C), dtype, device, 0.5)
-        Bm = _randn((Bsz, K, L, N), dtype, device)
-        Cm = _randn((Bsz, K, L, N), dtype, device)
-        p = _ssm_params(C, N, device, K=K)
-
-        def run():
-            return fn(
-                x, delta, p["A"], Bm, Cm, p["D"], orders, groups,
-                reset=reset, delta_bias=p["delta_bias"], delta_softplus=True,
-            )  # fmt: skip
-
-        traffic = ordered_scan_traffic(Bsz, C, L, N, K, G, _elem(dtype))
-        return Case(run, [x, delta, Bm, Cm, *p.values()], traffic, K=K)
+        if backend == "mambapy":
+            reason = mambapy_available() if op == "selective_scan" else f"mambapy has no {op}"
+            if reason:
+                raise Skip(reason)
+            fn = mambapy_selective_scan
+        else:
+            fn = registry_impl(op, backend, device)
+        gen = torch.Generator(device=device).manual_seed(0)
+        kw = op_case.inputs(_sizes(shape), dtype, device, gen, init="mamba")
+        leaves = [kw[k].requires_grad_() for k in op_case.grads if kw.get(k) is not None]
+        traffic, K = _op_traffic(op, kw, shape, _elem(dtype))
+        return Case(lambda: fn(**kw), leaves, traffic, K=K)
 
     return build
-
-
-def build_deformable_aggregate(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
-    fn = registry_impl("deformable_aggregate", backend, device)
-    try:
-        from glsmamba.reference.deformable import SPATIAL_TAPS
-    except ImportError as e:
-        raise Skip(f"reference.deformable.SPATIAL_TAPS is not importable yet ({e})") from None
-    taps = torch.as_tensor(SPATIAL_TAPS, dtype=torch.long, device=device)
-    P = taps.shape[0]
-    Bsz, L, C = shape.B, shape.tokens, shape.C
-    G = 4 if C % 4 == 0 else 1
-    x = _randn((Bsz, L, C), dtype, device)
-    offsets = _randn((Bsz, L, G, P, 2), dtype, device, 2.0)
-    mask = torch.rand((Bsz, L, G, P), device=device).to(dtype).requires_grad_()
-    weight = _randn((P, C), dtype, device, 1.0 / P)
-    traffic = deformable_traffic(Bsz, C, L, G, P, _elem(dtype))
-    return Case(lambda: fn(x, offsets, mask, weight, taps, shape.thw), [x, offsets, mask, weight], traffic)
 
 
 def build_attention(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
@@ -373,44 +292,20 @@ def est_mambapy_bytes(shape: Shape, dtype: torch.dtype, mode: str) -> float:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Networks. The GLSMamba piece imports lazily and is deliberately small: adapt the names here if model/ differs.
+# Networks (the model imports lazily)
 # --------------------------------------------------------------------------------------------------------------
 
 MODEL_PRESET_CUDA = "base"
 MODEL_PRESET_CPU = "tiny"
-_WIDTH_FIELDS = ("dim", "d_model", "embed_dim", "width", "hidden_dim")
-_FRAMES_FIELDS = ("num_frames", "frames", "clip_len", "T")
-_STATE_FIELDS = ("d_state", "state_dim", "N")
-
-
-def _load_model_api() -> tuple[Any, Callable[[str], Any]]:
-    """(the network class ``model.GLSMamba``, preset name -> config): ``model.get_config`` or ``from_name``."""
-    try:
-        mod = importlib.import_module("glsmamba.model")
-        net = mod.GLSMamba
-        get_config = getattr(mod, "get_config", None) or importlib.import_module(
-            "glsmamba.model.config"
-        ).GLSMambaConfig.from_name
-    except (ImportError, AttributeError) as e:
-        raise Skip(f"the network is not importable yet (model.GLSMamba, model.get_config: {e})") from None
-    return net, get_config
-
-
-def _first_field(cfg: Any, names: tuple[str, ...]) -> str | None:
-    names_present = {f.name for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else set()
-    return next((n for n in names if n in names_present), None)
 
 
 @functools.cache
-def model_dims(preset: str) -> tuple[int | None, int | None]:
-    """(width, d_state) of a GLSMamba preset, or (None, None) when the network is not importable."""
-    try:
-        _, get_config = _load_model_api()
-        cfg = get_config(preset)
-    except Exception:
-        return None, None
-    wf, sf = _first_field(cfg, _WIDTH_FIELDS), _first_field(cfg, _STATE_FIELDS)
-    return (getattr(cfg, wf) if wf else None), (getattr(cfg, sf) if sf else None)
+def model_dims(preset: str) -> tuple[int, int]:
+    """(width, d_state) of a GLSMamba preset."""
+    from glsmamba.model import get_config
+
+    cfg = get_config(preset)
+    return cfg.dim, cfg.d_state
 
 
 def _images(shape: Shape, device: torch.device) -> torch.Tensor:
@@ -427,22 +322,12 @@ def _net_case(net: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Case
 
 def build_glsmamba(preset: str):
     def build(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
-        GLSMamba, get_config = _load_model_api()
-        from glsmamba.model.backend import use_backend
+        from glsmamba.model import GLSMamba, get_config, use_backend
 
         if backend == "triton" and device.type != "cuda":
             raise Skip("triton is benched on CUDA only (on CPU it runs under the interpreter, far too slow)")
         impl_backend = "reference" if backend == "compile" else backend
-        cfg = get_config(preset)
-        updates: dict[str, Any] = {}
-        if _first_field(cfg, ("backend",)):
-            updates["backend"] = impl_backend
-        if _first_field(cfg, ("image_size",)):
-            updates["image_size"] = (4 * shape.H, 4 * shape.W)
-        frames = _first_field(cfg, _FRAMES_FIELDS)
-        if frames:
-            updates[frames] = shape.T
-        cfg = dataclasses.replace(cfg, **updates)
+        cfg = get_config(preset, backend=impl_backend, image_size=(4 * shape.H, 4 * shape.W), num_frames=shape.T)
         net = GLSMamba(cfg).to(device).eval()
         fwd = net
         if backend == "compile":
@@ -476,13 +361,13 @@ def targets(model_preset: str) -> list[Target]:
     """Every benchmark target, in the order the sweep runs them at each resolution."""
     rb = REGISTRY_BACKENDS
     return [
-        Target("selective_scan", "", (*rb, "mambapy"), build_selective_scan),
-        Target("selective_scan_channel_last", "", rb, build_selective_scan_channel_last),
-        Target("ordered_selective_scan", "sts6d", rb, _build_ordered("sts6d")),
-        Target("ordered_selective_scan", "wsts", rb, _build_ordered("wsts")),
-        Target("space_time_scan", "sts6d", rb, build_space_time_scan),
-        Target("space_time_merge", "sts6d", rb, build_space_time_merge),
-        Target("deformable_aggregate", "spatial", rb, build_deformable_aggregate),
+        Target("selective_scan", "", (*rb, "mambapy"), build_op("selective_scan", "plain")),
+        Target("selective_scan_channel_last", "", rb, build_op("selective_scan_channel_last", "plain")),
+        Target("ordered_selective_scan", "sts6d", rb, build_op("ordered_selective_scan", "sts6d")),
+        Target("ordered_selective_scan", "wsts", rb, build_op("ordered_selective_scan", "wsts")),
+        Target("space_time_scan", "sts6d", rb, build_op("space_time_scan", "sts6d")),
+        Target("space_time_merge", "sts6d", rb, build_op("space_time_merge", "sts6d")),
+        Target("deformable_aggregate", "spatial", rb, build_op("deformable_aggregate", "spatial")),
         Target("attention", "", ATTENTION_IMPLS, build_attention, exponent=2.0),
         Target("glsmamba", model_preset, rb, build_glsmamba(model_preset), kind="net"),
         Target("attention_net", "depth6", ATTENTION_IMPLS, build_attention_net, kind="net", exponent=2.0),

@@ -20,6 +20,7 @@ from glsmamba.bench.harness import read_rows
 
 TARGET_SCAN = {"B": 2, "C": 384, "N": 16, "tokens": 15360, "dtype": "bfloat16"}
 HEADLINE = {"T": 5, "H": 64, "W": 48}
+HEADLINE_TOKENS = 5 * 64 * 48
 LINEAR_RANGE = (2000, 200000)
 
 
@@ -56,6 +57,34 @@ def slope(points: list[tuple[float, float]]) -> float | None:
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
+def _size(r: dict[str, str]) -> str:
+    return f"T={r['T']} {r['H']}x{r['W']} ({int(r['tokens']):,} tokens)"
+
+
+def _largest(rows, **want) -> dict[str, str] | None:
+    """The ok row (matching ``want``) with the most tokens (then the most frames)."""
+    ok = _ok(rows, **want)
+    return max(ok, key=lambda r: (int(r["tokens"]), int(r["T"]))) if ok else None
+
+
+def why_missing(rows, *, tokens: int, triton: bool = False, dtype: str | None = None, op: str | None = None) -> str:
+    """Why a target has no measurement: a GPU is needed (the triton backend is timed on CUDA only), the sweep did
+    not reach the target's size, or ran another dtype. Empty when none of these explains it."""
+    reasons = []
+    if triton and not any(r.get("device_kind") == "cuda" for r in rows):
+        reasons.append("needs a GPU (the triton backend is timed on CUDA only; this sweep ran on "
+                       f"{', '.join(sorted({r.get('device_kind') or '?' for r in rows})) or 'no device'})")
+    big = _largest(rows, op=op) if op else _largest(rows)
+    if big is None:
+        reasons.append("no ok measurement" + (f" of {op}" if op else ""))
+    elif int(big["tokens"]) < tokens:
+        reasons.append(f"needs {tokens:,} tokens; this sweep's largest size is {_size(big)}")
+    dtypes = sorted({r["dtype"] for r in rows if r.get("dtype")})
+    if dtype and dtypes and dtype not in dtypes:
+        reasons.append(f"needs {dtype}; this sweep ran {', '.join(dtypes)}")
+    return "; ".join(reasons)
+
+
 def _net_backend(rows) -> str | None:
     for b in ("triton", "reference", "compile"):
         if _ok(rows, op="glsmamba", backend=b):
@@ -66,7 +95,8 @@ def _net_backend(rows) -> str | None:
 def check_scan_roofline(rows) -> tuple[str, str]:
     hits = _ok(rows, op="selective_scan", backend="triton", mode="fwd", **TARGET_SCAN)
     if not hits:
-        return "n/a", "no triton selective_scan fwd row at B=2 D=384 N=16 L=15360 bf16 (needs a CUDA run)"
+        why = why_missing(rows, tokens=TARGET_SCAN["tokens"], triton=True, dtype=TARGET_SCAN["dtype"])
+        return "n/a", f"no triton selective_scan fwd row at B=2 D=384 N=16 L=15360 bf16: {why or 'not measured'}"
     r = hits[0]
     pct = _f(r, "pct_roofline")
     if pct is None:
@@ -85,7 +115,10 @@ def check_scan_vs_compile(rows) -> tuple[str, str]:
     com = _ok(rows, op="selective_scan", backend="compile", mode="fwd+bwd", **TARGET_SCAN)
     if not tri or not com:
         missing = " and ".join(n for n, x in (("triton", tri), ("compile", com)) if not x)
-        return "n/a", f"no {missing} selective_scan fwd+bwd row at the target shape"
+        why = why_missing(rows, tokens=TARGET_SCAN["tokens"], triton=True, dtype=TARGET_SCAN["dtype"])
+        if not com and not any(r["backend"] == "compile" for r in rows):
+            why += ("; " if why else "") + "no compile rows (torch.compile is skipped on CPU by default)"
+        return "n/a", f"no {missing} selective_scan fwd+bwd row at the target shape: {why or 'not measured'}"
     ratio = _f(com[0], "ms_p50") / _f(tri[0], "ms_p50")
     detail = f"compile {_fmt(_f(com[0], 'ms_p50'), ' ms')} / triton {_fmt(_f(tri[0], 'ms_p50'), ' ms')} = {ratio:.1f}x"
     return ("PASS" if ratio >= 10 else "FAIL"), detail
@@ -115,7 +148,9 @@ def check_linear(rows) -> tuple[str, str]:
             if mode == "fwd" or verdict == "n/a":
                 verdict = "PASS" if ratio < 2 and max(p[0] for p in pts) >= 0.5 * hi else "FAIL"
         if verdict == "n/a":
-            parts.append(f"glsmamba ({backend}): fewer than 2 points in {LINEAR_RANGE[0]}-{LINEAR_RANGE[1]} tokens")
+            why = why_missing(rows, tokens=LINEAR_RANGE[1] // 2, op="glsmamba")
+            parts.append(f"glsmamba ({backend}): fewer than 2 points in {LINEAR_RANGE[0]}-{LINEAR_RANGE[1]} tokens"
+                         + (f" ({why}; a GPU sweep reaches it: bash bench/gpu.sh)" if why else ""))
     for impl in ("sdpa", "sdpa_math"):
         att = [(int(r["tokens"]), _f(r, "ms_p50")) for r in _ok(rows, op="attention_net", backend=impl, mode="fwd")]
         ooms = sorted({int(r["tokens"]) for r in rows if _match(r, op="attention_net", backend=impl, status="oom")})
@@ -151,16 +186,50 @@ def check_headline(rows) -> tuple[str, str]:
                 )
                 verdicts.append(t < ta and m is not None and ma is not None and m < ma)
     if not verdicts:
-        return "n/a", f"no glsmamba/attention_net pair at T=5 64x48 ({backend})"
+        why = why_missing(rows, tokens=HEADLINE_TOKENS, op="glsmamba")
+        return "n/a", (f"no glsmamba/attention_net pair at T=5 64x48 ({backend})" + (f": {why}" if why else "")
+                       + _pair_at_largest(rows, backend))
     return ("PASS" if all(verdicts) else "FAIL"), f"glsmamba ({backend}); " + "; ".join(parts)
 
 
-def _headline_table(rows) -> list[str]:
+def _pair_at_largest(rows, backend: str) -> str:
+    """For information, where the headline size was not run: glsmamba vs attention_net fwd at the largest size
+    both were measured at (no verdict: the target is about 15,360 tokens)."""
+    mine = _largest(rows, op="glsmamba", backend=backend, mode="fwd")
+    if mine is None:
+        return ""
+    where = {k: mine[k] for k in ("T", "H", "W")}
+    parts = []
+    for impl in ("sdpa", "sdpa_math"):
+        theirs = _ok(rows, op="attention_net", backend=impl, mode="fwd", **where)
+        if theirs:
+            ta, t = _f(theirs[0], "ms_p50"), _f(mine, "ms_p50")
+            parts.append(f"{impl} {_fmt(ta, ' ms')} ({ta / t:.2f}x)")
+    if not parts:
+        return ""
+    return f"; for information, fwd at {_size(mine)}: glsmamba {_fmt(_f(mine, 'ms_p50'), ' ms')} vs " + ", ".join(parts)
+
+
+def _table_size(rows) -> tuple[dict[str, str], str]:
+    """The size of the measurements table: the headline T=5 64x48, or the largest size measured when the sweep
+    did not reach it (with a heading that says so)."""
+    if any(_match(r, **HEADLINE) for r in rows):
+        where = {k: str(v) for k, v in HEADLINE.items()}
+        return where, f"## All measurements at T=5, 64x48 ({HEADLINE_TOKENS:,} tokens)"
+    big = _largest(rows)
+    if big is None:
+        return {k: str(v) for k, v in HEADLINE.items()}, "## All measurements (none: no ok rows)"
+    where = {k: big[k] for k in ("T", "H", "W")}
+    return where, (f"## All measurements at {_size(big)}: the largest size this sweep measured (the headline "
+                   f"T=5 64x48, {HEADLINE_TOKENS:,} tokens, was not run)")
+
+
+def _headline_table(rows, where: dict[str, str] | None = None) -> list[str]:
     out = [
         "| op | backend | mode | B | C | N | p50 ms | first call ms | mem MiB | GB/s | % peak BW | % roofline |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    hits = [r for r in rows if _match(r, **HEADLINE)]
+    hits = [r for r in rows if _match(r, **(where or HEADLINE))]
     for r in sorted(hits, key=lambda r: (r["op"], r["variant"], r["backend"], r["mode"])):
         name = r["op"] + (f"[{r['variant']}]" if r["variant"] else "")
         if r["status"] != "ok":
@@ -175,10 +244,10 @@ def _headline_table(rows) -> list[str]:
     return out
 
 
-def _slopes_table(rows) -> list[str]:
+def _slopes_table(rows, min_tokens: int = LINEAR_RANGE[0]) -> list[str]:
     groups: dict[tuple[str, str, str, str], list[tuple[int, float]]] = defaultdict(list)
     for r in rows:
-        if r["status"] == "ok" and int(r["tokens"]) >= LINEAR_RANGE[0]:
+        if r["status"] == "ok" and int(r["tokens"]) >= min_tokens:
             groups[(r["op"], r["variant"], r["backend"], r["mode"])].append((int(r["tokens"]), _f(r, "ms_p50")))
     out = ["| op | backend | mode | points | tokens | slope (time ~ tokens^slope) |", "|---|---|---|---|---|---|"]
     for (op, variant, backend, mode), pts in sorted(groups.items()):
@@ -223,7 +292,14 @@ def write_summary(csv_path: str | Path, out_dir: str | Path | None = None) -> Pa
     for name, fn in checks:
         verdict, detail = fn(rows)
         lines.append(f"| {name} | {verdict} | {detail} |")
-    lines += ["", "## All measurements at T=5, 64x48 (15,360 tokens)", "", *_headline_table(rows)]
-    lines += ["", f"## Scaling exponents (ok points with >= {LINEAR_RANGE[0]} tokens)", "", *_slopes_table(rows), ""]
+    where, heading = _table_size(rows)
+    lines += ["", heading, "", *_headline_table(rows, where)]
+    slopes = _slopes_table(rows)
+    heading = f"## Scaling exponents (ok points with >= {LINEAR_RANGE[0]:,} tokens)"
+    if len(slopes) == 2 and rows:  # no op has two sizes in the linear range: slopes over every size measured
+        slopes = _slopes_table(rows, min_tokens=0)
+        heading = (f"## Scaling exponents (all ok points: no op has two sizes >= {LINEAR_RANGE[0]:,} tokens in this "
+                   f"sweep, so fixed per-call costs flatten these small-size slopes)")
+    lines += ["", heading, "", *slopes, ""]
     out.write_text("\n".join(lines))
     return out

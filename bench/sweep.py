@@ -3,8 +3,8 @@
 ``python -m glsmamba.bench [options]`` and ``glsmamba bench [options]`` run :func:`run`. Nothing here crashes on a
 failing measurement: out-of-memory is recorded as status ``oom``, other exceptions as ``error`` (with the
 message in ``note``), and points that are skipped on purpose (time budget, predicted too slow, compile size
-limit) as ``skip``. Targets or backends that cannot run at all here (an op that has not landed, triton without
-CUDA, mambapy not installed) are skipped with one printed reason each.
+limit) as ``skip``. Targets or backends that cannot run at all here (triton without CUDA, mambapy not
+installed) are skipped with one printed reason each.
 """
 
 from __future__ import annotations
@@ -65,6 +65,13 @@ def _hw(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _positive(text: str) -> int:
+    value = int(text) if text.strip().lstrip("+-").isdigit() else None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sweep's options (shared by ``python -m glsmamba.bench`` and ``glsmamba bench``)."""
     g = parser.add_argument_group("what to run")
@@ -91,7 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=MODES,
         help="modes to time (default: all three; --quick: fwd and fwd+bwd)",
     )
-    g.add_argument("--T", nargs="+", type=int, default=None, help=f"frames (default {FULL_T}, quick {QUICK_T})")
+    g.add_argument(
+        "--T", nargs="+", type=_positive, default=None, help=f"frames (default {FULL_T}, quick {QUICK_T})"
+    )
     g.add_argument(
         "--hw",
         nargs="+",
@@ -100,13 +109,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HxW",
         help="token grids per frame (default 16x12 32x24 64x48 128x96; quick 16x12 32x24)",
     )
-    g.add_argument("--B", type=int, default=None, help="op batch (default 2, quick 1)")
-    g.add_argument("--C", type=int, default=None, help="op channels D (default 384, quick 64)")
-    g.add_argument("--N", type=int, default=16, help="state size (default 16)")
-    g.add_argument("--net-batch", type=int, default=1, help="batch for the networks (default 1)")
+    g.add_argument("--B", type=_positive, default=None, help="op batch (default 2, quick 1)")
+    g.add_argument("--C", type=_positive, default=None, help="op channels D (default 384, quick 64)")
+    g.add_argument("--N", type=_positive, default=16, help="state size (default 16)")
+    g.add_argument("--net-batch", type=_positive, default=1, help="batch for the networks (default 1)")
     g.add_argument(
         "--net-width",
-        type=int,
+        type=_positive,
         default=None,
         help="width of the networks (default: the GLSMamba preset's width; else 192, quick 64)",
     )

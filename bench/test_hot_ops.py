@@ -1,7 +1,7 @@
 """pytest-benchmark timings of the hot ops at small sizes: ``python -m pytest bench/ --benchmark-only``.
 
 Kept out of the default test run (``testpaths = ["tests"]``). Every (op, backend, mode) the case builders know
-is a test; ones that cannot run here (op not landed, triton without CUDA, mambapy missing) skip with the
+is a test; ones that cannot run here (triton without CUDA, mambapy missing) skip with the
 reason. Compare runs with pytest-benchmark's own options (``--benchmark-autosave``, ``--benchmark-compare``).
 """
 

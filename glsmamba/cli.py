@@ -1,6 +1,6 @@
 """The ``glsmamba`` command line.
 
-Each subcommand lives in ``vhpe/commands/<name>.py`` and provides ``HELP`` (one line),
+Each subcommand lives in ``glsmamba/commands/<name>.py`` and provides ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their
 command runs, so ``glsmamba info`` works even where an optional dependency is missing.
 """

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glsmamba.kernels._utils import cdiv, interpreting, record_build
+from glsmamba.kernels._utils import cdiv, gpu_geometry, record_build
 
 record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
 
@@ -460,18 +460,9 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
 # launcher helpers (Python)
 # ------------------------------------------------------------------------------------------------------------------
 
-H100_SMS = 132  # SM count the GPU geometry assumes when no CUDA device is present (the static report)
-
-
 def none_flag(name: str):
     """A ``triton.heuristics`` entry: True when the argument ``name`` is given (optional inputs travel as None)."""
     return lambda args: args[name] is not None
-
-
-def sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return H100_SMS
 
 
 def divisor(n: int, cands=(4, 2, 1)) -> int:
@@ -512,6 +503,6 @@ def sum_leading(src: torch.Tensor, dst: torch.Tensor, batches: int = 1) -> torch
     """``dst[q] = src[q].sum(0)`` for ``batches`` independent sums, in a fixed order, by a Triton kernel (src
     ``(batches, P, M)`` contiguous, dst ``(batches, M)`` in its own dtype)."""
     P, M = src.numel() // (batches * (dst.numel() // batches)), dst.numel() // batches
-    block = 256 if interpreting() else 1024
+    block = 1024 if gpu_geometry() else 256
     sum_rows[(cdiv(M, block), batches)](src_ptr=src, dst_ptr=dst, P=P, M=M, BLOCK=block)
     return dst

@@ -12,11 +12,12 @@ launching kernels built for the other mode.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+from collections.abc import Iterator
+from fractions import Fraction
 
 import torch
-
-LOG2E = 1.4426950408889634
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -116,11 +117,81 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-# Working-memory budget for backward partial sums (dB/dC per channel block) kept between two reductions.
-PARTIAL_BYTES = 256 << 20
+# The machine the CUDA geometry plans for when no CUDA device is there to ask (H100 / H200 SXM: 132 SMs).
+DEFAULT_SMS = 132
 
 
-def units_per_launch(bytes_per_unit: int, units: int, forced: int | None = None) -> int:
-    """How many units (tiles, chunks) one launch may cover so that its partial sums stay within PARTIAL_BYTES
-    (at least 1, at most ``units``); ``forced`` overrides (tests)."""
-    return min(units, forced or max(1, PARTIAL_BYTES // bytes_per_unit))
+# ---- launch configuration: the one switch for geometry and test-only knobs ----------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """How the launchers choose their geometry; set with :func:`launch_config`, read with :func:`current_config`.
+
+    Attributes:
+        cuda_geometry: ``True``: the block sizes, chunking, grids, segment sizes and ``num_warps`` a CUDA launch
+            uses, even under the interpreter (the static traffic count and the sm_90 report use this); ``False``:
+            the interpreter's (few large programs); ``None`` (default): the geometry of where the kernels run.
+        sms: streaming multiprocessors the CUDA geometry plans for (``None``: the CUDA device's own count, or
+            :data:`DEFAULT_SMS` without one).
+        scale: multiplies the machine's budget (SMs). A problem cut along independent
+            dimensions (batch, channel blocks) by a factor r, run with ``scale = r``, makes exactly the choices the
+            whole problem makes on the whole machine (exact: a ``Fraction`` is welcome), so a count on the cut
+            problem extrapolates to the whole one (see ``bench/traffic.py``).
+        tiles_per_chunk: forward tiles per chunk of the selective scan's chunk-parallel forward (tests: several
+            chunks on tiny inputs; rounded up to whole checkpoint intervals); ``None``: one chunk unless the
+            programs cannot fill two waves.
+        bwd_splits: channel ranges per backward program of the scans (each range sums its own dB/dC, the ranges
+            are summed afterwards in a fixed order); ``None``: more than one only when the programs cannot fill
+            two waves.
+        fwd_tile: steps per forward tile under the interpreter geometry (tests: a tile shorter than the checkpoint
+            spacing); ``None``: one tile per checkpoint interval.
+
+    Launchers must take every machine-dependent decision through this object (:func:`gpu_geometry`,
+    :func:`sm_budget`, :func:`current_config`), never from a module global or the device directly.
+    """
+
+    cuda_geometry: bool | None = None
+    sms: int | None = None
+    scale: Fraction | int = 1
+    tiles_per_chunk: int | None = None
+    bwd_splits: int | None = None
+    fwd_tile: int | None = None
+
+
+# Process-wide, not a ContextVar: autograd runs the backward of CUDA tensors on its own threads.
+_CONFIG: list[LaunchConfig] = [LaunchConfig()]
+
+
+@contextlib.contextmanager
+def launch_config(**changes) -> Iterator[LaunchConfig]:
+    """Within the block, launchers use the current :class:`LaunchConfig` with ``changes`` applied (nestable;
+    process-wide, so a backward run by autograd inside the block sees it too).
+
+    Example: ``with launch_config(cuda_geometry=True, bwd_splits=2): ...``.
+    """
+    previous = _CONFIG[0]
+    _CONFIG[0] = dataclasses.replace(previous, **changes)
+    try:
+        yield _CONFIG[0]
+    finally:
+        _CONFIG[0] = previous
+
+
+def current_config() -> LaunchConfig:
+    return _CONFIG[0]
+
+
+def gpu_geometry() -> bool:
+    """True when the launchers must choose the CUDA geometry (on CUDA, or when :func:`launch_config` asks)."""
+    c = _CONFIG[0]
+    return (not interpreting()) if c.cuda_geometry is None else c.cuda_geometry
+
+
+def sm_budget(device: torch.device) -> Fraction:
+    """The SM count the CUDA geometry plans for, times the config's ``scale`` (exact)."""
+    c = _CONFIG[0]
+    sms = c.sms
+    if sms is None:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else DEFAULT_SMS
+    return Fraction(sms) * Fraction(c.scale)

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glsmamba.kernels._utils import cdiv, check_runnable, device_guard, interpreting, next_pow2, record_build
+from glsmamba.kernels._utils import cdiv, check_runnable, device_guard, gpu_geometry, next_pow2, record_build
 from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS, _check_deformable  # noqa: F401  (re-exported)
 
 record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
@@ -214,7 +214,7 @@ def _deform_dx_kernel(dout_ptr, w_ptr, perm_ptr, coef_ptr, segptr_ptr, dx_ptr,
 def _blocks(L: int, cpg: int) -> tuple[int, int]:
     """(tokens, channels) per tile. GPU: ~512 elements, so the four corner gathers (64-bit addresses) stay in
     registers (sm_90 / triton 3.6: 2048-element tiles spill, 512 use ~140 (fwd) / ~220 (bwd) registers)."""
-    if interpreting():
+    if not gpu_geometry():
         return min(next_pow2(L), 64), min(next_pow2(cpg), 64)
     block_c = min(next_pow2(cpg), 32)
     return max(16, min(64, 512 // block_c)), block_c
@@ -266,8 +266,9 @@ def deformable_bwd(dout: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, m
         # deterministic scatter: stable sort of the entries by source pixel, then one owner per pixel (CSR)
         sorted_keys, perm = torch.sort(keys, stable=True)
         segptr = torch.searchsorted(sorted_keys, torch.arange(nkeys + 1, device=dev, dtype=torch.int64))
-        BCX = min(next_pow2(cpg), 64 if interpreting() else 32)
-        BK = min(next_pow2(nkeys), 64) if interpreting() else max(16, 512 // BCX)
+        gpu = gpu_geometry()
+        BCX = min(next_pow2(cpg), 32 if gpu else 64)
+        BK = max(16, 512 // BCX) if gpu else min(next_pow2(nkeys), 64)
         NCBX = cdiv(cpg, BCX)
         _deform_dx_kernel[(cdiv(nkeys, BK) * NCBX,)](dout, weight, perm, coef, segptr, dx, L, C, G, P, cpg, nkeys,
                                                       NCBX, BLOCK_K=BK, BLOCK_C=BCX, num_warps=4)

@@ -41,12 +41,20 @@ from glsmamba.kernels._scan_common import (
     none_flag,
     pairs_ok,
     scan_carry,
-    sm_count,
     sum_leading,
     summary_tile,
     vec_of,
 )
-from glsmamba.kernels._utils import cdiv, check_runnable, device_guard, interpreting, record_build
+from glsmamba.kernels._utils import (
+    cdiv,
+    check_runnable,
+    current_config,
+    device_guard,
+    gpu_geometry,
+    interpreting,
+    record_build,
+    sm_budget,
+)
 from glsmamba.kernels.space_time import _group_tables, st_merge
 from glsmamba.reference.ordered_scan import _check_ordered_scan
 
@@ -267,21 +275,17 @@ def _os_dbc_kernel(src_ptr, ord_ptr, dst_ptr, S, K, NS, L, LP, M, NCK, CK: tl.co
 # launchers
 # ------------------------------------------------------------------------------------------------------------------
 
-# Test knob (None: the heuristic): channel ranges per backward direction (forces the dB/dC partials).
-BWD_SPLITS: int | None = None
-
-
 class _Geo:
     """Launch geometry of one call. CK steps (256 on the GPU) are one backward chunk and the forward's checkpoint
     spacing; the forward tile is R channels x BLOCK_T steps, one warp (R = 16: each gathered row a full sector)."""
 
     def __init__(self, Bsz: int, K: int, G: int, CH: int, L: int, vec: int, device: torch.device):
-        gpu = not interpreting()
-        self.FAST = not interpreting()
+        gpu = gpu_geometry()
+        self.FAST = not interpreting()  # inline-asm fast paths: compiled kernels only
         self.CK = 256 if gpu else 16
         self.NCK = max(1, cdiv(L, self.CK))
         self.LP = self.NCK * self.CK
-        target = 2 * sm_count(device)
+        target = 2 * sm_budget(device)
         if gpu:  # as many channels per warp as still fill two waves (fewer shuffle rounds per scan)
             self.R = next((r for r in (16, 8, 4, 2) if CH % r == 0 and Bsz * G * CH // r >= target), 1)
             self.BLOCK_T = vec * 32 // self.R
@@ -292,7 +296,8 @@ class _Geo:
         self.Rb = 1 if gpu else divisor(max(self.nfull, 1))
         self.bwd_warps = 2 if gpu else 1  # (registers: see kernels/selective_scan.py)
         base = Bsz * K * self.NCK
-        splits = BWD_SPLITS if BWD_SPLITS is not None else (
+        forced = current_config().bwd_splits  # a test-only knob (kernels._utils.launch_config)
+        splits = forced if forced is not None else (
             min(8, CH, cdiv(target, base)) if gpu and base < target else 1)
         self.cps = cdiv(CH, max(1, min(splits, CH)))
         self.splits = cdiv(CH, self.cps)
@@ -394,7 +399,7 @@ def _bwd(dout, x, delta, A, Bs, Cs, D, delta_bias, tabs, groups, ck, softplus: b
             _os_bwd_kernel[(1, progs)](C0=geo.nfull, BLOCK_R=1, MASKED=True, **main)
         dB = torch.empty(Bsz, K, L, NS, dtype=Bs.dtype, device=x.device)
         dC = torch.empty_like(dB)
-        block = 256 if interpreting() else 1024
+        block = 1024 if gpu_geometry() else 256
         for src, dst in ((dBs, dB), (dCs, dC)):
             _os_dbc_kernel[(cdiv(L, block), Bsz * K * NS)](
                 src_ptr=src, ord_ptr=tabs["o32"], dst_ptr=dst, S=geo.splits, K=K, NS=NS, L=L, LP=geo.LP,

@@ -39,12 +39,20 @@ from glsmamba.kernels._scan_common import (
     none_flag,
     pairs_ok,
     scan_carry,
-    sm_count,
     sum_leading,
     summary_tile,
     vec_of,
 )
-from glsmamba.kernels._utils import cdiv, check_runnable, device_guard, interpreting, record_build
+from glsmamba.kernels._utils import (
+    cdiv,
+    check_runnable,
+    current_config,
+    device_guard,
+    gpu_geometry,
+    interpreting,
+    record_build,
+    sm_budget,
+)
 from glsmamba.reference.selective_scan import check_selective_scan_inputs
 
 record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
@@ -272,11 +280,6 @@ def _unchunk_kernel(src_ptr, dst_ptr, S, NS, L, M, NCK, CK: tl.constexpr, BLOCK:
 # ----------------------------------------------------------------------------------------------------------------
 # launchers
 
-# Test knobs (None: the heuristics below): tiles per forward chunk (forces the chunked forward) and channel ranges
-# per backward group (forces the dB/dC partials and their second reduction).
-TILES_PER_CHUNK: int | None = None
-BWD_SPLITS: int | None = None
-FWD_TILE: int | None = None  # interpreter only: forward tile shorter than the checkpoint spacing
 MAXNREG = 128  # registers per thread (one-warp programs would otherwise take up to 255)
 
 
@@ -285,25 +288,26 @@ class _Geo:
     checkpoint spacing; the forward tile is CK / CK_TILES steps."""
 
     def __init__(self, batch: int, dim: int, length: int, dstate: int, groups: int, device: torch.device):
-        gpu = not interpreting()
+        gpu = gpu_geometry()
+        knobs = current_config()  # test-only knobs (kernels._utils.launch_config)
         self.FAST = not interpreting()  # inline-asm fast paths: compiled kernels only
         self.NS = dstate
         self.CK = 256 if gpu else 16
         self.n_ck = max(1, cdiv(length, self.CK))
         self.group_size = dim // groups
-        target = 2 * sm_count(device)  # programs that fill two waves
+        target = 2 * sm_budget(device)  # programs that fill two waves
         # forward: one warp per program holding R rows x BLOCK_T steps; more rows per warp means fewer shuffle
         # rounds per scan, fewer programs. Chunks only when even one row per program cannot fill the GPU.
         if gpu:
             self.BLOCK_T, self.R = next(((t, r) for t, r in ((64, 4), (128, 2), (256, 1))
                                          if dim % r == 0 and batch * dim // r >= target), (256, 1))
         else:
-            self.BLOCK_T, self.R = FWD_TILE or self.CK, divisor(dim)
+            self.BLOCK_T, self.R = knobs.fwd_tile or self.CK, divisor(dim)
         self.CK_TILES = self.CK // self.BLOCK_T
         self.n_tiles = max(1, cdiv(length, self.BLOCK_T))
         tiles = self.n_tiles
-        if TILES_PER_CHUNK is not None:
-            tiles = TILES_PER_CHUNK
+        if knobs.tiles_per_chunk is not None:
+            tiles = knobs.tiles_per_chunk
         elif gpu and batch * dim // self.R < target:
             tiles = max(1, cdiv(self.n_tiles, cdiv(target, batch * dim // self.R)))
         self.tiles = cdiv(max(1, min(tiles, self.n_tiles)), self.CK_TILES) * self.CK_TILES
@@ -313,7 +317,7 @@ class _Geo:
         # two warps per chunk row on the GPU: one warp (8 steps per thread) needs ~136 registers in the backward
         self.bwd_warps = 2 if gpu else 1
         base = batch * groups * self.n_ck
-        splits = BWD_SPLITS if BWD_SPLITS is not None else (
+        splits = knobs.bwd_splits if knobs.bwd_splits is not None else (
             min(8, self.group_size, cdiv(target, base)) if gpu and base < target else 1)
         self.splits = max(1, min(splits, self.group_size))
         self.cps = cdiv(self.group_size, self.splits)
@@ -347,7 +351,7 @@ def _unchunk(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     """dst (batch, G, N, L) = the sum over the leading dim of src (S, batch, G, n_ck, N, ck), in a fixed order."""
     S, rows, nck, dstate, ck = src.shape[0], src.shape[1] * src.shape[2], src.shape[3], src.shape[4], src.shape[5]
     length = dst.shape[-1]
-    block = 256 if interpreting() else 1024
+    block = 1024 if gpu_geometry() else 256
     _unchunk_kernel[(cdiv(length, block), rows * dstate)](src_ptr=src, dst_ptr=dst, S=S, NS=dstate, L=length,
                                                           M=rows * nck * dstate * ck, NCK=nck, CK=ck, BLOCK=block)
     return dst

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glsmamba.kernels._utils import cdiv, check_runnable, device_guard, interpreting, next_pow2, record_build
+from glsmamba.kernels._utils import cdiv, check_runnable, device_guard, gpu_geometry, next_pow2, record_build
 from glsmamba.reference.space_time import (  # noqa: F401  (re-exported index functions)
     DEFAULT_WINDOW,
     STS6D,
@@ -102,7 +102,7 @@ def _group_tables(groups: tuple[int, ...], device: torch.device) -> tuple[torch.
 
 
 def _blocks(L: int, C: int) -> tuple[int, int]:
-    if interpreting():  # few, large programs: the interpreter pays per program and per op, not per element
+    if not gpu_geometry():  # few, large programs: the interpreter pays per program and per op, not per element
         return min(next_pow2(L), 256), min(next_pow2(C), 128)
     block_c = min(next_pow2(C), 64)
     # 2048-element tiles: ~70 (gather) / ~120 (merge) registers on sm_90, occupancy for these memory-bound copies

@@ -3,7 +3,7 @@
 Importing ``model`` never imports Triton; the kernels load on the first op call that resolves to ``"triton"``.
 
 Example:
-    >>> import model
+    >>> from glsmamba import model
     >>> net = model.GLSMamba("tiny")
     >>> model.set_backend("reference")          # process-wide, takes effect at the next call
     >>> with model.use_backend("triton"):       # scoped
@@ -24,7 +24,7 @@ def set_backend(name: str | None) -> None:
     """Set the process-wide backend: ``"reference"``, ``"triton"``, ``"auto"`` (or ``None`` to restore the default).
 
     Resolved at every op call, so it changes what an already built model runs (unless the model pins its own
-    backend via ``config.backend`` / ``net.backend``; a :func:`use_backend` context inside wins over this).
+    backend via ``config.backend`` / :meth:`GLSMamba.pin_backend`; a :func:`use_backend` context inside wins over this).
     """
     _set_default_backend(name)
 

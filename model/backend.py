@@ -34,7 +34,7 @@ from glsmamba.kernels._utils import (  # noqa: F401  (re-exported: the one answe
 BACKENDS = ("reference", "triton")
 CHOICES = ("auto", *BACKENDS)
 
-# op name -> module name shared by kernels/ and reference/ (design: same file, same function name).
+# op name -> module name shared by kernels/ and reference/ (docs/design.md section 1: same file, same function name).
 OPS: dict[str, str] = {
     "selective_scan": "selective_scan",
     "selective_scan_channel_last": "selective_scan",

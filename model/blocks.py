@@ -2,7 +2,7 @@
 
 Tokens are channel-last ``(B, L, C)`` with ``L = T*H*W`` in natural order ``l = (t*H + h)*W + w``; every block gets
 the clip ``shape = (T, H, W)``. The scans and the deformable merge run through the backend registry at call time
-(``get_op``), so switching the backend on a built model changes what runs.
+(through :mod:`model.ops`), so switching the backend on a built model changes what runs.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
-from glsmamba.reference.space_time import STS6D, scan_orders, window_order
+from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
 
-from . import flops
-from .backend import get_op
+from . import ops
 from .config import GLSMambaConfig
 
 Shape = tuple[int, int, int]
@@ -41,13 +40,6 @@ def global_scan_groups(directions: int, by_type: bool) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=64)
 def _global_orders(shape: Shape, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
     return scan_orders(shape, names, device=device)
-
-
-@functools.lru_cache(maxsize=64)
-def _window_orders(shape: Shape, window: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    fwd, reset_f = window_order(shape, window, reverse=False, device=device)
-    bwd, reset_b = window_order(shape, window, reverse=True, device=device)
-    return torch.stack([fwd, bwd]), torch.stack([reset_f, reset_b])
 
 
 def _order_device(device: torch.device) -> torch.device:
@@ -79,21 +71,31 @@ def frame_conv(conv: nn.Conv2d, x: torch.Tensor, shape: Shape) -> torch.Tensor:
 
 
 class ChannelAttention(nn.Module):
-    """Sequential channel attention across frames: per-frame GAP, the T vectors concatenated, MLP, sigmoid ->
-    per-frame channel weights ``(B, T, D)`` that scale the tokens of each frame."""
+    """Sequential channel attention across frames: per-frame GAP, an MLP (ReLU) and a sigmoid give per-frame channel
+    weights ``(B, T, D)`` that scale the tokens of each frame.
 
-    def __init__(self, num_frames: int, dim: int, reduction: int):
+    ``form="joint"``: the T pooled vectors are concatenated (T*D) and one MLP ``T*D -> T*D / reduction -> T*D`` sees
+    every frame (parameters grow with T^2). ``form="frame"``: one MLP ``D -> D / reduction -> D`` shared by the frames
+    (no cross-frame mixing; parameters independent of T).
+    """
+
+    def __init__(self, num_frames: int, dim: int, reduction: float, form: str = "joint"):
         super().__init__()
-        hidden = max(1, num_frames * dim // reduction)
-        self.fc1 = nn.Linear(num_frames * dim, hidden)
+        self.form = form
+        width = num_frames * dim if form == "joint" else dim
+        hidden = max(1, int(width // reduction))
+        self.fc1 = nn.Linear(width, hidden)
         self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Linear(hidden, num_frames * dim)
+        self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
         t, h, w = shape
         b, l, d = x.shape
         xv = x.reshape(b, t, h * w, d)
-        a = torch.sigmoid(self.fc2(self.act(self.fc1(xv.mean(2).reshape(b, t * d)))))
+        pooled = xv.mean(2)  # (B, T, D)
+        if self.form == "joint":
+            pooled = pooled.reshape(b, t * d)
+        a = torch.sigmoid(self.fc2(self.act(self.fc1(pooled))))
         return (xv * a.reshape(b, t, 1, d)).reshape(b, l, d)
 
 
@@ -113,34 +115,37 @@ class GateStream(nn.Module):
 class SpaceTimeS6(nn.Module):
     """Mamba-1 S6 run along K scan orders by the fused ``ordered_selective_scan`` op.
 
-    ``(delta, B, C)`` are computed once in natural token order (projections commute with permutations). With
-    ``share_proj`` one projection pair serves every direction; each direction always has its own ``A_log``,
-    ``D`` and delta bias.
+    ``(delta, B, C)`` are computed once in natural token order (projections commute with permutations).
+    ``sharing`` says what the K directions share: ``"all"`` one S6 (projections, ``A_log``, ``D`` and the delta
+    bias) read along K orders; ``"proj"`` the projections only (each direction has its own ``A_log``, ``D`` and
+    delta bias); ``"none"`` nothing (VMamba-style per-direction projections).
 
     Args:
-        d_inner: channels Di; d_state: N; dt_rank: R; num_dirs: K.
+        d_inner: channels Di; d_state: N; dt_rank: R; num_dirs: K; sharing: see above.
     """
 
-    def __init__(self, d_inner: int, d_state: int, dt_rank: int, num_dirs: int, share_proj: bool = True,
+    def __init__(self, d_inner: int, d_state: int, dt_rank: int, num_dirs: int, sharing: str = "all",
                  dt_min: float = 1e-3, dt_max: float = 0.1):
         super().__init__()
         self.d_inner, self.d_state, self.dt_rank, self.num_dirs = d_inner, d_state, dt_rank, num_dirs
-        self.share_proj = share_proj
-        n_proj = 1 if share_proj else num_dirs
+        self.sharing = sharing
+        self.share_proj = sharing != "none"
+        n_proj = 1 if self.share_proj else num_dirs
+        n_own = 1 if sharing == "all" else num_dirs
         self.x_proj = nn.Linear(d_inner, n_proj * (dt_rank + 2 * d_state), bias=False)
         std = dt_rank ** -0.5
-        if share_proj:
+        if self.share_proj:
             self.dt_proj = nn.Linear(dt_rank, d_inner, bias=False)
             nn.init.uniform_(self.dt_proj.weight, -std, std)
         else:
             self.dt_proj_weight = nn.Parameter(torch.empty(num_dirs, d_inner, dt_rank).uniform_(-std, std))
         # delta bias: softplus(bias) log-uniform in [dt_min, dt_max] (Mamba's init)
-        dt = torch.exp(torch.rand(num_dirs, d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = torch.exp(torch.rand(n_own, d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         dt = dt.clamp(min=1e-4)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
         a = torch.arange(1, d_state + 1, dtype=torch.float32)
-        self.A_log = nn.Parameter(torch.log(a).repeat(num_dirs, d_inner, 1))
-        self.D = nn.Parameter(torch.ones(num_dirs, d_inner))
+        self.A_log = nn.Parameter(torch.log(a).repeat(n_own, d_inner, 1))
+        self.D = nn.Parameter(torch.ones(n_own, d_inner))
 
     def forward(self, x: torch.Tensor, orders: torch.Tensor, groups: tuple[int, ...],
                 reset: torch.Tensor | None = None) -> torch.Tensor:
@@ -154,46 +159,55 @@ class SpaceTimeS6(nn.Module):
             delta = self.dt_proj(dt_in)
         else:
             delta = torch.einsum("bklr,kdr->bkld", dt_in, self.dt_proj_weight)
-            flops.add(self, 2 * b * k * l * r * di)
         # shared projections: zero-stride views over the directions (the Triton op reads them in place)
         delta = delta.contiguous().expand(b, k, l, di)
         bm = bm.contiguous().expand(b, k, l, n)
         cm = cm.contiguous().expand(b, k, l, n)
-        a = -torch.exp(self.A_log.float())
-        groups_count = max(groups) + 1
-        if flops.counting():
-            flops.add(self, flops.selective_scan_flops(b, k, l, di, n))
-            return x.new_zeros(b, groups_count, l, di)
-        return get_op("ordered_selective_scan")(
-            x, delta, a, bm, cm, self.D.float(), orders, groups,
-            reset=reset, delta_bias=self.dt_bias.float(), delta_softplus=True,
+        a = (-torch.exp(self.A_log.float())).expand(k, di, n).contiguous()
+        return ops.ordered_selective_scan(
+            x, delta, a, bm, cm, self.D.float().expand(k, di).contiguous(), orders, groups,
+            reset=reset, delta_bias=self.dt_bias.float().expand(k, di).contiguous(), delta_softplus=True,
         )
 
 
 # ----------------------------------------------------------------------------------------------- STMM
 class Modulator(nn.Module):
-    """One STMM modulation ``M(y)`` = ``deformable_aggregate(y, offsets, mask, weight, taps)`` with offsets and masks
-    predicted from ``[ref, y]`` by a per-frame depthwise 3x3 conv and a pointwise projection.
+    """One STMM modulation ``M(y)``: a modulated deformable convolution over the taps ``taps`` (``(dt, dh, dw)``)
+    whose offsets and masks (``offset_groups`` groups) are predicted from ``[ref, y]`` by a per-frame depthwise 3x3
+    conv and a pointwise projection.
 
-    The projection starts at zero (offsets 0, masks 0.5) and the tap weights at 2 for the centre tap (0 elsewhere),
-    so ``M(y) = y`` at initialisation.
+    ``group_channels=None`` (depthwise form): one ``deformable_aggregate`` call with depthwise tap weights
+    ``weight (P, C)``. ``group_channels=c`` (grouped form, a grouped DCNv2): every tap is sampled on its own (mask
+    applied, unit weight) and the P samples are mixed by ``weight (P, C / c, c, c)`` inside each group of ``c``
+    channels: ``out[g, o] = sum_p,i weight[p, g, o, i] * sample_p[g, i]``. The P samplings are one
+    ``deformable_aggregate`` call over P copies of the batch: tap ``(dt, dh, dw)`` becomes the centre tap on the clip
+    shifted by ``dt`` frames (zeros past its ends) with ``(dh, dw)`` added to its offsets, the same samples.
+
+    The projection starts at zero (offsets 0, masks 0.5) and the centre tap's weight at 2 (twice the identity in the
+    grouped form), every other tap at 0, so ``M(y) = y`` at initialisation.
     """
 
-    def __init__(self, channels: int, taps: torch.Tensor, groups: int):
+    def __init__(self, channels: int, taps: torch.Tensor, offset_groups: int, group_channels: int | None = None):
         super().__init__()
         taps = torch.as_tensor(taps, dtype=torch.long, device="cpu").reshape(-1, 3)
         self.register_buffer("taps", taps.clone(), persistent=False)
-        self.groups = groups
+        self.tap_list = tuple(tuple(tap) for tap in taps.tolist())
+        self.groups = offset_groups
+        self.group_channels = group_channels
         p = taps.shape[0]
         self.offset_dw = nn.Conv2d(2 * channels, 2 * channels, 3, padding=1, groups=2 * channels)
-        self.offset_pw = nn.Linear(2 * channels, groups * p * 3)
+        self.offset_pw = nn.Linear(2 * channels, offset_groups * p * 3)
         nn.init.zeros_(self.offset_pw.weight)
         nn.init.zeros_(self.offset_pw.bias)
         centre = [i for i, tap in enumerate(taps.tolist()) if tap == [0, 0, 0]]
         if len(centre) != 1:
             raise ValueError(f"taps must contain (0, 0, 0) exactly once, got {taps.tolist()}")
-        weight = torch.zeros(p, channels)
-        weight[centre[0]] = 2.0
+        if group_channels is None:
+            weight = torch.zeros(p, channels)
+            weight[centre[0]] = 2.0
+        else:
+            weight = torch.zeros(p, channels // group_channels, group_channels, group_channels)
+            weight[centre[0]] = 2.0 * torch.eye(group_channels)
         self.weight = nn.Parameter(weight)
 
     def forward(self, ref: torch.Tensor, y: torch.Tensor, shape: Shape) -> torch.Tensor:
@@ -203,20 +217,45 @@ class Modulator(nn.Module):
         o = self.offset_pw(f).reshape(b, l, self.groups, p, 3)
         offsets = o[..., :2].contiguous()
         mask = torch.sigmoid(o[..., 2]).contiguous()
-        if flops.counting():
-            flops.add(self, flops.deformable_flops(b, l, c, p))
-            return torch.zeros_like(y)
-        return get_op("deformable_aggregate")(y, offsets, mask, self.weight.to(y.dtype), self.taps, shape)
+        if self.group_channels is None:
+            return ops.deformable_aggregate(y, offsets, mask, self.weight.to(y.dtype), self.taps, shape)
+        samples = self._sample_taps(y, offsets, mask, shape)  # (B, L, P, C)
+        g, cg = c // self.group_channels, self.group_channels
+        out = torch.einsum("blpgi,pgoi->blgo", samples.reshape(b, l, p, g, cg), self.weight.to(y.dtype))
+        return out.reshape(b, l, c)
+
+    def _sample_taps(self, y: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, shape: Shape) -> torch.Tensor:
+        """Every tap's masked bilinear sample, ``(B, L, P, C)``, in one ``deformable_aggregate`` call."""
+        t, h, w = shape
+        b, l, c = y.shape
+        p, goff = len(self.tap_list), offsets.shape[2]
+        frames = y.reshape(b, t, h * w, c)
+        shifted = []
+        for dt, _, _ in self.tap_list:  # x_dt[t] = y[t + dt], zero where t + dt is outside the clip
+            a = abs(dt)
+            shifted.append(F.pad(frames, (0, 0, 0, 0, a, a))[:, dt + a:dt + a + t] if dt else frames)
+        xs = torch.stack(shifted, dim=1).reshape(b * p, l, c)
+        shift = torch.tensor([[dh, dw] for _, dh, dw in self.tap_list], dtype=offsets.dtype, device=offsets.device)
+        off = (offsets + shift).permute(0, 3, 1, 2, 4).reshape(b * p, l, goff, 1, 2)
+        msk = mask.permute(0, 3, 1, 2).reshape(b * p, l, goff, 1)
+        centre = self.taps.new_zeros(1, 3)
+        out = ops.deformable_aggregate(xs, off, msk, y.new_ones(1, c), centre, shape)
+        return out.reshape(b, p, l, c).transpose(1, 2)
 
 
 class STMM(nn.Module):
     """Spatial- and temporal-modulated scan merging: ``F = y_u + M_s(y_s) + M_t(y_t)`` (terms present as the
-    number of directions allows: 2 -> y_u, 4 -> + M_s(y_s), 6 -> + M_t(y_t))."""
+    number of directions allows: 2 -> y_u, 4 -> + M_s(y_s), 6 -> + M_t(y_t)).
 
-    def __init__(self, channels: int, directions: int, groups: int):
+    ``group_channels``: ``(spatial, temporal)`` channels per group of the grouped form, or None (depthwise form).
+    """
+
+    def __init__(self, channels: int, directions: int, offset_groups: int,
+                 group_channels: tuple[int, int] | None = None):
         super().__init__()
-        self.spatial = Modulator(channels, SPATIAL_TAPS, groups) if directions >= 4 else None
-        self.temporal = Modulator(channels, TEMPORAL_TAPS, groups) if directions >= 6 else None
+        gs, gt = group_channels if group_channels is not None else (None, None)
+        self.spatial = Modulator(channels, SPATIAL_TAPS, offset_groups, gs) if directions >= 4 else None
+        self.temporal = Modulator(channels, TEMPORAL_TAPS, offset_groups, gt) if directions >= 6 else None
 
     def forward(self, ys: torch.Tensor, shape: Shape) -> torch.Tensor:
         """``ys (B, G, L, Di)`` = (y_u, y_s, y_t)[:G] -> ``(B, L, Di)``."""
@@ -235,7 +274,7 @@ class _SSMBlock(nn.Module):
 
         h = LN(X) [* channel attention]
         x, z = in_proj(h);  A = SiLU(LN(DWConv(z)));  F = merge(S6 over the orders (SiLU(x)))
-        X = X + out_proj(LN(F) * A);  X = X + FFN(LN(X))
+        X = X + out_proj(LN(F) * A);  X = X + FFN(LN(X))   (the FFN only when ffn_ratio > 0)
     """
 
     def __init__(self, cfg: GLSMambaConfig, num_dirs: int, channel_attention: bool, drop_path: float):
@@ -243,15 +282,16 @@ class _SSMBlock(nn.Module):
         self.num_dirs = num_dirs
         d, di = cfg.dim, cfg.d_inner
         self.norm1 = nn.LayerNorm(d)
-        self.channel_attn = ChannelAttention(cfg.num_frames, d, cfg.ca_reduction) if channel_attention else None
+        self.channel_attn = (ChannelAttention(cfg.num_frames, d, cfg.ca_reduction, cfg.ca_form)
+                             if channel_attention else None)
         self.in_proj = nn.Linear(d, 2 * di, bias=False)
         self.gate = GateStream(di)
-        self.ssm = SpaceTimeS6(di, cfg.d_state, cfg.dt_rank_, self.num_dirs, cfg.share_ssm_proj)
+        self.ssm = SpaceTimeS6(di, cfg.d_state, cfg.dt_rank_, self.num_dirs, cfg.ssm_sharing)
         self.out_norm = nn.LayerNorm(di)
         self.out_proj = nn.Linear(di, d, bias=False)
-        self.norm2 = nn.LayerNorm(d)
         hidden = int(round(d * cfg.ffn_ratio))
-        self.ffn = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+        self.norm2 = nn.LayerNorm(d) if hidden else None
+        self.ffn = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d)) if hidden else None
         self.drop_path = DropPath(drop_path)
 
     def scan_and_merge(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:  # pragma: no cover - abstract
@@ -266,6 +306,8 @@ class _SSMBlock(nn.Module):
         gate = self.gate(z, shape)
         f = self.scan_and_merge(F.silu(xs), shape)
         x = x + self.drop_path(self.out_proj(self.out_norm(f) * gate))
+        if self.ffn is None:
+            return x
         return x + self.drop_path(self.ffn(self.norm2(x)))
 
 
@@ -277,7 +319,8 @@ class GSMBlock(_SSMBlock):
         self.scan_names = global_scan_names(cfg.directions)
         use_stmm = cfg.merge == "stmm" and cfg.directions > 2
         self.scan_groups = global_scan_groups(cfg.directions, by_type=use_stmm)
-        self.merge = STMM(cfg.d_inner, cfg.directions, cfg.stmm_groups) if use_stmm else None
+        group_channels = cfg.stmm_channels_per_group if cfg.stmm_form == "grouped" else None
+        self.merge = STMM(cfg.d_inner, cfg.directions, cfg.stmm_groups, group_channels) if use_stmm else None
 
     def scan_and_merge(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
         orders = _global_orders(tuple(shape), self.scan_names, _order_device(x.device))
@@ -294,23 +337,31 @@ class LRMBlock(_SSMBlock):
         self.window = tuple(cfg.window)
 
     def scan_and_merge(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
-        orders, reset = _window_orders(tuple(shape), self.window, _order_device(x.device))
+        orders, reset = window_orders(shape, self.window, _order_device(x.device))
         return self.ssm(x, orders, (0, 0), reset=reset)[:, 0]
 
 
 class HeatmapHead(nn.Module):
-    """Key-frame head: ``(B, H, W, D)`` tokens -> LN -> 3x3 conv -> BN -> ReLU -> 1x1 conv -> ``(B, J, H, W)``."""
+    """Key-frame head: ``(B, H, W, D)`` tokens -> ``(B, J, H, W)`` heatmaps at the tokens' resolution.
 
-    def __init__(self, dim: int, num_joints: int):
+    ``kind="conv"``: LN -> 3x3 conv D -> D -> BN -> ReLU -> 1x1 conv to J; ``kind="linear"``: LN -> 1x1 conv to J.
+    """
+
+    def __init__(self, dim: int, num_joints: int, kind: str = "conv"):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.conv = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(dim)
-        self.act = nn.ReLU(inplace=True)
+        if kind == "conv":
+            self.conv = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(dim)
+            self.act = nn.ReLU(inplace=True)
+        else:
+            self.conv = self.bn = self.act = None
         self.final = nn.Conv2d(dim, num_joints, 1)
         nn.init.normal_(self.final.weight, std=0.001)
         nn.init.zeros_(self.final.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x).permute(0, 3, 1, 2)
-        return self.final(self.act(self.bn(self.conv(x))))
+        if self.conv is not None:
+            x = self.act(self.bn(self.conv(x)))
+        return self.final(x)

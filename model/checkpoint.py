@@ -3,8 +3,14 @@
 File format (``torch.save``, read back with ``torch.load(weights_only=True)``: tensors and plain Python values only,
 nothing executable)::
 
-    {"format": "glsmamba", "version": 1, "config": GLSMambaConfig.to_dict(), "state_dict": {name: tensor},
+    {"format": "glsmamba", "version": 2, "config": GLSMambaConfig.to_dict(), "state_dict": {name: tensor},
      "frozen_included": bool, "extra": {...}}
+
+Version 1 files (written before the configuration fields ``ssm_sharing``, ``stmm_form``, ``stmm_group_channels``,
+``ca_form``, ``head`` and ``feature_stride`` existed; their switch ``share_ssm_proj`` is now ``ssm_sharing``) are
+converted on reading (:func:`upgrade_config`): every field they stored keeps its value and the new fields get the
+values that rebuild the version-1 layout (per-direction ``A_log``/``D``/delta bias, depthwise STMM, joint channel
+attention, conv head, features at 1/4), so their weights load unchanged into the network they were trained as.
 
 ``save(..., include_frozen=False)`` leaves the frozen encoder out (a ViT-B is ~86M parameters); :func:`load` then
 needs ``backbone=`` (a ViTPose file) or ``strict=False``.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from typing import Any
 
 import torch
@@ -31,7 +38,26 @@ from torch import nn
 from .config import GLSMambaConfig
 
 FORMAT = "glsmamba"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# the values of the fields added in version 2 that rebuild a version-1 network
+_V1_LAYOUT: dict[str, Any] = {"stmm_form": "depthwise", "ca_form": "joint", "head": "conv", "feature_stride": 4}
+
+
+def upgrade_config(data: dict[str, Any], version: int) -> dict[str, Any]:
+    """A checkpoint's config dict of ``version`` in the current field layout (see the module docstring)."""
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"checkpoint version {version!r}: this code reads versions {READABLE_VERSIONS}")
+    if version == 1:
+        data = dict(data)
+        share = data.pop("share_ssm_proj", True)
+        data.setdefault("ssm_sharing", "proj" if share else "none")
+        for key, value in _V1_LAYOUT.items():
+            data.setdefault(key, value)
+        # any other field added since: its default (stmm_group_channels, unused by the depthwise form)
+        for key, value in GLSMambaConfig().to_dict().items():
+            data.setdefault(key, value)
+    return data
 
 
 class CheckpointError(ValueError):
@@ -88,20 +114,103 @@ def save(model: nn.Module, path: str | os.PathLike, *, include_frozen: bool = Tr
     torch.save(payload, os.fspath(path))
 
 
+class DamagedCheckpointError(ValueError):
+    """A file torch cannot read as a checkpoint (cut short, empty, not a torch file, corrupted): the message is one
+    line, ``"<path>: <reason>"``; ``path`` and ``reason`` are attributes."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = os.fspath(path), reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class MissingEncoderError(ValueError):
+    """A checkpoint saved without its frozen encoder was loaded without ``backbone=`` (``path``: the checkpoint)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path} was saved without the frozen encoder weights: pass backbone=<ViTPose file> "
+                         f"or strict=False")
+
+
+# torch.save's legacy (non-zip) format starts with its magic number pickled with protocol 2
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def damaged_file_reason(path: str | os.PathLike, deep: bool = False) -> str | None:
+    """Why the file at ``path`` cannot be a torch checkpoint, judged from its bytes without unpickling anything:
+    ``"empty file (0 bytes)"``, ``"truncated: not a complete torch zip archive"``, ``"a zip archive but not a torch
+    checkpoint (no data.pkl)"``, ``"not a torch checkpoint (...)"``; ``deep`` also checks every archive member's CRC
+    (reads the whole file). ``None`` when the file looks like an intact torch file."""
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    if size == 0:
+        return "empty file (0 bytes)"
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_TORCH_MAGIC))
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist()):
+                    return "a zip archive but not a torch checkpoint (no data.pkl)"
+                bad = zf.testzip() if deep else None
+        except zipfile.BadZipFile:
+            return f"truncated: not a complete torch zip archive ({size} bytes)"
+        except (OSError, EOFError, ValueError, RuntimeError) as e:  # zlib / struct errors inside the archive
+            return f"corrupted torch zip archive ({type(e).__name__})"
+        return f"corrupted: archive member {bad} fails its CRC check" if bad else None
+    if head == _LEGACY_TORCH_MAGIC:
+        return "truncated or corrupted torch file (legacy format)" if deep else None
+    return "not a torch checkpoint (neither a torch zip archive nor a legacy torch file)"
+
+
+def load_torch_file(path: str | os.PathLike, *, weights_only: bool = True) -> Any:
+    """``torch.load(path)`` on the CPU, with a damaged file reported as :class:`DamagedCheckpointError` (checked
+    from the bytes first, so torch's zip and unpickler messages never reach the user); an intact file whose
+    contents the safe loader refuses raises ``pickle.UnpicklingError`` as before."""
+    path = os.fspath(path)
+    reason = damaged_file_reason(path)
+    if reason is not None:
+        raise DamagedCheckpointError(path, reason)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:
+        reason = damaged_file_reason(path, deep=True)
+        if reason is None and isinstance(e, pickle.UnpicklingError):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise DamagedCheckpointError(path, reason or f"torch cannot read it ({type(e).__name__}: {first})") from e
+
+
+def unpickling_detail(e: BaseException) -> str:
+    """The safe unpickler's own complaint in ``e`` (e.g. ``Unsupported global: GLOBAL numpy...``), without torch's
+    advice to load the file with ``weights_only=False``."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    return lines[0].split(". ")[0] if lines else type(e).__name__
+
+
 def read(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw payload of a GLSMamba checkpoint (validated format)."""
+    """The payload of a GLSMamba checkpoint (validated format; the config converted to the current layout, the
+    file's own version kept under ``"version"``); a damaged file raises :class:`DamagedCheckpointError`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_torch_file(path)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path} is not a GLSMamba checkpoint (not tensors + plain values): {e}") from e
+        raise ValueError(f"{path} is not a GLSMamba checkpoint (not tensors + plain values: "
+                         f"{unpickling_detail(e)})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a GLSMamba checkpoint (no 'format': {FORMAT!r} entry); for ViTPose "
                          f"weights use load_vitpose")
-    if payload.get("version") != VERSION:
-        raise ValueError(f"{path}: checkpoint version {payload.get('version')!r}, this code reads {VERSION}")
+    version = payload.get("version")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: checkpoint version {version!r}, this code reads versions {READABLE_VERSIONS}")
+    if not isinstance(payload.get("config"), dict):
+        raise ValueError(f"{path}: the checkpoint has no config dict")
+    payload["config"] = upgrade_config(payload["config"], version)
     return payload
 
 
@@ -126,8 +235,7 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", s
     net = GLSMamba(cfg)
     allow = () if payload.get("frozen_included", True) else ("encoder.",)
     if allow and backbone is None and strict:
-        raise ValueError(f"{os.fspath(path)} was saved without the frozen encoder weights: pass backbone=<ViTPose "
-                         f"file> or strict=False")
+        raise MissingEncoderError(path)
     _check_and_load(net, payload["state_dict"], f"checkpoint {os.fspath(path)} does not match the model", strict,
                     allow_missing=allow)
     if backbone is not None:
@@ -148,11 +256,11 @@ def _read_state_dict(path: str | os.PathLike, trusted: bool) -> dict[str, torch.
         obj: Any = load_file(path)
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=not trusted)
+            obj = load_torch_file(path, weights_only=not trusted)
         except pickle.UnpicklingError as e:
             raise ValueError(f"{path} holds objects other than tensors (mmpose checkpoints often store their config "
                              f"in 'meta'); if you trust the file, pass trusted=True (command line: --trust-backbone): "
-                             f"{e}") from e
+                             f"{unpickling_detail(e)}") from e
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -191,6 +299,8 @@ def load_vitpose(target: nn.Module, path: str | os.PathLike, *, strict: bool = T
                  trusted: bool = False) -> dict[str, list[str]]:
     """Load ViTPose weights (backbone + its two deconvolutions) from ``path`` into ``target``.
 
+    An encoder at ``feature_stride`` 16 (GLSMamba-BLR) has no deconvolutions: the file's are skipped.
+
     Args:
         target: a :class:`model.GLSMamba` with ``encoder="vit"`` or its :class:`~model.encoder.ViTPoseEncoder`.
         path: ``.pth`` / ``.pt`` (mmpose/ViTPose layout, see the module docstring) or ``.safetensors``.
@@ -208,6 +318,9 @@ def load_vitpose(target: nn.Module, path: str | os.PathLike, *, strict: bool = T
         raise TypeError(f"target must be a GLSMamba with encoder='vit' or a ViTPoseEncoder, got "
                         f"{type(encoder).__name__}")
     mapped, skipped = map_vitpose_keys(_read_state_dict(path, trusted))
+    if encoder.deconv is None:
+        skipped += [k for k in mapped if k.startswith("deconv.")]
+        mapped = {k: v for k, v in mapped.items() if not k.startswith("deconv.")}
     pos = mapped.get("vit.pos_embed")
     own_pos = encoder.vit.pos_embed
     if pos is not None and pos.dim() == 3 and pos.shape[-1] == own_pos.shape[-1] and pos.shape[1] != own_pos.shape[1]:

@@ -44,7 +44,8 @@ class SpaceTimeEmbedding(nn.Module):
 
     def forward(self, feats: torch.Tensor, batch: int) -> torch.Tensor:
         bt, c, h, w = feats.shape
-        t = bt // batch
+        # an empty batch holds no frames to count: it has the model's T (GLSMamba checks T before this)
+        t = bt // batch if batch else self.temporal.shape[0]
         x = self.proj(feats.permute(0, 2, 3, 1))  # (B*T, H, W, D)
         x = x.reshape(batch, t, h * w, self.dim)
         spa = sincos_2d(h, w, self.dim, device=feats.device, dtype=x.dtype)

@@ -1,10 +1,12 @@
-"""Per-frame visual encoders producing features at 1/4 of the input resolution.
+"""Per-frame visual encoders producing features at 1/``feature_stride`` (4 or 16) of the input resolution.
 
-* :class:`ViTPoseEncoder`: the ViTPose layout (plain ViT, patch 16, absolute position embedding) followed by
-  ViTPose's classic two 4x4 stride-2 deconvolutions (each + BN + ReLU) taking the 1/16 token map to 1/4.
-  Submodule names follow ViTPose/mmpose (``vit.patch_embed.proj``, ``vit.blocks.<i>.attn.qkv``, ``vit.last_norm``,
-  ``deconv.<0,1,3,4>``) so ViTPose checkpoints map by prefix (see :mod:`model.checkpoint`).
-* :class:`ConvEncoder`: two stride-2 3x3 convolutions, for the ``tiny`` preset.
+* :class:`ViTPoseEncoder`: the ViTPose layout (plain ViT, patch 16, absolute position embedding), at stride 4
+  followed by ViTPose's classic two 4x4 stride-2 deconvolutions (each + BN + ReLU) taking the 1/16 token map to 1/4;
+  at stride 16 (GLSMamba-BLR) the ViT's tokens themselves. Submodule names follow ViTPose/mmpose
+  (``vit.patch_embed.proj``, ``vit.blocks.<i>.attn.qkv``, ``vit.last_norm``, ``deconv.<0,1,3,4>``) so ViTPose
+  checkpoints map by prefix (see :mod:`model.checkpoint`).
+* :class:`ConvEncoder`: two stride-2 3x3 convolutions, for the ``tiny`` preset; at stride 16 followed by a 4x4
+  average pool (the same trainable layers, features at 1/16).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import flops
 from .config import GLSMambaConfig
 
 
@@ -41,7 +42,6 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        flops.add(self, 4 * b * n * n * c)  # q @ k^T and attn @ v, 2 FLOPs per multiply-add (when counting)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -129,21 +129,24 @@ def deconv_layers(in_channels: int, channels: int) -> nn.Sequential:
 
 
 class ViTPoseEncoder(nn.Module):
-    """ViTPose backbone + its two deconvolutions: ``(N, 3, H, W) -> (N, deconv_channels, H/4, W/4)``."""
+    """ViTPose backbone + its two deconvolutions: ``(N, 3, H, W) -> (N, deconv_channels, H/4, W/4)``; at
+    ``feature_stride`` 16 the backbone alone (``deconv`` is None): ``(N, vit_embed_dim, H/16, W/16)``."""
 
     def __init__(self, cfg: GLSMambaConfig):
         super().__init__()
         self.vit = ViT(cfg.image_size, cfg.vit_embed_dim, cfg.vit_depth, cfg.vit_num_heads, cfg.vit_mlp_ratio,
                        cfg.vit_qkv_bias)
-        self.deconv = deconv_layers(cfg.vit_embed_dim, cfg.deconv_channels)
-        self.out_channels = cfg.deconv_channels
+        self.deconv = deconv_layers(cfg.vit_embed_dim, cfg.deconv_channels) if cfg.feature_stride == 4 else None
+        self.out_channels = cfg.encoder_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.deconv(self.vit(x))
+        x = self.vit(x)
+        return x if self.deconv is None else self.deconv(x)
 
 
 class ConvEncoder(nn.Module):
-    """Small conv stem for ``tiny``: 2 x (3x3 stride-2 conv, BN, ReLU): ``(N, 3, H, W) -> (N, C, H/4, W/4)``."""
+    """Small conv stem for ``tiny``: 2 x (3x3 stride-2 conv, BN, ReLU): ``(N, 3, H, W) -> (N, C, H/4, W/4)``; at
+    ``feature_stride`` 16 a 4x4 average pool follows (``(N, C, H/16, W/16)``, no extra parameters)."""
 
     def __init__(self, cfg: GLSMambaConfig):
         super().__init__()
@@ -152,13 +155,15 @@ class ConvEncoder(nn.Module):
             nn.Conv2d(3, c0, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU(inplace=True),
             nn.Conv2d(c0, c1, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
         )
+        self.pool = nn.AvgPool2d(cfg.feature_stride // 4) if cfg.feature_stride > 4 else None
         self.out_channels = c1
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stem(x)
+        x = self.stem(x)
+        return x if self.pool is None else self.pool(x)
 
 
 def build_encoder(cfg: GLSMambaConfig) -> nn.Module:

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .backend import check_backend_name, use_backend
@@ -19,20 +20,22 @@ from .encoder import build_encoder
 class GLSMamba(nn.Module):
     """GLSMamba (Feng et al., ICCV 2025) for video human pose estimation.
 
-    Pipeline: per-frame encoder (frozen ViTPose + 2 deconvolutions, or the small conv encoder) at 1/4 resolution ->
-    projection to D + sine-cosine spatial and learnable temporal embeddings -> ``num_gsm`` GSM blocks ->
-    ``num_lrm`` LRM blocks -> heatmap head on the key (centre) frame.
+    Pipeline: per-frame encoder (frozen ViTPose + 2 deconvolutions, or the small conv encoder) at 1/4 resolution
+    (``feature_stride`` 16, GLSMamba-BLR: the ViT's 1/16 tokens) -> projection to D + sine-cosine spatial and
+    learnable temporal embeddings -> ``num_gsm`` GSM blocks -> ``num_lrm`` LRM blocks -> heatmap head on the key
+    (centre) frame, its heatmaps bilinearly upsampled to 1/4 of the input when the trunk ran at 1/16.
 
     Args:
-        config: a :class:`GLSMambaConfig` or a preset name (``"tiny"``, ``"base"``, ``"huge"``).
+        config: a :class:`GLSMambaConfig` or a preset name (``"tiny"``, ``"base"``, ``"base-lr"``, ``"huge"``).
         **overrides: config fields to override.
 
     Frames are float tensors normalised as ViTPose expects (ImageNet mean/std), ``H`` and ``W`` multiples of
-    ``config.input_multiple`` (16 for the ViT, 4 for the conv encoder); any such size works.
+    ``config.input_multiple`` (16 for the ViT, ``feature_stride`` for the conv encoder); any such size works.
 
-    Backend: ops run on the backend resolved at each call. ``model.backend`` is ``config.backend`` initially;
-    ``"auto"`` follows the registry (``model.use_backend`` contexts, ``model.set_backend``, ``GLSMAMBA_BACKEND``),
-    ``"reference"`` / ``"triton"`` pin this model (assignable at any time: ``net.backend = "triton"``).
+    Backend: ops run on the backend resolved at each call. ``net.backend`` is ``config.backend`` initially;
+    ``"auto"`` follows the registry (``model.use_backend`` contexts, the process-wide ``model.set_backend``,
+    ``GLSMAMBA_BACKEND``), ``"reference"`` / ``"triton"`` pin this model (at any time: ``net.backend = "triton"``
+    or ``net.pin_backend("triton")``).
 
     Example:
         >>> net = GLSMamba("tiny")
@@ -56,7 +59,7 @@ class GLSMamba(nn.Module):
         rates = [config.drop_path * i / max(1, n - 1) for i in range(n)]
         self.gsm = nn.ModuleList(GSMBlock(config, rates[i]) for i in range(config.num_gsm))
         self.lrm = nn.ModuleList(LRMBlock(config, rates[config.num_gsm + i]) for i in range(config.num_lrm))
-        self.head = HeatmapHead(config.dim, config.num_joints)
+        self.head = HeatmapHead(config.dim, config.num_joints, config.head)
         if config.freeze_encoder:
             self.freeze_encoder()
 
@@ -70,8 +73,10 @@ class GLSMamba(nn.Module):
     def backend(self, name: str) -> None:
         self._backend = check_backend_name(name)
 
-    def set_backend(self, name: str) -> GLSMamba:
-        """Pin (or with ``"auto"`` unpin) this model's backend; returns the model."""
+    def pin_backend(self, name: str) -> GLSMamba:
+        """Pin (or with ``"auto"`` unpin) this model's backend; returns the model.
+
+        Only this model: the process-wide switch is :func:`glsmamba.model.set_backend`."""
         self.backend = name
         return self
 
@@ -112,7 +117,7 @@ class GLSMamba(nn.Module):
                              f"got shape {tuple(frames.shape)}")
 
     def tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """Trunk output ``(B, L, D)`` (all frames) and the clip shape ``(T, H/4, W/4)``."""
+        """Trunk output ``(B, L, D)`` (all frames) and the clip shape ``(T, H/s, W/s)``, s = ``feature_stride``."""
         self._check_frames(frames)
         b, t = frames.shape[:2]
         grad = torch.is_grad_enabled() and not self.encoder_frozen
@@ -132,7 +137,11 @@ class GLSMamba(nn.Module):
         with ctx:
             x, (t, h, w) = self.tokens(frames)
         key = x.reshape(x.shape[0], t, h, w, x.shape[-1])[:, self.config.key_frame]
-        return self.head(key)
+        heatmaps = self.head(key)
+        size = (frames.shape[-2] // 4, frames.shape[-1] // 4)
+        if heatmaps.shape[-2:] != size:  # trunk at 1/16: heatmaps at 1/4 as in base (bilinear, no parameters)
+            heatmaps = F.interpolate(heatmaps, size=size, mode="bilinear", align_corners=False)
+        return heatmaps
 
     # ---- parameters / checkpoints
     def num_parameters(self, trainable_only: bool = False) -> int:

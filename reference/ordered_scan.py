@@ -113,10 +113,10 @@ def ordered_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
         ``[Bsz, G, L, C]`` in x's dtype.
 
     Example:
-        >>> from reference.space_time import scan_orders, STS6D
+        >>> from glsmamba.reference.space_time import STS6D, STS6D_GROUPS, scan_orders
         >>> o = scan_orders((2, 3, 4), STS6D); x = torch.randn(1, 24, 8)
         >>> out = ordered_selective_scan(x, torch.randn(1, 6, 24, 8), -torch.rand(6, 8, 4), torch.randn(1, 6, 24, 4),
-        ...                              torch.randn(1, 6, 24, 4), None, o, (0, 1, 2, 0, 1, 2))
+        ...                              torch.randn(1, 6, 24, 4), None, o, STS6D_GROUPS)
         >>> out.shape
         torch.Size([1, 3, 24, 8])
     """

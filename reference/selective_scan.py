@@ -434,6 +434,9 @@ def _run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, channel_last):
     whole-sequence temporaries are freed early (fewer fresh pages: the page faults of multi-megabyte temporaries
     cost as much as the arithmetic on CPU)."""
     ct = _compute_dtype(u)
+    if u.shape[0] == 0:  # an empty batch: nothing to scan (the chunk drivers assume b >= 1)
+        y = torch.zeros(u.shape, dtype=ct, device=u.device)
+        return _finish(y, u, D, z, ct, 2 if channel_last else 1), torch.zeros(0, *A.shape, dtype=ct, device=u.device)
     record_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
     cdim = 2 if channel_last else 1

@@ -27,6 +27,9 @@ from torch.utils.weak import WeakIdKeyDictionary
 STS6D: tuple[str, ...] = ("unified", "spatial", "temporal", "unified_rev", "spatial_rev", "temporal_rev")
 """The paper's six global orders y1..y6; ``STS6D[k]`` and ``STS6D[k + 3]`` are one type forward and reversed."""
 
+STS6D_GROUPS: tuple[int, ...] = (0, 1, 2, 0, 1, 2)
+"""The merge group of each :data:`STS6D` order: one group per scan type (forward and reversed summed together)."""
+
 DEFAULT_WINDOW: tuple[int, int] = (8, 6)
 """WSTS window (rows, cols); each tube spans all T frames."""
 

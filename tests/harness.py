@@ -1,59 +1,17 @@
-"""The one comparison harness: every tolerance used by the tests is stated here, once.
+"""The comparison harness of the tests: thin wrappers over the one tolerance table of ``glsmamba.verify``.
 
-Every backend is compared with the float32/float64 reference (the recurrent oracle for the scans).
-For each compared tensor the failure message gives the max-abs error, the relative RMS error
-(``rms(out - ref) / rms(ref)``, as fla's ``get_err_ratio``) and the first mismatching index.
+The table (:data:`FWD`, :data:`GRAD_FACTOR`, :func:`tol`), the error statistics and the pass criterion live in
+``glsmamba/verify/tolerances.py``, shared with ``glsmamba verify``; they are imported here, never copied. For each
+compared tensor the failure message gives the max-abs error, the relative RMS error and the first mismatching index.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from glsmamba.verify.tolerances import FWD, GRAD_FACTOR, Tol, compare, error_stats, tol
 
-@dataclass(frozen=True)
-class Tol:
-    atol: float
-    rtol: float
-
-
-# Forward tolerances by the dtype of the inputs and outputs. The oracle computes in float32 from the
-# *same* low-precision inputs, so low-precision error is the output rounding (bf16 eps = 2**-8, fp16 2**-11)
-# plus fp32 accumulation-order differences.
-# Starting points: mamba_ssm tests/ops/test_selective_scan.py (fp32 6e-4/2e-3, fp16 3e-3/5e-3, bf16 3e-2/5e-2),
-# tightened for fp32 where measured on CPU.
-FWD: dict[torch.dtype, Tol] = {
-    torch.float64: Tol(atol=1e-10, rtol=1e-9),
-    torch.float32: Tol(atol=1e-4, rtol=2e-4),
-    torch.float16: Tol(atol=5e-3, rtol=3e-3),
-    torch.bfloat16: Tol(atol=5e-2, rtol=3e-2),
-}
-
-# Gradients go through one more scan (the adjoint) and reductions over L and channels (dA, dB, dC, dD,
-# d(delta_bias) sum over up to B*L*D terms), so they get a fixed multiple of the forward tolerance
-# (mamba_ssm uses x2..x10 for its gradient checks).
-GRAD_FACTOR = 5.0
-
-
-def tol(dtype: torch.dtype, kind: str = "fwd") -> Tol:
-    base = FWD[dtype]
-    if kind == "fwd":
-        return base
-    if kind == "grad":
-        return Tol(base.atol * GRAD_FACTOR, base.rtol * GRAD_FACTOR)
-    raise ValueError(f"kind must be 'fwd' or 'grad', got {kind!r}")
-
-
-def error_stats(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
-    ref64, out64 = ref.detach().double().cpu(), out.detach().double().cpu()
-    diff = (out64 - ref64).abs()
-    rms_ref = ref64.pow(2).mean().sqrt().item() if ref64.numel() else 0.0
-    rms_diff = diff.pow(2).mean().sqrt().item() if diff.numel() else 0.0
-    return {
-        "max_abs": diff.max().item() if diff.numel() else 0.0,
-        "rel_rms": rms_diff / rms_ref if rms_ref > 0 else rms_diff,
-    }
+__all__ = ["FWD", "GRAD_FACTOR", "Tol", "assert_close", "error_stats", "tol"]
 
 
 def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, dtype: torch.dtype | None = None,
@@ -64,19 +22,6 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, dtype: torch.d
     precision. Shapes must match exactly.
     """
     dtype = dtype or out.dtype
-    t = tol(dtype, kind)
-    if ref.shape != out.shape:
-        raise AssertionError(f"{name}: shape {tuple(out.shape)} != reference shape {tuple(ref.shape)}")
-    ref64, out64 = ref.detach().double().cpu(), out.detach().double().cpu()
-    if not torch.isfinite(out64).all():
-        bad = (~torch.isfinite(out64)).nonzero()[0].tolist()
-        raise AssertionError(f"{name}: non-finite value at index {bad}")
-    excess = (out64 - ref64).abs() - (t.atol + t.rtol * ref64.abs())
-    if (excess > 0).any():
-        stats = error_stats(ref64, out64)
-        idx = (excess > 0).nonzero()[0].tolist()
-        raise AssertionError(
-            f"{name} ({kind}, {dtype}): max_abs={stats['max_abs']:.3e} rel_rms={stats['rel_rms']:.3e} "
-            f"atol={t.atol:g} rtol={t.rtol:g}; {int((excess > 0).sum())} of {excess.numel()} elements outside, "
-            f"first at {idx}: out={out64[tuple(idx)].item():.6g} ref={ref64[tuple(idx)].item():.6g}"
-        )
+    result = compare(ref, out, dtype, kind)
+    if not result.passed:
+        raise AssertionError(result.message(name, kind, dtype))

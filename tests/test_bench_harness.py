@@ -121,16 +121,12 @@ def test_attention_net_shapes():
 
 def test_mambapy_baseline_matches_recurrent_oracle():
     pytest.importorskip("mambapy", reason="optional baseline: pip install --no-deps mambapy")
-    rs = pytest.importorskip("glsmamba.reference.selective_scan", reason="reference selective scan not landed")
-    torch.manual_seed(0)
-    Bsz, D, N, L = 2, 6, 4, 37
-    u, delta = torch.randn(Bsz, D, L), torch.randn(Bsz, D, L) * 0.5
-    Bm, Cm = torch.randn(Bsz, N, L), torch.randn(Bsz, N, L)
-    z = torch.randn(Bsz, D, L)
-    p = {k: v.detach() for k, v in cases._ssm_params(D, N, torch.device("cpu")).items()}
-    kw = dict(D=p["D"], z=z, delta_bias=p["delta_bias"], delta_softplus=True)
-    ref = rs.selective_scan_recurrent(u, delta, p["A"], Bm, Cm, **kw)
-    assert_close("mambapy", ref, baselines.mambapy_selective_scan(u, delta, p["A"], Bm, Cm, **kw))
+    import glsmamba.reference.selective_scan as rs
+    from glsmamba.verify.cases import selective_scan_inputs
+
+    x = selective_scan_inputs(batch=2, dim=6, length=37, dstate=4, init="mamba")  # as the benchmark draws them
+    ref = rs.selective_scan_recurrent(**x, delta_softplus=True)
+    assert_close("mambapy", ref, baselines.mambapy_selective_scan(**x, delta_softplus=True))
 
 
 def _sweep(tmp_path, extra: list[str]) -> sweep.Sweep:
@@ -249,3 +245,30 @@ def test_crossover_verdict():
     # faster at 1000, slower at 10000, faster (attention OOM) at 100000: stays faster from 100000 on
     assert _crossover_tokens(mine, theirs)[1] == 100000
     assert _crossover_tokens(mine[:2], theirs[:2])[1] == 1000
+
+
+def test_summary_of_a_cpu_sweep_says_why_targets_are_na(tmp_path):
+    """A quick CPU sweep (small sizes, float32, no triton rows): every target n/a with its reason, the measurements
+    table at the largest size measured, and slopes over all sizes when none has two points >= 2,000 tokens."""
+    small = dict(dtype="float32", B=1, C=64, device_kind="cpu")
+    specs = []
+    for t, h, w, scale in ((1, 16, 12, 1.0), (5, 32, 24, 16.0)):
+        size = dict(T=t, H=h, W=w, tokens=t * h * w)
+        specs += [{**small, **size, "op": "selective_scan", "backend": "reference", "mode": "fwd",
+                   "ms_p50": 0.5 * scale},
+                  {**small, **size, "op": "glsmamba", "backend": "reference", "mode": "fwd", "ms_p50": 10 * scale},
+                  {**small, **size, "op": "attention_net", "backend": "sdpa", "mode": "fwd", "ms_p50": 5 * scale}]
+    _rows(tmp_path, specs)
+    md = summary.write_summary(tmp_path / "s.csv").read_text()
+    targets = [ln for ln in md.splitlines() if ln.startswith("| triton") or ln.startswith("| network")]
+    assert len(targets) == 4 and all("| n/a |" in ln for ln in targets)
+    assert "needs a GPU (the triton backend is timed on CUDA only; this sweep ran on cpu)" in targets[0]
+    assert "needs bfloat16; this sweep ran float32" in targets[0] and "needs a GPU" in targets[1]
+    assert "this sweep's largest size is T=5 32x24 (3,840 tokens)" in targets[2]
+    # the headline pair, for information, at the largest size: glsmamba 160 ms vs sdpa 80 ms
+    assert "fwd at T=5 32x24 (3,840 tokens): glsmamba 160 ms vs sdpa 80 ms (0.50x)" in targets[3]
+    assert "## All measurements at T=5 32x24 (3,840 tokens): the largest size this sweep measured" in md
+    assert "| selective_scan | reference | fwd | 1 | 64 | 16 | 8 |" in md  # 0.5 ms x 16
+    # slope of 16x the time over 20x the tokens: log(16) / log(20)
+    assert f"| selective_scan | reference | fwd | 2 | 192-3840 | {math.log(16) / math.log(20):.2f} |" in md
+    assert "all ok points: no op has two sizes >= 2,000 tokens" in md

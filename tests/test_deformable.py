@@ -10,29 +10,17 @@ import torch.nn.functional as F
 from glsmamba.model.backend import get_impl
 from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
 from glsmamba.reference.deformable import deformable_aggregate as ref_aggregate
+from glsmamba.verify.cases import deformable_inputs
 from tests.harness import assert_close
 
 BACKENDS = ["reference", "triton"]
 NAMES = ("x", "offsets", "mask", "weight")
 
 
-def make_inputs(B=2, shape=(2, 3, 5), C=12, G=2, taps=SPATIAL_TAPS, off_scale=1.5, dtype=torch.float32,
-                device="cpu", seed=0, fractional=True):
-    """Offsets are ``off_scale * N(0, 1)`` (they cross the border); with ``fractional`` every sample position is
-    kept >= 0.05 away from an integer so that finite differences never cross a bilinear cell edge."""
-    g = torch.Generator().manual_seed(seed)
-    T, H, W = shape
-    L, P = T * H * W, taps.shape[0]
-    off = torch.randn(B, L, G, P, 2, generator=g) * off_scale
-    if fractional:
-        frac = off - off.floor()
-        off = torch.where(frac < 0.05, off + 0.1, torch.where(frac > 0.95, off - 0.1, off))
-    return {
-        "x": torch.randn(B, L, C, generator=g).to(device=device, dtype=dtype),
-        "offsets": off.to(device=device, dtype=dtype),
-        "mask": torch.rand(B, L, G, P, generator=g).to(device=device, dtype=dtype),
-        "weight": torch.randn(P, C, generator=g).to(device=device, dtype=dtype),
-    }
+def make_inputs(B=2, shape=(2, 3, 5), C=12, G=2, **kwargs):
+    """The shared deformable inputs (glsmamba.verify.cases: offsets cross the border and, with ``fractional``, stay
+    >= 0.05 away from integers so finite differences never cross a bilinear cell edge) with this file's names."""
+    return deformable_inputs(batch=B, shape=shape, channels=C, offset_groups=G, **kwargs)
 
 
 def depthwise_conv(x, weight, taps, shape):

@@ -149,3 +149,21 @@ def test_missing_pyav_gives_install_hint(clip, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "av", None)  # import av -> ImportError
     assert main(["demo", str(video), "--checkpoint", str(ckpt), "--json", str(tmp / "y.json")]) == 1
     assert "pip install 'glsmamba[video]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_demo_refuses_a_still_image(clip, tmp_path, capsys, ext):
+    """A still image has no frame rate of its own (FFmpeg reads it as 1 frame at a made-up 25 fps): refused."""
+    from PIL import Image
+
+    tmp, video, ckpt = clip
+    image = tmp_path / f"photo.{ext}"
+    Image.fromarray(np.full((72, 96, 3), 128, np.uint8)).save(image)
+    assert main(["demo", str(image), "--checkpoint", str(ckpt), "--json", str(tmp_path / "p.json")]) == 1
+    err = capsys.readouterr().err
+    assert f"{image}: a still image" in err and "not a video" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p.json").exists()
+    with pytest.raises(VideoError, match="still image"):
+        VideoReader(image)
+    with VideoReader(video) as v:  # a real video still opens
+        assert v.fps == FPS

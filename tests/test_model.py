@@ -92,27 +92,32 @@ def _block_params(cfg, gsm: bool) -> int:
     d, di, n, r, t = cfg.dim, cfg.d_inner, cfg.d_state, cfg.dt_rank_, cfg.num_frames
     k = cfg.directions if gsm else 2
     hid = int(round(d * cfg.ffn_ratio))
-    total = 2 * d + 2 * d                                  # norm1, norm2
+    total = 2 * d                                          # norm1
     total += d * 2 * di                                    # in_proj (no bias)
     total += di * 9 + di + 2 * di                          # gate: depthwise 3x3 (+bias), LayerNorm
-    total += di * (r + 2 * n) + r * di                     # shared x_proj, dt_proj
-    total += k * di * n + k * di + k * di                  # per direction A_log, D, delta bias
+    n_proj = k if cfg.ssm_sharing == "none" else 1
+    n_own = 1 if cfg.ssm_sharing == "all" else k
+    total += n_proj * (di * (r + 2 * n) + r * di)          # x_proj, dt_proj (shared or per direction)
+    total += n_own * (di * n + di + di)                    # A_log, D, delta bias (shared or per direction)
     total += 2 * di + di * d                               # out_norm, out_proj (no bias)
-    total += d * hid + hid + hid * d + d                   # FFN
+    if hid:
+        total += 2 * d + d * hid + hid + hid * d + d       # norm2, FFN
     if gsm:
-        ca_hidden = t * d // cfg.ca_reduction
-        total += t * d * ca_hidden + ca_hidden + ca_hidden * t * d + t * d  # channel attention MLP
-        for p in (9, 3)[: {2: 0, 4: 1, 6: 2}[k]] if cfg.merge == "stmm" else ():
+        width = t * d if cfg.ca_form == "joint" else d
+        ca_hidden = int(width // cfg.ca_reduction)
+        total += width * ca_hidden + ca_hidden + ca_hidden * width + width  # channel attention MLP
+        stmm = cfg.merge == "stmm" and k > 2
+        for p, cg in zip((9, 3)[: {2: 0, 4: 1, 6: 2}[k]] if stmm else (), cfg.stmm_channels_per_group, strict=False):
             total += 2 * di * 9 + 2 * di                   # offset depthwise 3x3
             total += 2 * di * cfg.stmm_groups * p * 3 + cfg.stmm_groups * p * 3  # offsets + masks projection
-            total += p * di                                # tap weights
+            total += p * di * (cg if cfg.stmm_form == "grouped" else 1)  # tap weights (grouped or depthwise)
     return total
 
 
 def _trainable_by_hand(cfg) -> int:
     d = cfg.dim
     embed = cfg.encoder_channels * d + d + cfg.num_frames * d
-    head = 2 * d + d * d * 9 + 2 * d + d * cfg.num_joints + cfg.num_joints
+    head = 2 * d + (d * d * 9 + 2 * d if cfg.head == "conv" else 0) + d * cfg.num_joints + cfg.num_joints
     return embed + cfg.num_gsm * _block_params(cfg, True) + cfg.num_lrm * _block_params(cfg, False) + head
 
 
@@ -122,11 +127,23 @@ def test_base_trainable_parameters_match_paper():
         net = GLSMamba(cfg)
     trainable = net.num_parameters(trainable_only=True)
     assert trainable == _trainable_by_hand(cfg)
-    assert abs(trainable - 9.8e6) <= 0.15 * 9.8e6, trainable  # the paper reports ~9.8M trainable
-    assert trainable == 9_019_343  # the number quoted in model/config.py and the report
+    assert abs(trainable - 9.8e6) <= 0.03 * 9.8e6, trainable  # the paper reports 9.8M trainable
+    assert trainable == 9_885_343  # the number quoted in model/config.py and the README
 
 
-@pytest.mark.parametrize("override", [dict(directions=2), dict(directions=4), dict(merge="sum"), dict(num_lrm=0)])
+def test_base_lr_has_base_trunk_and_reads_the_vit_tokens():
+    # GLSMamba-BLR: the same trunk and head; only the projection reads the ViT's 768 channels instead of 256
+    with torch.device("meta"):
+        base, lr = GLSMamba("base"), GLSMamba("base-lr")
+    assert lr.encoder.deconv is None and lr.config.encoder_channels == 768
+    diff = lr.num_parameters(trainable_only=True) - base.num_parameters(trainable_only=True)
+    assert diff == (768 - 256) * 256 == _trainable_by_hand(lr.config) - _trainable_by_hand(base.config)
+
+
+@pytest.mark.parametrize("override", [dict(directions=2), dict(directions=4), dict(merge="sum"), dict(num_lrm=0),
+                                      dict(ssm_sharing="proj"), dict(ssm_sharing="none"), dict(stmm_form="depthwise"),
+                                      dict(ca_form="frame", ca_reduction=4), dict(ffn_ratio=0.0),
+                                      dict(head="linear"), dict(stmm_groups=4, stmm_group_channels=(32, 128))])
 def test_ablation_parameter_counts_by_hand(override):
     cfg = get_config("base", **override)
     with torch.device("meta"):
@@ -217,9 +234,12 @@ def _naive_block(blk, x, shape, directions):
     delta = F.linear(dt_in, ssm.dt_proj.weight)
     f = torch.zeros_like(u)
     for k, steps in directions:
-        dt = F.softplus(delta + ssm.dt_bias[k])
-        f = f + _naive_scan(u, dt, -torch.exp(ssm.A_log[k]), bm, cm, ssm.D[k], steps)
+        j = k if ssm.A_log.shape[0] > 1 else 0  # per-direction A_log / D / delta bias, or one shared S6
+        dt = F.softplus(delta + ssm.dt_bias[j])
+        f = f + _naive_scan(u, dt, -torch.exp(ssm.A_log[j]), bm, cm, ssm.D[j], steps)
     x = x + F.linear(ln(blk.out_norm, f) * gate, blk.out_proj.weight)
+    if blk.ffn is None:
+        return x
     f1, f2 = blk.ffn[0], blk.ffn[2]
     return x + F.linear(F.gelu(F.linear(ln(blk.norm2, x), f1.weight, f1.bias)), f2.weight, f2.bias)
 
@@ -227,9 +247,9 @@ def _naive_block(blk, x, shape, directions):
 SHAPE = (3, 4, 5)  # T, H, W all different
 
 
-@pytest.mark.parametrize("directions", [2, 4, 6])
-def test_gsm_block_sum_merge_matches_hand_written_oracle(directions):
-    cfg = get_config("tiny", num_frames=SHAPE[0], dim=16, directions=directions, merge="sum")
+@pytest.mark.parametrize("directions, sharing", [(2, "all"), (4, "all"), (6, "all"), (6, "proj")])
+def test_gsm_block_sum_merge_matches_hand_written_oracle(directions, sharing):
+    cfg = get_config("tiny", num_frames=SHAPE[0], dim=16, directions=directions, merge="sum", ssm_sharing=sharing)
     blk = GSMBlock(cfg).eval()
     x = torch.randn(2, SHAPE[0] * SHAPE[1] * SHAPE[2], 16)
     orders = _orders_by_hand(*SHAPE)
@@ -284,12 +304,63 @@ def test_stmm_at_initialisation_equals_sum_merge():
         assert_close("stmm at init vs sum", plain(frames), stmm(frames))
 
 
+@pytest.mark.parametrize("which", ["spatial", "temporal"])
+def test_grouped_modulator_with_zero_offsets_is_a_grouped_convolution(which):
+    # offsets 0 (the zero-initialised projection) put every tap on the grid: the grouped DCN is then
+    # 0.5 (the mask) x a grouped 3x3 conv per frame (spatial taps) or a grouped size-3 conv along T per pixel (temporal)
+    t, h, w, c, cg = 4, 5, 3, 8, 4
+    from glsmamba.model.blocks import Modulator
+    from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
+
+    taps = SPATIAL_TAPS if which == "spatial" else TEMPORAL_TAPS
+    mod = Modulator(c, taps, offset_groups=2, group_channels=cg)
+    with torch.no_grad():
+        mod.weight.copy_(torch.randn(mod.weight.shape, generator=torch.Generator().manual_seed(0)))
+    y = torch.randn(2, t * h * w, c)
+    with torch.no_grad(), model.use_backend("reference"):
+        out = mod(torch.randn_like(y), y, (t, h, w))
+    g = c // cg
+    kernel = torch.zeros(c, cg, 3, 3)  # (out, in per group, kh, kw) or, temporal, (out, in per group, dt) in [..., 1]
+    for p, (dt, dh, dw) in enumerate(mod.taps.tolist()):
+        wp = mod.weight[p].detach().reshape(c, cg)  # (g, o, i) -> (g*o, i)
+        if which == "spatial":
+            kernel[:, :, dh + 1, dw + 1] = wp
+        else:
+            kernel[:, :, dt + 1, 1] = wp
+    if which == "spatial":
+        frames = y.reshape(2 * t, h, w, c).permute(0, 3, 1, 2)
+        ref = F.conv2d(frames, kernel, padding=1, groups=g).permute(0, 2, 3, 1).reshape(2, t * h * w, c)
+    else:
+        seq = y.reshape(2, t, h * w, c).permute(0, 2, 3, 1).reshape(2 * h * w, c, t)
+        ref = F.conv1d(seq, kernel[..., 1], padding=1, groups=g).reshape(2, h * w, c, t).permute(0, 3, 1, 2)
+        ref = ref.reshape(2, t * h * w, c)
+    assert_close(f"grouped {which} modulator", 0.5 * ref, out)
+
+
+def test_low_resolution_variant_shapes_and_parameters():
+    # feature_stride 16: the trunk runs on the 1/16 grid, the heatmaps still come out at 1/4
+    tiny, lr = GLSMamba("tiny"), GLSMamba("tiny", feature_stride=16)
+    assert lr.num_parameters(trainable_only=True) == tiny.num_parameters(trainable_only=True)  # pooling only
+    x, shape = lr.eval().tokens(_frames(1, 5, 64, 48))
+    assert shape == (5, 4, 3) and x.shape == (1, 60, 32)
+    out = lr(_frames(2, 5, 64, 48))
+    assert out.shape == (2, 15, 16, 12) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="multiples of 16"):
+        lr(_frames(1, 5, 40, 48))
+    net = GLSMamba("base-lr", vit_depth=1).eval()
+    with torch.no_grad():
+        assert net(_frames(1, 5, 64, 48)).shape == (1, 15, 16, 12)
+    assert net.tokens(_frames(1, 5, 64, 48))[1] == (5, 4, 3)
+
+
 # --------------------------------------------------------------------------------------------- ablations
 @pytest.mark.parametrize(
     "override",
     [dict(directions=2), dict(directions=4), dict(directions=6), dict(merge="sum"), dict(num_lrm=0),
-     dict(num_gsm=0), dict(num_gsm=0, num_lrm=0), dict(share_ssm_proj=False)],
-    ids=["dirs2", "dirs4", "dirs6", "sum", "gsm_only", "lrm_only", "backbone_only", "unshared_proj"],
+     dict(num_gsm=0), dict(num_gsm=0, num_lrm=0), dict(ssm_sharing="none"), dict(ssm_sharing="proj"),
+     dict(stmm_form="depthwise", stmm_groups=2), dict(ca_form="frame"), dict(ffn_ratio=0.0), dict(head="linear")],
+    ids=["dirs2", "dirs4", "dirs6", "sum", "gsm_only", "lrm_only", "backbone_only", "unshared_proj",
+         "shared_proj", "depthwise_stmm", "frame_ca", "no_ffn", "linear_head"],
 )
 def test_ablation_switches_build_and_train(override):
     net = GLSMamba("tiny", **override).train()
@@ -328,6 +399,12 @@ def test_backend_switch_changes_what_a_built_model_runs(device):
         with model.use_backend("reference"), torch.no_grad():
             net(frames)
         assert _op_calls("triton") == expected and _op_calls("reference") == {}
+        assert net.pin_backend("auto") is net and net.backend == "auto"  # unpinned: the context wins again
+        reset_call_counts()
+        with model.use_backend("reference"), torch.no_grad():
+            net(frames)
+        assert _op_calls("reference") == expected and _op_calls("triton") == {}
+        assert not hasattr(net, "set_backend")  # one name per scope: model.set_backend is process-wide
     finally:
         model.set_backend(None)
 
@@ -343,7 +420,7 @@ def test_auto_backend_on_cpu_runs_reference():
 
 
 def test_whole_network_reference_vs_triton_outputs_and_all_grads(device):
-    from glsmamba.commands.verify import exact_float32, perturb_for_check
+    from glsmamba.verify.network import exact_float32, perturb_for_check
 
     torch.manual_seed(0)
     # tiny's structure (STMM, windowed LRM with border windows) narrowed for the interpreter: 1 GSM + 1 LRM, D = 8,

@@ -14,14 +14,16 @@ from glsmamba.model.embeddings import sincos_2d
 
 
 def test_presets_exist_and_follow_the_paper():
-    assert set(PRESETS) == {"tiny", "base", "huge"}
+    assert set(PRESETS) == {"tiny", "base", "base-lr", "huge"}
     base = get_config("base")
     # paper: 4 GSM + 2 LRM, 5-frame clips (centre key frame), 256 x 192 input, frozen ViT-B/16 encoder
     assert (base.num_gsm, base.num_lrm, base.num_frames, base.key_frame) == (4, 2, 5, 2)
     assert base.image_size == (256, 192) and base.encoder == "vit" and base.freeze_encoder
     assert (base.vit_embed_dim, base.vit_depth, base.vit_num_heads) == (768, 12, 12)
     assert base.d_state == 16 and base.directions == 6 and base.merge == "stmm" and base.window == (8, 6)
-    assert base.num_joints == 15
+    assert base.num_joints == 15 and base.feature_stride == 4
+    # GLSMamba-BLR: base with the ViT's 1/16 tokens as the trunk's input (docs/paper.md section 3)
+    assert get_config("base-lr") == base.replace(name="base-lr", feature_stride=16)
     huge = get_config("huge")
     assert (huge.vit_embed_dim, huge.vit_depth, huge.vit_num_heads) == (1280, 32, 16)
     tiny = get_config("tiny")
@@ -45,6 +47,10 @@ def test_derived_sizes():
     assert cfg.d_inner == 512 and cfg.dt_rank_ == math.ceil(256 / 16) and cfg.encoder_channels == 256
     assert get_config("base", dt_rank=4).dt_rank_ == 4
     assert get_config("tiny").encoder_channels == get_config("tiny").conv_channels[-1]
+    assert get_config("base-lr").encoder_channels == 768 and get_config("base-lr").input_multiple == 16
+    assert get_config("tiny", feature_stride=16).input_multiple == 16 and get_config("tiny").input_multiple == 4
+    assert cfg.stmm_channels_per_group == (16, 64)
+    assert get_config("base", dim=8).stmm_channels_per_group == (16, 16)  # capped at d_inner
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -71,6 +77,15 @@ def test_dict_round_trip_through_json(name):
         (dict(stmm_groups=3), "stmm_groups"),
         (dict(num_gsm=-1), "num_gsm"),
         (dict(vit_num_heads=5), "vit_num_heads"),
+        (dict(feature_stride=8), "feature_stride"),
+        (dict(ssm_sharing="some"), "ssm_sharing"),
+        (dict(stmm_form="dense"), "stmm_form"),
+        (dict(stmm_group_channels=(24, 64)), "stmm_group_channels"),
+        (dict(ca_form="mlp"), "ca_form"),
+        (dict(ca_reduction=0), "ca_reduction"),
+        (dict(ca_reduction=5000.0), "ca_reduction"),
+        (dict(head="deconv"), "head"),
+        (dict(ffn_ratio=-1.0), "ffn_ratio"),
     ],
 )
 def test_validation_names_the_field(override, match):

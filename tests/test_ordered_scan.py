@@ -12,32 +12,19 @@ import torch.nn.functional as F
 
 import glsmamba.kernels.ordered_scan as kos
 from glsmamba.bench.bench_ordered_scan import unfused_ordered_scan
+from glsmamba.kernels._utils import launch_config
 from glsmamba.model.backend import get_impl
-from glsmamba.reference.space_time import scan_orders, window_orders
+from glsmamba.reference.space_time import STS6D_GROUPS, scan_orders, window_orders
+from glsmamba.verify.cases import ordered_scan_inputs
 from tests.harness import assert_close
 
 SHAPE = (2, 3, 5)  # T, H, W all different; L = 30
 NAMES = ("x", "delta", "A", "B", "C", "D", "delta_bias")
-STS6D_GROUPS = (0, 1, 2, 0, 1, 2)
 
 
-def make_inputs(K, B=2, shape=SHAPE, C=5, N=4, dtype=torch.float32, device="cpu", seed=0, has_D=True,
-                has_bias=True):
-    g = torch.Generator().manual_seed(seed)
-    L = shape[0] * shape[1] * shape[2]
-
-    def rnd(*s, scale=1.0):
-        return (torch.randn(*s, generator=g) * scale).to(device)
-
-    return {
-        "x": rnd(B, L, C).to(dtype),
-        "delta": rnd(B, K, L, C, scale=0.5).to(dtype),
-        "A": -(torch.rand(K, C, N, generator=g) * 1.5 + 0.2).to(device),
-        "B": rnd(B, K, L, N).to(dtype),
-        "C": rnd(B, K, L, N).to(dtype),
-        "D": rnd(K, C) if has_D else None,
-        "delta_bias": rnd(K, C, scale=0.2) if has_bias else None,
-    }
+def make_inputs(K, B=2, shape=SHAPE, C=5, N=4, **kwargs):
+    """The shared ordered-scan inputs (glsmamba.verify.cases) with this file's defaults."""
+    return ordered_scan_inputs(K, batch=B, shape=shape, channels=C, dstate=N, **kwargs)
 
 
 def oracle(inp, orders, groups, reset=None, delta_softplus=True):
@@ -129,13 +116,6 @@ def compare(inp, orders, groups, reset, dtype=torch.float32, grads=True, ref_fn=
         assert_close(f"d{n}", b, a, dtype, kind="grad")
 
 
-@pytest.fixture
-def knobs():
-    """Restore the launch knobs the tests below may force."""
-    yield
-    kos.BWD_SPLITS = None
-
-
 def test_triton_sts6d_matches_reference(device):
     # C = 5 (not a multiple of the channel block), N = 4, K = 6 directions in 3 groups
     compare(make_inputs(6, device=device), scan_orders(SHAPE, device=device), STS6D_GROUPS, None)
@@ -181,15 +161,15 @@ def test_triton_reads_views_expanded_over_directions(device):
 
 
 @pytest.mark.parametrize("splits", [2, 3])
-def test_triton_backward_channel_ranges(device, knobs, splits):
+def test_triton_backward_channel_ranges(device, splits):
     """The backward's channels split into ranges run by separate programs (dB/dC per range, summed afterwards in
     a fixed order): 2 and 3 ranges of 6 channels, windows with resets and the temporal order, 4 chunks."""
-    kos.BWD_SPLITS = splits
     shape = (3, 4, 5)  # L = 60: 4 chunks of 16 steps under the interpreter
     wo, wr = window_case(device, shape, (2, 3))
     orders = torch.cat([wo, scan_orders(shape, ["temporal"], device=device)])
     reset = torch.cat([wr, torch.zeros_like(wr[:1])])
-    compare(make_inputs(3, shape=shape, C=6, N=4, device=device), orders, (0, 1, 1), reset)
+    with launch_config(bwd_splits=splits):
+        compare(make_inputs(3, shape=shape, C=6, N=4, device=device), orders, (0, 1, 1), reset)
 
 
 def test_triton_mixed_orders(device):
@@ -235,10 +215,9 @@ def test_window_segments_are_independent(backend, device):
 
 
 @pytest.mark.parametrize("splits", [None, 2])
-def test_triton_backward_is_deterministic(device, knobs, splits):
+def test_triton_backward_is_deterministic(device, splits):
     """Every gradient is reduced in a fixed order (no atomics): two identical runs give the same bits (on the
     interpreter this also catches reads of memory nothing wrote)."""
-    kos.BWD_SPLITS = splits
     inp = make_inputs(2, C=5, N=4, device=device)
     orders = scan_orders(SHAPE, ["temporal", "temporal_rev"], device=device)
     fn = get_impl("ordered_selective_scan", "triton")
@@ -246,8 +225,9 @@ def test_triton_backward_is_deterministic(device, knobs, splits):
     runs = []
     for _ in range(2):
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inp.items()}
-        out = fn(**leaves, orders=orders, groups=(0, 0))
-        runs.append(torch.autograd.grad(out, [leaves[n] for n in NAMES], dy))
+        with launch_config(bwd_splits=splits):
+            out = fn(**leaves, orders=orders, groups=(0, 0))
+            runs.append(torch.autograd.grad(out, [leaves[n] for n in NAMES], dy))
     for n, a, b in zip(NAMES, *runs, strict=True):
         assert torch.equal(a, b), f"d{n} differs between two identical runs"
 
@@ -348,7 +328,7 @@ def test_torch_compile_smoke_triton(device):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", ["sts6d", "windows"])
-def test_gpu_triton_matches_reference_long(dtype, case, knobs):
+def test_gpu_triton_matches_reference_long(dtype, case):
     shape = (5, 16, 12)  # L = 960: many tiles; C = 70 spans several channel blocks
     if case == "sts6d":
         orders, reset, groups = scan_orders(shape, device="cuda"), None, STS6D_GROUPS
@@ -357,5 +337,5 @@ def test_gpu_triton_matches_reference_long(dtype, case, knobs):
     inp = make_inputs(orders.shape[0], shape=shape, C=70, N=16, dtype=dtype, device="cuda")
     inp["delta"] = inp["delta"] - 2.0  # realistic small steps: softplus(-2) ~ 0.13
     compare(inp, orders, groups, reset, dtype=dtype)
-    kos.BWD_SPLITS = 3  # the backward's channels in 3 ranges (dB/dC partials summed afterwards)
-    compare(inp, orders, groups, reset, dtype=dtype)
+    with launch_config(bwd_splits=3):  # the backward's channels in 3 ranges (dB/dC partials summed afterwards)
+        compare(inp, orders, groups, reset, dtype=dtype)

@@ -8,35 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from glsmamba.kernels._utils import launch_config
 from glsmamba.model.backend import get_impl
 from glsmamba.reference.selective_scan import selective_scan_recurrent
+from glsmamba.verify.cases import selective_scan_inputs as make_inputs
 from tests.harness import assert_close
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def make_inputs(batch=2, dim=6, length=37, dstate=4, groups=1, dtype=torch.float32, device="cpu", has_D=True,
-                has_z=True, has_bias=True, channel_last=False, dt_scale=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(device)
-
-    ushape = (batch, length, dim) if channel_last else (batch, dim, length)
-    if channel_last:
-        bshape = (batch, length, dstate) if groups == 1 else (batch, length, groups, dstate)
-    else:
-        bshape = (batch, dstate, length) if groups == 1 else (batch, groups, dstate, length)
-    return {
-        "u": rnd(*ushape).to(dtype),
-        "delta": rnd(*ushape, scale=dt_scale).to(dtype),
-        "A": -(torch.rand(dim, dstate, generator=g) * 1.5 + 0.2).to(device),
-        "B": rnd(*bshape).to(dtype),
-        "C": rnd(*bshape).to(dtype),
-        "D": rnd(dim) if has_D else None,
-        "z": rnd(*ushape).to(dtype) if has_z else None,
-        "delta_bias": rnd(dim, scale=0.2) if has_bias else None,
-    }
 
 
 def oracle(inputs, channel_last, softplus, return_last_state=False):
@@ -105,25 +83,21 @@ def test_triton_matches_oracle(kwargs, softplus, device):
     check_against_oracle("triton", make_inputs(**kwargs, device=device), softplus)
 
 
-def test_triton_many_chunks(device, monkeypatch):
+def test_triton_many_chunks(device):
     """One tile per chunk: the chunk-carry kernels run forward and in reverse over several chunks."""
-    import glsmamba.kernels.selective_scan as ks
-    monkeypatch.setattr(ks, "TILES_PER_CHUNK", 1)
-    check_against_oracle("triton", make_inputs(length=53, dim=3, dstate=2, groups=1, device=device), True,
-                         return_last_state=True)
+    with launch_config(tiles_per_chunk=1):
+        check_against_oracle("triton", make_inputs(length=53, dim=3, dstate=2, groups=1, device=device), True,
+                             return_last_state=True)
 
 
 @pytest.mark.parametrize("splits", [2, 3])
-def test_triton_backward_channel_ranges(device, monkeypatch, splits):
+def test_triton_backward_channel_ranges(device, splits):
     """The backward's channels of a group split into ranges run by separate programs (dB/dC per range, summed by
     a second kernel in a fixed order): 2 and 3 ranges of the 3 channels per group, G=2, several chunks and a
     forward tile shorter than the checkpoint spacing, with the last state's gradient."""
-    import glsmamba.kernels.selective_scan as ks
-    monkeypatch.setattr(ks, "TILES_PER_CHUNK", 2)
-    monkeypatch.setattr(ks, "FWD_TILE", 8)
-    monkeypatch.setattr(ks, "BWD_SPLITS", splits)
-    check_against_oracle("triton", make_inputs(length=53, dim=6, dstate=2, groups=2, device=device), True,
-                         return_last_state=True)
+    with launch_config(tiles_per_chunk=2, fwd_tile=8, bwd_splits=splits):
+        check_against_oracle("triton", make_inputs(length=53, dim=6, dstate=2, groups=2, device=device), True,
+                             return_last_state=True)
 
 
 def _grads(fn, inputs, seed=7):
@@ -135,14 +109,13 @@ def _grads(fn, inputs, seed=7):
 
 
 @pytest.mark.parametrize("channel_last", [False, True], ids=["channel-first", "channel-last"])
-def test_triton_backward_is_bit_identical_on_repeat(device, monkeypatch, channel_last):
+def test_triton_backward_is_bit_identical_on_repeat(device, channel_last):
     """Every gradient is reduced in a fixed order (no atomics): two runs give the same bits. Several chunks and
     channel ranges, so the chained adjoint and the second reductions are exercised."""
-    import glsmamba.kernels.selective_scan as ks
-    monkeypatch.setattr(ks, "BWD_SPLITS", 2)
     fn = get_impl("selective_scan_channel_last" if channel_last else "selective_scan", "triton")
     inputs = make_inputs(length=45, dim=4, dstate=4, groups=1, channel_last=channel_last, device=device)
-    (first, names), (second, _) = _grads(fn, inputs), _grads(fn, inputs)
+    with launch_config(bwd_splits=2):
+        (first, names), (second, _) = _grads(fn, inputs), _grads(fn, inputs)
     for name, a, b in zip(names, first, second, strict=True):
         assert torch.equal(a, b), f"d{name} differs between two identical runs"
 
@@ -403,11 +376,10 @@ def test_torch_compile_smoke(backend):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("channel_last", [False, True], ids=["BDL", "BLD"])
-def test_gpu_triton_matches_oracle_long(dtype, channel_last, monkeypatch):
-    import glsmamba.kernels.selective_scan as ks
+def test_gpu_triton_matches_oracle_long(dtype, channel_last):
     inputs = make_inputs(batch=2, length=1531, dim=70, dstate=16, groups=2, dtype=dtype, device="cuda",
                          channel_last=channel_last, dt_scale=0.3)
     inputs["delta"] = inputs["delta"] - 2.0  # realistic small steps: softplus(-2) ~ 0.13
     check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)
-    monkeypatch.setattr(ks, "BWD_SPLITS", 3)  # the backward's channels in 3 ranges (dB/dC partials summed after)
-    check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)
+    with launch_config(bwd_splits=3):  # the backward's channels in 3 ranges (dB/dC partials summed after)
+        check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)

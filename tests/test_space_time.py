@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from glsmamba.model.backend import get_impl
-from glsmamba.reference.space_time import STS6D, scan_order, scan_orders, window_order, window_orders
+from glsmamba.reference.space_time import STS6D, STS6D_GROUPS, scan_order, scan_orders, window_order, window_orders
+from glsmamba.verify.cases import generator_of, randn
 from tests.harness import assert_close
 
 BACKENDS = ["reference", "triton"]
@@ -147,8 +148,7 @@ def test_order_bad_input():
 
 
 def rand_tokens(B, L, C, dtype=torch.float32, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, L, C, generator=g).to(device=device, dtype=dtype)
+    return randn(generator_of(seed), B, L, C, dtype=dtype, device=device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -194,7 +194,7 @@ def test_adjoint_and_round_trip(backend, device):
     # merge(scan(x)) = K x with one group; = (group size) x per group
     assert_close("merge(scan(x))", 6 * x[:, None], merge(scan(x, orders), orders, [0] * 6), torch.float32)
     assert_close("grouped", 2 * x[:, None].expand(2, 3, L, C),
-                 merge(scan(x, orders), orders, (0, 1, 2, 0, 1, 2)), torch.float32)
+                 merge(scan(x, orders), orders, STS6D_GROUPS), torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -264,8 +264,8 @@ def test_gpu_scan_merge_large():
     merge = get_impl("space_time_merge", "triton")
     ys = scan(x, orders)
     assert torch.equal(ys, get_impl("space_time_scan", "reference")(x, orders))
-    assert_close("merge", get_impl("space_time_merge", "reference")(ys, orders, (0, 1, 2, 0, 1, 2)),
-                 merge(ys, orders, (0, 1, 2, 0, 1, 2)), torch.bfloat16)
+    assert_close("merge", get_impl("space_time_merge", "reference")(ys, orders, STS6D_GROUPS),
+                 merge(ys, orders, STS6D_GROUPS), torch.bfloat16)
 
 
 def test_triton_rejects_float64_like_the_other_kernels(device):

@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from glsmamba.cli import main
+from glsmamba.model import GLSMambaConfig
 from glsmamba.vhpe.synth import SynthConfig, make_dataset
-from glsmamba.vhpe.train import TrainConfig, heatmap_loss, lr_at, param_groups, parse_overrides, train_step
+from glsmamba.vhpe.train import TrainConfig, heatmap_loss, lr_at, param_groups, train_step
 from tests.harness import assert_close
+
+parse_overrides = GLSMambaConfig.parse_overrides  # the one --set parser
 
 # small and fast: 32 x 24 crops (8 x 6 heatmaps), 3-frame clips
 FAST = ["--preset", "tiny", "--set", "num_frames=3", "--input-size", "32x24", "--batch-size", "4", "--lr", "2e-3",
@@ -91,7 +94,7 @@ def test_parse_overrides_types_and_errors():
 def test_progress_line_without_a_terminal():
     import io
 
-    from glsmamba.vhpe.train import Progress
+    from glsmamba.vhpe.progress import Progress
 
     buf = io.StringIO()
     p = Progress(5, "epoch 1/2", every=2, stream=buf)
@@ -154,6 +157,77 @@ def test_run_folder_and_kill_resume_equals_uninterrupted(data, tmp_path, capsys)
     assert main(["train", "--data", str(data), "--out", str(b), "--epochs", "3", *FAST, "--set", "merge=sum",
                  "--resume"]) == 1
     assert "model configuration differs (merge" in capsys.readouterr().err
+
+
+# drop_path > 0: training draws from the torch RNG, so a resume must restore its state to end bit-identical
+DROP = ["--set", "drop_path=0.3"]
+
+
+@pytest.fixture(scope="module")
+def drop_run(data, tmp_path_factory):
+    """An uninterrupted 2-epoch run with stochastic depth: (run folder, steps per epoch)."""
+    a = tmp_path_factory.mktemp("drop") / "a"
+    assert main(["train", "--data", str(data), "--out", str(a), "--epochs", "2", *FAST, *DROP]) == 0
+    return a, json.loads((a / "config.json").read_text())["steps_per_epoch"]
+
+
+def _killed_run(data, out, steps_per_epoch):
+    """A run 'killed' one step into epoch 2 (only the epoch-1 checkpoint exists)."""
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "2", *FAST, *DROP,
+                 "--max-steps", str(steps_per_epoch + 1)]) == 0
+    assert not (out / "final.pth").exists()
+
+
+def _same_weights(a, b) -> list[str]:
+    """Names of the tensors that differ between two checkpoints' weights."""
+    wa = torch.load(a, weights_only=True)["state_dict"]
+    wb = torch.load(b, weights_only=True)["state_dict"]
+    assert wa.keys() == wb.keys()
+    return [k for k in wa if not torch.equal(wa[k], wb[k])]
+
+
+def test_kill_resume_with_drop_path_is_bit_exact(data, drop_run, tmp_path, capsys):
+    """With drop_path > 0 the resumed run equals the uninterrupted one bit for bit (the torch RNG state is
+    restored). On the way: the temporary file of a kill while writing is removed with one line at startup, and a
+    damaged last.pth names the per-epoch checkpoint to continue from, which then gives the same weights."""
+    a, steps_per_epoch = drop_run
+    b = tmp_path / "b"
+    _killed_run(data, b, steps_per_epoch)
+    (b / "last.pth.tmp").write_bytes(b"")  # what a kill during torch.save leaves
+    last = b / "last.pth"
+    last.write_bytes(last.read_bytes()[:1000])  # and a last.pth cut short (say, copied off a full disk)
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--out", str(b), "--epochs", "2", *FAST, *DROP, "--resume"]) == 1
+    err = capsys.readouterr().err
+    epoch1 = b / "checkpoints" / "epoch_001.pth"
+    assert err.count("\n") == 1 and f"{last}: truncated" in err and f"--resume-from {epoch1}" in err
+    assert main(["train", "--data", str(data), "--out", str(b), "--epochs", "2", *FAST, *DROP,
+                 "--resume-from", str(epoch1)]) == 0
+    err = capsys.readouterr().err
+    assert f"removed {b / 'last.pth.tmp'}: left by a run killed while writing a checkpoint" in err
+    assert "resumed from" in err and not (b / "last.pth.tmp").exists()
+    assert _same_weights(a / "final.pth", b / "final.pth") == []
+
+
+def test_kill_resume_without_the_rng_restore_differs(data, drop_run, tmp_path, monkeypatch):
+    """The check above can fail: skip restoring the torch RNG state on resume and the weights differ."""
+    from glsmamba.vhpe.train import checkpoints
+
+    a, steps_per_epoch = drop_run
+    c = tmp_path / "c"
+    _killed_run(data, c, steps_per_epoch)
+    monkeypatch.setattr(checkpoints, "set_rng_state", lambda state, device: None)
+    assert main(["train", "--data", str(data), "--out", str(c), "--epochs", "2", *FAST, *DROP, "--resume"]) == 0
+    assert _same_weights(a / "final.pth", c / "final.pth") != []
+
+
+def test_train_set_overrides_reach_the_model(data, tmp_path):
+    """``--set`` items (repeated, and several after one ``--set``) are typed by GLSMambaConfig.parse_overrides."""
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", *FAST, "--max-steps", "1",
+                 "--set", "merge=sum", "window=2,3", "--set", "dt_rank=none"]) == 0
+    m = json.loads((out / "config.json").read_text())["model"]
+    assert (m["num_frames"], m["merge"], m["window"], m["dt_rank"]) == (3, "sum", [2, 3], None)
 
 
 def test_train_errors_name_the_problem(data, tmp_path, capsys):
@@ -243,7 +317,8 @@ def test_occlusion_metrics_hand_computed():
     from types import SimpleNamespace
 
     from glsmamba.vhpe.formats import Person
-    from glsmamba.vhpe.infer import Predictions, occlusion_metrics
+    from glsmamba.vhpe.infer import Predictions
+    from glsmamba.vhpe.metrics.occlusion import occlusion_metrics
     from glsmamba.vhpe.skeleton import slots15_to_17
 
     head = np.array([0.0, 0.0, 6 / 0.6 / np.sqrt(2), 6 / 0.6 / np.sqrt(2)])  # 0.6 x diagonal = 6

@@ -1,4 +1,4 @@
-"""``glsmamba verify``: its tolerance table, its comparison, its exit codes, and the interpreter set-up."""
+"""``glsmamba verify``: the one tolerance table, its comparison, its exit codes, and the interpreter set-up."""
 
 from __future__ import annotations
 
@@ -13,31 +13,38 @@ import torch
 
 import glsmamba.model.backend as registry
 from glsmamba.cli import main
-from glsmamba.commands import verify
+from glsmamba.commands import verify as verify_cmd
+from glsmamba.verify import driver, tolerances
 from tests import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_tolerance_table_is_the_harness_table():
-    assert {name: (t.atol, t.rtol) for name, t in ((str(k).removeprefix("torch."), v)
-                                                   for k, v in harness.FWD.items())} == verify.FWD_TOL
-    assert verify.GRAD_FACTOR == harness.GRAD_FACTOR
+def test_the_harness_imports_the_one_tolerance_table():
+    # tests/harness.py and glsmamba verify share one table: imported, never copied
+    assert harness.FWD is tolerances.FWD and harness.tol is tolerances.tol
+    assert harness.GRAD_FACTOR == tolerances.GRAD_FACTOR
+    assert "FWD_TOL" not in vars(verify_cmd) and "GRAD_FACTOR" not in vars(verify_cmd)
 
 
 def test_compare_uses_the_harness_criterion():
     ref = torch.tensor([1.0, -2.0, 0.0])
-    atol, rtol = verify.FWD_TOL["float32"]
+    atol, rtol = tolerances.tol("float32").atol, tolerances.tol("float32").rtol
     inside = ref + torch.tensor([0.9 * (atol + rtol * 1.0), 0.0, 0.9 * atol])
     outside = ref + torch.tensor([0.0, 0.0, 1.1 * atol])
-    assert verify.compare(ref, inside, "float32", "fwd")["passed"]
-    bad = verify.compare(ref, outside, "float32", "fwd")
-    assert not bad["passed"] and bad["max_abs"] == pytest.approx(1.1 * atol)
-    assert verify.compare(ref, outside, "float32", "grad")["passed"]  # grads get x5
-    assert not verify.compare(ref, torch.tensor([1.0, float("nan"), 0.0]), "float32", "fwd")["passed"]
-    assert not verify.compare(ref, ref[:2], "float32", "fwd")["passed"]
-    assert verify.compare(None, None, "float32", "grad")["passed"]
-    assert not verify.compare(ref, None, "float32", "grad")["passed"]
+    assert tolerances.compare(ref, inside, "float32", "fwd").passed
+    bad = tolerances.compare(ref, outside, "float32", "fwd")
+    assert not bad.passed and bad.max_abs == pytest.approx(1.1 * atol)
+    assert tolerances.compare(ref, outside, "float32", "grad").passed  # grads get x5
+    assert not tolerances.compare(ref, torch.tensor([1.0, float("nan"), 0.0]), "float32", "fwd").passed
+    assert not tolerances.compare(ref, ref[:2], "float32", "fwd").passed
+    assert tolerances.compare(None, None, "float32", "grad").passed
+    assert not tolerances.compare(ref, None, "float32", "grad").passed
+    assert bad.first == (2,) and bad.outside == 1  # the first mismatch, as the harness reports it
+    with pytest.raises(AssertionError, match=r"1 of 3 elements outside, first at \[2\]"):
+        harness.assert_close("x", ref, outside)
+    # a NaN in the reference fails too (a NaN compares false with every bound)
+    assert not tolerances.compare(torch.tensor([float("nan")]), torch.tensor([0.0]), "float32").passed
 
 
 def test_verify_quick_passes_and_covers_every_op(capsys):
@@ -93,6 +100,34 @@ def test_prepare_environment_refuses_after_triton_import(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     import triton  # noqa: F401  (already imported by conftest)
 
-    assert "TRITON_INTERPRET=1" in verify.prepare_environment()
+    assert "TRITON_INTERPRET=1" in driver.prepare_environment()
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert verify.prepare_environment() is None
+    assert driver.prepare_environment() is None
+
+
+def test_op_cases_cover_the_registry_and_run_on_the_reference():
+    from glsmamba.verify.cases import OP_CASES, VERIFY_CASES, Sizes, with_grad
+
+    assert {op for op, _ in OP_CASES} == set(registry.OPS) == {op for op, _ in VERIFY_CASES}
+    sizes = Sizes(2, 2, 3, 4, channels=6, dstate=3, length=11, window=(2, 3), offset_groups=1)
+    for (op, variant), case in OP_CASES.items():
+        kw = case.inputs(sizes, torch.float32, "cpu", 7)
+        again = case.inputs(sizes, torch.float32, "cpu", torch.Generator().manual_seed(7))
+        for k, v in kw.items():  # an int seeds a fresh generator: the same values
+            assert not isinstance(v, torch.Tensor) or torch.equal(v, again[k]), (op, variant, k)
+        leaves = with_grad(kw, case.grads)
+        out = registry.get_impl(op, "reference")(**leaves)
+        outs = out if isinstance(out, tuple) else (out,)
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), [leaves[k] for k in case.grads])
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), (op, variant)
+
+
+def test_mamba_init_of_the_op_cases():
+    from glsmamba.verify.cases import ordered_scan_inputs
+
+    x = ordered_scan_inputs(2, shape=(1, 2, 3), channels=4, dstate=3, init="mamba")
+    assert torch.equal(x["A"], -torch.arange(1.0, 4.0).expand(2, 4, 3)) and torch.equal(x["D"], torch.ones(2, 4))
+    dt = torch.nn.functional.softplus(x["delta_bias"])  # the step the bias alone gives: log-uniform in [1e-3, 1e-1]
+    assert bool(((dt > 0.99e-3) & (dt < 1.01e-1)).all())
+    with pytest.raises(ValueError, match="init must be one of"):
+        ordered_scan_inputs(2, init="xavier")

@@ -254,7 +254,8 @@ def test_synth_records_its_settings_and_the_mirror_conflict(synth_root, tmp_path
 
 
 def test_train_flip_default_follows_the_data(synth_root, tmp_path):
-    from glsmamba.vhpe.train import TrainConfig, _resolve_flip
+    from glsmamba.vhpe.train import TrainConfig
+    from glsmamba.vhpe.train.data import resolve_flip as _resolve_flip
 
     said = []
     assert _resolve_flip(TrainConfig(data=str(synth_root), out="o"), said.append).flip_prob == 0.0

@@ -1,1 +1,1 @@
-"""The video human pose estimation pipeline: formats, heatmap codec, metrics, data, training, CLI."""
+"""The video human pose estimation pipeline: formats, heatmap codec, metrics, data, training, inference, demo."""

@@ -2,7 +2,8 @@
 
 For every frame ``t`` the model sees the ``T``-frame window around it (edges clamped to the video, as in training)
 cropped with each person box of frame ``t``. Boxes come from a file (:func:`load_boxes`) or, without one, the whole
-frame is one person box. Frames stream through a small buffer, so memory does not grow with the video length.
+frame is one person box. Frames stream through :class:`~vhpe.streaming.StreamingPoseEstimator` (a small buffer),
+so memory does not grow with the video length.
 
 JSON output::
 
@@ -20,12 +21,15 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .skeleton import POSETRACK15
+
+if TYPE_CHECKING:
+    from .streaming import FramePoses
 
 
 def load_boxes(path: str | os.PathLike) -> dict[int, list[tuple[np.ndarray, float]]]:
@@ -123,10 +127,9 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
     Returns:
         the JSON document (also written to ``out_json``).
     """
-    from .codec import keypoints_from_heatmaps
-    from .dataset import clip_indices
-    from .infer import crop_clip, load_model, predict_heatmaps
-    from .train import Progress
+    from .infer import load_model
+    from .progress import Progress
+    from .streaming import StreamingPoseEstimator
     from .video import VideoReader, VideoWriter
 
     box_map = load_boxes(boxes) if boxes is not None else None
@@ -135,79 +138,18 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
     writer = None
     try:
         net = load_model(checkpoint, dev, backend, backbone, trust_backbone)
-        cfg = net.config
-        t_clip, half = cfg.num_frames, cfg.num_frames // 2
-        after = t_clip - 1 - half  # frames needed after the key frame
-        in_h, in_w = cfg.image_size
+        stream = StreamingPoseEstimator(net, dev, boxes=box_map, batch_size=batch_size, flip=flip)
         writer = VideoWriter(out_video, reader.fps, reader.width, reader.height) if out_video else None
         frames_out: list[dict[str, Any]] = []
-        buffer: dict[int, np.ndarray] = {}
-        pending: list[int] = []  # decoded key frames whose people are not predicted yet
-        jobs: list[tuple[int, np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]] = []
-        results: dict[int, list[dict[str, Any]]] = {}
-        next_write = 0
         prog = Progress(reader.num_frames or 0, "demo", every=25, enabled=progress, unit="frames")
-
-        def people(t: int, shape: tuple[int, ...]) -> list[tuple[np.ndarray, float]]:
-            if box_map is None:
-                return [(np.array([0.0, 0.0, shape[1], shape[0]]), 1.0)]
-            return box_map.get(t, [])
-
-        def flush() -> None:
-            if not jobs:
-                return
-            crops = torch.from_numpy(np.stack([j[3] for j in jobs])).to(dev)
-            heat = predict_heatmaps(net, crops, flip=flip).cpu().numpy()
-            kp, sc = keypoints_from_heatmaps(heat, np.stack([j[4] for j in jobs]), np.stack([j[5] for j in jobs]))
-            for (t, box, score, *_), k, s in zip(jobs, kp, sc, strict=True):
-                results.setdefault(t, []).append({
-                    "bbox": [round(float(v), 2) for v in box], "bbox_score": round(score, 4),
-                    "keypoints": [[round(float(x), 2), round(float(y), 2)] for x, y in k],
-                    "keypoint_scores": [round(float(v), 4) for v in s]})
-            jobs.clear()
-
-        def emit_ready(upto: int) -> None:
-            nonlocal next_write
-            while next_write < upto:
-                t = next_write
-                inst = results.pop(t, [])
-                frames_out.append({"frame_id": t, "time_s": round(float(t / reader.fps), 4), "instances": inst})
-                if writer is not None:
-                    writer.write(draw_poses(buffer[t], inst, kpt_thr))
-                next_write += 1
-                prog.update(next_write, next_write)
-            keep = min(next_write, min(pending, default=next_write) - half)  # still to draw or in a window
-            for old in [i for i in buffer if i < keep]:
-                del buffer[old]
-
-        def process(t: int, length: int | None) -> None:
-            n = length if length is not None else t + after + 1
-            idx = clip_indices(t, t_clip, n)
-            images = [buffer[i] for i in idx]
-            for box, score in people(t, images[half].shape):
-                clip, center, scale = crop_clip(images, box, (in_w, in_h))
-                jobs.append((t, box, score, clip, center, scale))
-            if len(jobs) >= batch_size:
-                flush()
-
-        count = 0
         for frame in reader:
             if frame.shape[:2] != (reader.height, reader.width):
-                raise ValueError(f"{video}: frame {count} has size {frame.shape[1]} x {frame.shape[0]}, the stream "
-                                 f"announced {reader.width} x {reader.height}")
-            buffer[count] = frame
-            pending.append(count)
-            count += 1
-            while pending and pending[0] + after < count:
-                process(pending.pop(0), None)
-            if not jobs:
-                emit_ready(min(pending, default=count))
-        if count == 0:
+                raise ValueError(f"{video}: frame {stream.frames_seen} has size {frame.shape[1]} x {frame.shape[0]}, "
+                                 f"the stream announced {reader.width} x {reader.height}")
+            _emit(stream.push(frame), frames_out, reader.fps, writer, kpt_thr, prog)
+        if stream.frames_seen == 0:
             raise ValueError(f"{video}: the video has no frames")
-        while pending:
-            process(pending.pop(0), count)
-        flush()
-        emit_ready(count)
+        _emit(stream.finish(), frames_out, reader.fps, writer, kpt_thr, prog)
         if writer is not None:
             writer.close()
             writer = None
@@ -218,8 +160,9 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
     doc = {
         "video": str(video), "checkpoint": str(checkpoint), "fps": float(reader.fps),
         "fps_fraction": f"{reader.fps.numerator}/{reader.fps.denominator}", "width": reader.width,
-        "height": reader.height, "num_frames": count,
-        "boxes": str(boxes) if boxes is not None else "whole frame", "clip_frames": t_clip, "flip": bool(flip),
+        "height": reader.height, "num_frames": stream.frames_seen,
+        "boxes": str(boxes) if boxes is not None else "whole frame", "clip_frames": stream.clip_len,
+        "flip": bool(flip),
         "keypoint_names": list(POSETRACK15.joints), "skeleton": [list(e) for e in POSETRACK15.edges],
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "frames": frames_out,
     }
@@ -227,3 +170,13 @@ def run_demo(video: str | os.PathLike, checkpoint: str | os.PathLike, out_video:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(doc) + "\n")
     return doc
+
+
+def _emit(done: list[FramePoses], frames_out: list[dict[str, Any]], fps, writer, kpt_thr: float, prog) -> None:
+    """Record the completed frames (:class:`~vhpe.streaming.FramePoses`, in order): a JSON entry each, the overlay
+    frame when a video is written, the progress line."""
+    for r in done:
+        frames_out.append({"frame_id": r.index, "time_s": round(float(r.index / fps), 4), "instances": r.instances})
+        if writer is not None:
+            writer.write(draw_poses(r.image, r.instances, kpt_thr))
+        prog.update(r.index + 1, r.index + 1)

@@ -6,7 +6,8 @@
 * :func:`predict_dataset` runs a :class:`~vhpe.dataset.PoseTrackClipDataset` in batches (optionally with the flip
   test) and decodes the heatmaps back to image coordinates.
 * :func:`evaluate_model` / :func:`evaluate_checkpoint` add the PoseTrack mAP and, where the ground truth marks
-  occluded joints (``glsmamba synth`` data), the same AP on occluded joints only (:func:`occlusion_metrics`).
+  occluded joints (``glsmamba synth`` data), the same AP on occluded joints only
+  (:func:`vhpe.metrics.occlusion.occlusion_metrics`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import torch
 
 from .codec import flip_test, keypoints_from_heatmaps
 from .dataset import IMAGENET_MEAN, IMAGENET_STD
+from .metrics.occlusion import occlusion_metrics
+from .progress import Progress
 from .skeleton import POSETRACK15
 from .transforms import box_to_center_scale, get_affine_transform, warp_affine
 
@@ -112,8 +115,6 @@ def predict_dataset(net, dataset, batch_size: int = 32, device: str | torch.devi
     Returns:
         :class:`Predictions` in dataset order.
     """
-    from .train import Progress
-
     device = torch.device(device)
     net.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
@@ -139,73 +140,11 @@ def predict_dataset(net, dataset, batch_size: int = 32, device: str | torch.devi
                        np.concatenate(boxes))
 
 
-# ------------------------------------------------------------------------------------------------ metrics
-def _subset_ap(scores: np.ndarray, correct: np.ndarray) -> float:
-    """VOC all-point AP (percent) of joint detections ranked by score, recall over all of them (every GT joint
-    of the subset has exactly one prediction)."""
-    from .metrics.posetrack import voc_ap
-
-    if len(scores) == 0:
-        return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    tp = np.cumsum(correct[order]).astype(np.float64)
-    return voc_ap(tp / len(scores), tp / np.arange(1, len(scores) + 1)) * 100
-
-
-def occlusion_metrics(dataset, preds: Predictions, thresh: float = 0.5) -> dict[str, Any] | None:
-    """PoseTrack-style AP and PCKh on occluded / visible / all labelled joints (GT boxes only).
-
-    Each clip's prediction belongs to the GT person whose box produced it. A joint is correct when its distance to
-    the GT is at most ``thresh`` x the head size (0.6 x head-box diagonal, as the PoseTrack metric); per joint
-    type, the detections are ranked by score (joint confidence x box score) into a VOC AP (recall over the subset's
-    GT joints); ``AP`` = mean over joint types present, ``PCKh`` = fraction correct.
-
-    Returns:
-        ``{"occluded": {...}, "visible": {...}, "all": {...}}`` with ``AP``, ``PCKh``, ``joints`` (count) and
-        ``AP_<joint>``; ``None`` when the dataset has no GT people (detection boxes) or no occlusion flags.
-    """
-    from .skeleton import SLOTS_15
-
-    samples = dataset.samples
-    if len(samples) != len(preds.keypoints) or any(s.person is None for s in samples):
-        return None
-    if not any("occluded" in s.person.extra for s in samples):
-        return None
-    occ_rows, lab_rows, correct_rows = [], [], []
-    for s, kp in zip(samples, preds.keypoints, strict=True):
-        p = s.person
-        gt = p.keypoints[list(SLOTS_15), :2]
-        lab = p.annotated()[list(SLOTS_15)]
-        occ = np.asarray(p.extra.get("occluded", [0] * 17), dtype=bool)[list(SLOTS_15)] & lab
-        if p.bbox_head is None:
-            raise ValueError("occlusion metrics need the GT head boxes (bbox_head) for the PCKh threshold")
-        head = 0.6 * float(np.hypot(p.bbox_head[2], p.bbox_head[3]))
-        correct_rows.append(np.linalg.norm(kp - gt, axis=1) <= thresh * head)
-        occ_rows.append(occ)
-        lab_rows.append(lab)
-    occ, lab, correct = np.stack(occ_rows), np.stack(lab_rows), np.stack(correct_rows)
-    scores = preds.scores * preds.box_scores[:, None]
-    out: dict[str, Any] = {}
-    for name, mask in (("occluded", occ), ("visible", lab & ~occ), ("all", lab)):
-        aps = {}
-        for j, joint in enumerate(POSETRACK15.joints):
-            sel = mask[:, j]
-            if sel.any():
-                aps[joint] = _subset_ap(scores[sel, j], correct[sel, j])
-        n = int(mask.sum())
-        out[name] = {
-            "AP": float(np.mean(list(aps.values()))) if aps else None,
-            "PCKh": float(correct[mask].mean() * 100) if n else None,
-            "joints": n,
-            **{f"AP_{k}": v for k, v in aps.items()},
-        }
-    return out
-
-
 def evaluate_model(net, dataset, batch_size: int = 32, device: str | torch.device = "cpu", flip: bool = False,
                    amp_dtype: torch.dtype | None = None, decode: str = "msra", workers: int = 0,
                    pred_dir: str | os.PathLike | None = None, progress: bool = False) -> dict[str, Any]:
-    """Predict ``dataset`` and score it: PoseTrack mAP (every joint), plus :func:`occlusion_metrics`.
+    """Predict ``dataset`` and score it: PoseTrack mAP (every joint), plus
+    :func:`~vhpe.metrics.occlusion.occlusion_metrics`.
 
     Args:
         net, dataset, batch_size, device, flip, amp_dtype, decode, workers, progress: see :func:`predict_dataset`.

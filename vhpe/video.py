@@ -1,8 +1,8 @@
 """Video files in and out through PyAV (the optional extra ``video``: ``pip install 'glsmamba[video]'``).
 
 * :class:`VideoReader` streams RGB frames ``(H, W, 3)`` uint8 with the stream's true frame rate; an unreadable
-  file, a file without a video stream, or a frame rate of 0 raise :class:`VideoError` (a ``ValueError``) naming
-  the file.
+  file, a file without a video stream, a still image (PNG, JPEG, ...: FFmpeg would make up 25 fps for it) or a
+  frame rate of 0 raise :class:`VideoError` (a ``ValueError``) naming the file.
 * :class:`VideoWriter` encodes RGB frames to an mp4 (H.264 ``libx264`` when available, else MPEG-4 part 2) at a
   given frame rate (pass the source's to keep it).
 
@@ -70,6 +70,11 @@ class VideoReader:
         if not self._container.streams.video:
             self._container.close()
             raise VideoError(f"{self.path}: the file has no video stream")
+        demuxer = self._container.format.name
+        if demuxer == "image2" or demuxer.endswith("_pipe"):  # FFmpeg's still-image readers (png_pipe, ...)
+            self._container.close()
+            raise VideoError(f"{self.path}: a still image ({demuxer}), not a video: it has no frame rate of its own "
+                             f"(it would run as 1 frame at a made-up 25 fps); give a video file")
         self._stream = self._container.streams.video[0]
         try:
             self.fps = check_fps(self._stream.average_rate or self._stream.guessed_rate, self.path)

@@ -1,6 +1,8 @@
 """``glsmamba bench``: speed and memory of every op and the network vs resolution (CSV + PNG plots).
 
-Same options as ``python -m glsmamba.bench``; see ``bench/sweep.py``.
+Same options as ``python -m glsmamba.bench``; see ``bench/sweep.py``. ``glsmamba bench --static`` instead writes
+the static report (no GPU needed): each kernel's traffic and sm_90 machine code against its op's roofline
+(``bench/static.py``, results in ``bench/results/static/``).
 """
 
 from __future__ import annotations
@@ -14,9 +16,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from glsmamba.bench.sweep import add_arguments as add
 
     add(parser)
+    g = parser.add_argument_group("static report (no GPU)")
+    g.add_argument("--static", action="store_true",
+                   help="write bench/results/static/ (static.csv, static.md, static.png) and the README section: "
+                        "every kernel's counted traffic and sm_90 compile against its roofline (a few minutes)")
+    g.add_argument("--static-workers", type=int, default=2, help="processes for --static (default 2)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.static:
+        from glsmamba.bench.static import main as static_main
+
+        argv = ["--workers", str(args.static_workers)]
+        if args.out:
+            argv += ["--out", str(args.out), "--no-readme"]
+        return static_main(argv)
+
     from glsmamba.bench.sweep import run as sweep
 
     return sweep(args)

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from glsmamba.commands import add_backbone_arguments
+from glsmamba.commands import add_backbone_arguments, error_message, positive_int
 
 HELP = "run a checkpoint on a video: overlay mp4 (source fps) + per-frame JSON"
 
@@ -26,11 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "{frame_index: [[x, y, w, h, score]]}, or a demo JSON (default: the whole frame)")
     parser.add_argument("--flip", action="store_true", help="flip test")
     parser.add_argument("--kpt-thr", type=float, default=0.3, help="joints below this score are not drawn")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cuda when available)")
     add_backbone_arguments(parser, "ViTPose weights (checkpoints saved without the encoder)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"glsmamba demo: error: {e}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as e:
-        print(f"glsmamba demo: error: {e}", file=sys.stderr)
+        print(f"glsmamba demo: error: {error_message(e)}", file=sys.stderr)
         return 1
     people = sum(len(f["instances"]) for f in doc["frames"])
     print(f"{doc['num_frames']} frames at {doc['fps']:g} fps, {people} person boxes"

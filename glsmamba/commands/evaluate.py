@@ -24,7 +24,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from glsmamba.commands import add_backbone_arguments
+from glsmamba.commands import add_backbone_arguments, error_message, positive_int
 
 HELP = ("evaluate predictions (PoseTrack mAP, COCO OKS AP/AR, PCK) or a checkpoint on a dataset split "
         "(--checkpoint)")
@@ -43,11 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ck.add_argument("--flip", action="store_true", help="flip test (average with the mirrored clip)")
     ck.add_argument("--decode", choices=("msra", "dark"), default="msra", help="heatmap decoding (default msra)")
     ck.add_argument("--out", default=None, help="output folder for predictions/ and results.json")
-    ck.add_argument("--batch-size", type=int, default=32)
+    ck.add_argument("--batch-size", type=positive_int, default=32)
     ck.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     ck.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cuda when available)")
     add_backbone_arguments(ck, "ViTPose weights (checkpoints saved without the encoder)")
-    ck.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ck.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--format", choices=("json", "table"), default="table", help="output (default table)")
     parser.add_argument("--thr", type=float, default=None,
                         help="threshold: PCKh for posetrack (default 0.5), PCK (default 0.2)")
@@ -127,7 +127,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
                                   det_score_thr=args.det_thr, progress=sys.stderr.isatty(),
                                   trust_backbone=args.trust_backbone)
     except (ValueError, FileNotFoundError) as e:
-        print(f"glsmamba eval: error: {e}", file=sys.stderr)
+        print(f"glsmamba eval: error: {error_message(e)}", file=sys.stderr)
         return 1
     if args.format == "json":
         print(json.dumps({k: v for k, v in res.items() if k != "table"}))

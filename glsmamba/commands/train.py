@@ -11,35 +11,33 @@ import argparse
 import os
 import sys
 
-from glsmamba.commands import add_backbone_arguments
+from glsmamba.commands import (
+    add_backbone_arguments,
+    add_set_argument,
+    parse_set_overrides,
+    positive_int,
+    size_hw,
+)
 
 HELP = "train GLSMamba on PoseTrack-layout data (paper schedule by default; torchrun for multi-GPU)"
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x192), got {text!r}") from None
-    return h, w
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset root (annotations/{train,val}/*.json + images)")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, loss.png)")
-    parser.add_argument("--preset", default="base", choices=("tiny", "base", "huge"), help="model (default base)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a model config field, e.g. --set num_frames=1 --set merge=sum (repeatable)")
+    parser.add_argument("--preset", default="base", choices=("tiny", "base", "base-lr", "huge"),
+                        help="model (default base)")
+    add_set_argument(parser)
     parser.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=positive_int, default=20)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--lr-steps", type=int, nargs="*", default=[6, 12], metavar="EPOCH",
                         help="epochs at which the lr is multiplied by --lr-factor (default 6 12)")
     parser.add_argument("--lr-factor", type=float, default=0.1)
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear lr warm-up steps (default 0)")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--batch-size", type=int, default=16, help="global batch size (default 16)")
-    parser.add_argument("--input-size", type=_size, default=None, metavar="HxW",
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="global batch size (default 16)")
+    parser.add_argument("--input-size", type=size_hw, default=None, metavar="HxW",
                         help="crop size, e.g. 128x96 (default: the preset's image_size)")
     parser.add_argument("--sigma", type=float, default=2.0, help="target Gaussian sigma in heatmap pixels")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="plain crops (no scale, "
@@ -58,13 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="data loader processes (default 0 CPU, 4 GPU)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cuda when available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--frame-stride", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("--frame-stride", type=positive_int, default=1)
     parser.add_argument("--eval-every", type=int, default=0, help="val mAP every k epochs (default 0 = never)")
     parser.add_argument("--keep", type=int, default=2, help="per-epoch checkpoints kept (default 2; 0 = all)")
-    parser.add_argument("--log-every", type=int, default=10, help="progress line every k steps (non-terminal)")
-    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+    parser.add_argument("--log-every", type=positive_int, default=10, help="progress line every k steps (non-terminal)")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                         help="continue from RUN_DIR/last.pth (or CKPT)")
+    resume.add_argument("--resume-from", dest="resume", metavar="FILE",
+                        help="continue from FILE (e.g. RUN_DIR/checkpoints/epoch_NNN.pth when last.pth is damaged)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="debug: stop after this many optimiser steps in total, as if killed")
     parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
@@ -78,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():  # CPU tensors: the interpreter, set before triton is imported
             os.environ.setdefault("TRITON_INTERPRET", "1")
-    from glsmamba.vhpe.train import TrainConfig, parse_overrides, train
+    from glsmamba.vhpe.train import TrainConfig, train
 
     try:
         cfg = TrainConfig(
-            data=args.data, out=args.out, preset=args.preset, model_overrides=parse_overrides(args.overrides),
+            data=args.data, out=args.out, preset=args.preset, model_overrides=parse_set_overrides(args),
             backend=args.backend, epochs=args.epochs, lr=args.lr, lr_steps=tuple(args.lr_steps),
             lr_factor=args.lr_factor, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
             batch_size=args.batch_size, input_size=args.input_size, sigma=args.sigma, augment=args.augment,

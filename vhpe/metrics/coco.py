@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..formats import FormatError, Video, person_score
+from ..formats import FormatError, Video, coco_result
 from ..skeleton import get_skeleton, skeleton_from_names
 from .common import (
     EvaluationWarning,
@@ -240,9 +240,9 @@ def results_from_videos(gt: list[Video], pred: list[Video], labeled_only: bool =
     """COCO results list from prediction videos, with image ids taken from the paired GT frames (videos by name,
     frames by id or file name; every labelled GT frame must have a prediction frame).
 
-    ``keypoints`` = ``x, y, joint score`` (the stored ``v`` when a person has no joint scores); ``score`` =
-    :func:`vhpe.formats.person_score`. NaN/inf joints count as missing (``strict``: raise), see
-    :func:`.common.finite_predictions`.
+    Each person is one :func:`vhpe.formats.coco_result` entry: ``keypoints`` = ``x, y, joint score`` (the stored
+    ``v`` when a person has no joint scores), ``score`` = :func:`vhpe.formats.person_score`. NaN/inf joints count
+    as missing (``strict``: raise), see :func:`.common.finite_predictions`.
     """
     out = []
     for gv, pv in pair_videos(gt, finite_predictions(pred, strict)):
@@ -250,12 +250,7 @@ def results_from_videos(gt: list[Video], pred: list[Video], labeled_only: bool =
         pframes = pair_frames(gv, pv, need)
         for i in need:
             image_id = gv.frames[i].id if gv.frames[i].id is not None else i
-            for p in pframes[i].people:
-                k = p.keypoints.copy()
-                if p.scores is not None:
-                    k[:, 2] = p.scores
-                out.append({"image_id": image_id, "category_id": 1, "keypoints": [float(v) for v in k.reshape(-1)],
-                            "score": person_score(p)})
+            out += [coco_result(p, image_id) for p in pframes[i].people]
     return out
 
 
