@@ -361,6 +361,7 @@ def build_ordered_unfused() -> OpSpec:
     (only its launches and torch ops are captured: see ``bench.static.unfused_rows``)."""
     spec = ordered_spec("sts6d")
     spec.op, spec.full = "ordered_selective_scan_unfused", dict(spec.full, unfused=True)
+    spec.derive = lambda full, launches: full  # (no fused kernels to read the backward's geometry from)
     return spec
 
 

@@ -320,7 +320,7 @@ def summary_tile(dl_ptr, v1_ptr, v2_ptr, off, P_ptr, P_rows, s_Pn, mask, rst, A2
 
 
 @triton.jit
-def scan_carry(loc_ptr, dsum_ptr, rst_ptr, A_ptr, init_ptr, out_ptr, NCHUNK, ROWS, NS, s_Ar, s_An, DIRS,
+def _scan_carry_kernel(loc_ptr, dsum_ptr, rst_ptr, A_ptr, init_ptr, out_ptr, NCHUNK, ROWS, NS, s_Ar, s_An, DIRS,
                BLOCK: tl.constexpr, REVERSE: tl.constexpr, HAS_RESET: tl.constexpr, HAS_INIT: tl.constexpr):
     """Chain chunk summaries: ``out[c]`` = the state entering chunk c (REVERSE: the adjoint entering it from the
     right). ``loc``/``out`` ``(P, NCHUNK, ROWS, NS)`` fp32, ``dsum`` ``(P, NCHUNK, ROWS)``; sequence p uses A rows
@@ -350,7 +350,7 @@ def scan_carry(loc_ptr, dsum_ptr, rst_ptr, A_ptr, init_ptr, out_ptr, NCHUNK, ROW
 
 
 @triton.jit
-def sum_rows(src_ptr, dst_ptr, P, M, BLOCK: tl.constexpr):
+def _sum_rows_kernel(src_ptr, dst_ptr, P, M, BLOCK: tl.constexpr):
     """``dst[q, m] = sum_p src[q, p, m]`` in the fixed order p = 0, 1, ... (deterministic; fp32 accumulation;
     q = program_id(1) batches independent sums)."""
     o = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
@@ -504,5 +504,5 @@ def sum_leading(src: torch.Tensor, dst: torch.Tensor, batches: int = 1) -> torch
     ``(batches, P, M)`` contiguous, dst ``(batches, M)`` in its own dtype)."""
     P, M = src.numel() // (batches * (dst.numel() // batches)), dst.numel() // batches
     block = 1024 if gpu_geometry() else 256
-    sum_rows[(cdiv(M, block), batches)](src_ptr=src, dst_ptr=dst, P=P, M=M, BLOCK=block)
+    _sum_rows_kernel[(cdiv(M, block), batches)](src_ptr=src, dst_ptr=dst, P=P, M=M, BLOCK=block)
     return dst

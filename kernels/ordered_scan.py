@@ -33,6 +33,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from glsmamba.kernels._scan_common import (
     LOG2E,
+    _scan_carry_kernel,
     bwd_tile,
     divisor,
     fwd_tile,
@@ -40,7 +41,6 @@ from glsmamba.kernels._scan_common import (
     join_steps,
     none_flag,
     pairs_ok,
-    scan_carry,
     sum_leading,
     summary_tile,
     vec_of,
@@ -131,6 +131,8 @@ def _os_fwd_kernel(x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr,
     xb = x_ptr + b * L * CH
     ob = out_ptr + (b * G + g) * L * CH
     for r in range(nd):
+        # direction r reads rows other lanes wrote for direction r - 1: a barrier orders them (one warp: cheap)
+        tl.debug_barrier()
         k = tl.load(mem_ptr + d0 + r).to(IDX)
         A2s, bias, Dv = _dir_params(A_ptr, D_ptr, bias_ptr, k, rows, CH, NS, HAS_D, HAS_BIAS)
         hs = ()
@@ -384,7 +386,7 @@ def _bwd(dout, x, delta, A, Bs, Cs, D, delta_bias, tabs, groups, ck, softplus: b
             if tabs["r8"] is not None:  # a chunk holding a reset passes nothing on
                 crst = tabs["r8"].view(K, geo.NCK, geo.CK).any(-1).to(torch.int8)
             nu = torch.empty_like(loc)
-            scan_carry[(cdiv(CH * NS, 256), Bsz * K)](
+            _scan_carry_kernel[(cdiv(CH * NS, 256), Bsz * K)](
                 loc_ptr=loc, dsum_ptr=dsum, rst_ptr=crst, A_ptr=A, init_ptr=None, out_ptr=nu, NCHUNK=geo.NCK,
                 ROWS=CH, NS=NS, s_Ar=NS, s_An=1, DIRS=K, BLOCK=256, REVERSE=True, HAS_RESET=crst is not None,
                 HAS_INIT=False)

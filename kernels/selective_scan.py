@@ -31,6 +31,7 @@ import triton.language as tl
 
 from glsmamba.kernels._scan_common import (
     LOG2E,
+    _scan_carry_kernel,
     bwd_tile,
     chunked,
     divisor,
@@ -38,7 +39,6 @@ from glsmamba.kernels._scan_common import (
     index_type,
     none_flag,
     pairs_ok,
-    scan_carry,
     sum_leading,
     summary_tile,
     vec_of,
@@ -404,7 +404,7 @@ def _carry(loc, dsum, A, init, out, reverse: bool):
     """out[:, c] = the state entering chunk c (reverse: the adjoint entering it from the right)."""
     P, nchunk, rows, ns = loc.shape
     block = 256
-    scan_carry[(cdiv(rows * ns, block), P)](
+    _scan_carry_kernel[(cdiv(rows * ns, block), P)](
         loc_ptr=loc, dsum_ptr=dsum, rst_ptr=None, A_ptr=A, init_ptr=init, out_ptr=out, NCHUNK=nchunk, ROWS=rows,
         NS=ns, s_Ar=A.stride(0), s_An=A.stride(1), DIRS=1, BLOCK=block, REVERSE=reverse,
         HAS_RESET=False, HAS_INIT=init is not None)
