@@ -64,7 +64,9 @@ def _runs():
 def _for_lines(module: str, kernel: str) -> set[int]:
     import importlib
 
-    fn = getattr(importlib.import_module(module), kernel).fn
+    fn = getattr(importlib.import_module(module), kernel)
+    while hasattr(fn, "fn"):  # @triton.heuristics / @triton.jit wrappers down to the Python function
+        fn = fn.fn
     lines, first = inspect.getsourcelines(fn)
     return {first + i for i, line in enumerate(lines) if re.match(r"\s*for \w+ in (tl\.)?range\(", line)}
 
