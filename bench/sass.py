@@ -72,7 +72,11 @@ def describe(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return {"value": value}
     if hasattr(value, "value") and type(value).__name__ == "constexpr":
-        return {"value": value.value}
+        return describe(value.value)
+    import triton.language as tl
+
+    if isinstance(value, tl.dtype):  # a constexpr element type (e.g. the index width)
+        return {"tl_dtype": value.name}
     raise TypeError(f"cannot describe a launch argument of type {type(value).__name__}")
 
 
@@ -103,6 +107,10 @@ def _rebuild(desc: dict[str, Any]) -> Any:
         if base:  # pragma: no cover - the CPU allocator aligns to 64 bytes
             raise RuntimeError("cannot build a 16-byte aligned stand-in tensor")
         return buf[desc["align"] // el:]
+    if "tl_dtype" in desc:
+        import triton.language as tl
+
+        return getattr(tl, desc["tl_dtype"])
     return desc["value"]
 
 

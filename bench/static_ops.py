@@ -135,26 +135,32 @@ def selective_scan_compulsory(p: dict[str, Any], mode: str) -> int:
     return _both(fwd, bwd, mode)
 
 
+def _bwd_splits(launches: list[Any], kernel: str, rows: int) -> int:
+    """The backward's channel ranges per program row, read off the captured launches of ``kernel`` (grid axis 1
+    = ``rows`` x ranges)."""
+    grids = [la.grid for la in launches if la.kernel.endswith(kernel)]
+    if not grids:
+        raise ValueError(f"no {kernel} launch captured")
+    return grids[0][1] // rows
+
+
 def selective_scan_spec(D: int) -> OpSpec:
     full = dict(B=2, D=D, N=16, L=15360, dtype=torch.bfloat16)
-    # 1-2 channel blocks (4 channels each at N=16) x 2-3 chunks (8 tiles of 32 tokens)
-    points = [dict(full, D=4 * c, L=256 * s) for c in (1, 2) for s in (2, 3)]
+    # 1-2 x 6 channels (a whole number of forward row blocks and of the backward's 3 channel ranges) x 2-3 chunks
+    # of 256 tokens; the machine scaled by the channel share, so the forward makes the full shape's choices
+    points = [dict(full, D=6 * c, L=256 * s) for c in (1, 2) for s in (2, 3)]
 
     def derive(full: dict[str, Any], launches: list[Any]) -> dict[str, Any]:
-        finals = sum(1 for la in launches if la.kernel.endswith("._ss_bwd_kernel") and la.constexprs.get("FINAL"))
-        return dict(full, final_launches=finals)
+        return dict(full, splits=_bwd_splits(launches, "._ss_bwd_kernel", full["B"]))
 
     def pin(p: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
-        # as many final-backward launches as the full shape makes (its dB/dC budget), whatever the chunk count
-        n, chunks = full["final_launches"], p["L"] // 256
-        seg = -(-chunks // n)
-        if -(-chunks // seg) != n:
-            raise ValueError(f"cannot split {chunks} chunks into {n} backward launches")
-        return dict(bwd_segment=seg)
+        # as many channel ranges per backward program row as the full shape has (chosen there from its chunks)
+        return dict(bwd_splits=full["splits"])
 
     return OpSpec(
         op="selective_scan", label=f"B2-D{D}-N16-L15360", dtype=torch.bfloat16, build=build_selective_scan,
         full=full, points=points, pin=pin, derive=derive, pinned_launches=True, cost=lambda p: p["D"] * p["L"] / 64,
+        scale=lambda p, f: Fraction(p["D"], f["D"]),
         features=lambda p: (Fraction(1), Fraction(p["D"]), Fraction(p["L"]), Fraction(p["D"] * p["L"])),
         compulsory=selective_scan_compulsory,
         min_mufu=lambda p, mode: _both(*(2 * [p["B"] * p["D"] * p["L"] * (p["N"] + 2)]), mode),
@@ -218,26 +224,23 @@ def ordered_compulsory(p: dict[str, Any], mode: str) -> int:
 def ordered_spec(kind: str) -> OpSpec:
     K, G = (6, 3) if kind == "sts6d" else (2, 1)
     full = dict(B=2, thw=(5, 64, 48), L=15360, C=512, N=16, K=K, G=G, kind=kind, dtype=torch.bfloat16)
-    # clips of 2, 3, 4 tiles (32 tokens) x 1-2 channel blocks (4 channels); the backward in 2 or 3 segments
-    clips = {2: (2, 4, 8), 3: (2, 6, 8), 4: (2, 8, 8)}
-    plan = [(2, 2), (4, 2), (3, 3)]  # (tiles, backward segments)
-    points = [dict(full, C=4 * c, thw=clips[nt], L=32 * nt, nseg=ns) for c in (1, 2) for nt, ns in plan]
+    # clips of 2 and 3 backward chunks (256 tokens) x 1-2 forward row blocks (8 channels); the machine scaled by
+    # the channel share, so the launches make the full shape's choices
+    clips = {2: (2, 16, 16), 3: (3, 16, 16)}
+    points = [dict(full, C=8 * c, thw=clips[nck], L=256 * nck) for c in (1, 2) for nck in (2, 3)]
 
     def derive(full: dict[str, Any], launches: list[Any]) -> dict[str, Any]:
-        return dict(full, nseg=sum(1 for la in launches if la.kernel.endswith("._oss_bwd_kernel")))
+        return dict(full, splits=_bwd_splits(launches, "._os_bwd_kernel", full["B"] * full["K"]))
 
     def pin(p: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
-        return dict(bwd_segment=(p["L"] // 32) // p["nseg"])
+        return dict(bwd_splits=full["splits"])
 
     def features(p: dict[str, Any]) -> tuple[Fraction, ...]:
-        return tuple(Fraction(a * b) for a in (1, p["C"]) for b in (1, p["L"], p["nseg"]))
+        return tuple(Fraction(a * b) for a in (1, p["C"]) for b in (1, p["L"]))
 
-    note = ("backward: the unique bytes of x and dout inside one backward segment depend on how the scan orders "
-            "overlap inside the segment, which the reduced clips cannot reproduce; against the exact unions of the "
-            "headline orders (checked with torch.unique on the orders, per segment), the model gives x 64 MB "
-            "instead of 117 MB and dout 187 MB instead of 184 MB for STS6D (the backward kernel's unique bytes "
-            "1.2 % low), x and dout 63 MB instead of 61 MB each for the windows (0.3 % high); everything else is "
-            "extrapolated exactly")
+    note = ("the unique bytes of the gathered rows (x, dout, out) inside one launch depend on how the scan orders "
+            "overlap, which the reduced clips reproduce only approximately; everything else is extrapolated "
+            "exactly")
     return OpSpec(
         op="ordered_selective_scan", label=f"B2-T5-H64-W48-C512-K{K}-N16" + ("-win8x6" if kind != "sts6d" else ""),
         dtype=torch.bfloat16, build=build_ordered, full=full, points=points, pin=pin, derive=derive,
@@ -358,6 +361,7 @@ def build_ordered_unfused() -> OpSpec:
     (only its launches and torch ops are captured: see ``bench.static.unfused_rows``)."""
     spec = ordered_spec("sts6d")
     spec.op, spec.full = "ordered_selective_scan_unfused", dict(spec.full, unfused=True)
+    spec.derive = lambda full, launches: full  # (no fused kernels to read the backward's geometry from)
     return spec
 
 

@@ -117,9 +117,6 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-# Working-memory budget for backward partial sums (dB/dC per channel block) kept between two reductions.
-PARTIAL_BYTES = 256 << 20
-
 # The machine the CUDA geometry plans for when no CUDA device is there to ask (H100 / H200 SXM: 132 SMs).
 DEFAULT_SMS = 132
 
@@ -137,26 +134,29 @@ class LaunchConfig:
             the interpreter's (few large programs); ``None`` (default): the geometry of where the kernels run.
         sms: streaming multiprocessors the CUDA geometry plans for (``None``: the CUDA device's own count, or
             :data:`DEFAULT_SMS` without one).
-        scale: multiplies the machine's budgets (SMs, :data:`PARTIAL_BYTES`). A problem cut along independent
+        scale: multiplies the machine's budget (SMs). A problem cut along independent
             dimensions (batch, channel blocks) by a factor r, run with ``scale = r``, makes exactly the choices the
             whole problem makes on the whole machine (exact: a ``Fraction`` is welcome), so a count on the cut
             problem extrapolates to the whole one (see ``bench/traffic.py``).
-        tiles_per_chunk: tiles per chunk of the chunk-parallel scans (tests: several chunks on tiny inputs).
-        bwd_segment: units per backward launch of the segmented scan backwards (selective scan: chunks; ordered
-            scan: tiles); ``None``: as many as keep the partial sums within the budget.
-        flip_by_dot: how the ordered-scan backward reverses a tile (``True``: a dot with the exchange matrix,
-            ``False``: ``tl.flip``; ``None``: the dot under the interpreter geometry, ``tl.flip`` on CUDA).
+        tiles_per_chunk: forward tiles per chunk of the selective scan's chunk-parallel forward (tests: several
+            chunks on tiny inputs; rounded up to whole checkpoint intervals); ``None``: one chunk unless the
+            programs cannot fill two waves.
+        bwd_splits: channel ranges per backward program of the scans (each range sums its own dB/dC, the ranges
+            are summed afterwards in a fixed order); ``None``: more than one only when the programs cannot fill
+            two waves.
+        fwd_tile: steps per forward tile under the interpreter geometry (tests: a tile shorter than the checkpoint
+            spacing); ``None``: one tile per checkpoint interval.
 
     Launchers must take every machine-dependent decision through this object (:func:`gpu_geometry`,
-    :func:`sm_budget`, :func:`units_per_launch`), never from a module global or the device directly.
+    :func:`sm_budget`, :func:`current_config`), never from a module global or the device directly.
     """
 
     cuda_geometry: bool | None = None
     sms: int | None = None
     scale: Fraction | int = 1
     tiles_per_chunk: int | None = None
-    bwd_segment: int | None = None
-    flip_by_dot: bool | None = None
+    bwd_splits: int | None = None
+    fwd_tile: int | None = None
 
 
 # Process-wide, not a ContextVar: autograd runs the backward of CUDA tensors on its own threads.
@@ -168,7 +168,7 @@ def launch_config(**changes) -> Iterator[LaunchConfig]:
     """Within the block, launchers use the current :class:`LaunchConfig` with ``changes`` applied (nestable;
     process-wide, so a backward run by autograd inside the block sees it too).
 
-    Example: ``with launch_config(cuda_geometry=True, bwd_segment=2): ...``.
+    Example: ``with launch_config(cuda_geometry=True, bwd_splits=2): ...``.
     """
     previous = _CONFIG[0]
     _CONFIG[0] = dataclasses.replace(previous, **changes)
@@ -195,12 +195,3 @@ def sm_budget(device: torch.device) -> Fraction:
     if sms is None:
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else DEFAULT_SMS
     return Fraction(sms) * Fraction(c.scale)
-
-
-def units_per_launch(bytes_per_unit: int, units: int) -> int:
-    """How many units (tiles, chunks) one launch may cover so that its partial sums stay within PARTIAL_BYTES
-    times the config's ``scale`` (at least 1, at most ``units``); the config's ``bwd_segment`` overrides."""
-    forced = _CONFIG[0].bwd_segment
-    if forced is not None:
-        return max(1, min(units, forced))
-    return min(units, max(1, int(Fraction(PARTIAL_BYTES) * Fraction(_CONFIG[0].scale) // max(1, bytes_per_unit))))

@@ -3,18 +3,24 @@
     dt_l = softplus(delta_l + bias);  h_l = exp(dt_l A) h_{l-1} + dt_l u_l B_l;  y_l = C_l . h_l + D u_l;
     out_l = y_l silu(z_l)
 
-Structure (chunk-parallel, all state math in float32, exp2 with A pre-scaled by log2 e):
-  * L is cut into tiles of BLOCK_T tokens; a program owns (batch row, block of channels inside one B/C group,
-    chunk of TILES tiles). Inside a tile the recurrence ``h_t = a_t h_{t-1} + b_t`` is one
-    ``tl.associative_scan`` over the ``[BLOCK_T, BLOCK_D, N]`` tile; tiles of a chunk are chained in registers.
-  * Chunks run in parallel. Pass 1 scans every chunk from a zero state and keeps its end state and the sum of
-    its dt (the chunk's decay is ``exp(A * sum dt)`` because A is constant along L); a short sequential carry
-    kernel turns those into each chunk's true initial state; pass 2 rescans each chunk from it and writes the
-    output, plus the state at every tile start (the checkpoints the backward recomputes from).
-  * Backward: the adjoint ``lam_t = a_{t+1} lam_{t+1} + dy_t C_t`` runs the same way in reverse (tiles are
-    loaded in reversed order, so only forward scans are used; ``tl.flip`` maps the result back). Pass 2 of the
-    backward recomputes h per tile from the checkpoint, forms every gradient, and writes dB, dC as per-block
-    partials and dA, dD, d(delta_bias) as per-chunk partials that torch sums: deterministic, no atomics.
+The loop body is ``kernels/_scan_common.py`` (tiles of R rows x BLOCK_T steps, a static loop over the state index,
+one ``tl.associative_scan`` per state index, all state math in float32, exp2 with A pre-scaled by log2 e).
+
+Forward: a program owns (batch row, R channels) and walks the whole sequence tile by tile, the state in
+registers, reading every input once. Only when batch x channel programs cannot fill two waves of the GPU is the
+sequence cut into chunks: a summary kernel computes each chunk's end state from a zero start (a sum weighted by
+``exp2(A cumsum dt)``, no scan), a short sequential kernel chains them, and the main kernel runs every chunk from
+its true start. With a gradient to come, the state at every tile start (every BLOCK_T = 256 tokens on the GPU)
+is stored for the backward.
+
+Backward (one chunk = one forward tile): a summary kernel computes the adjoint each chunk passes back to the
+previous one from a zero end, a sequential kernel chains them (from ``d last_state``), and the main kernel's
+program owns (batch row, B/C group, chunk) and loops over the channels of the group (or of one of S channel
+ranges when there are few chunks): per channel it recomputes h from the checkpoint, runs the adjoint as a
+reverse scan and writes du, ddelta, dz; dB and dC are summed over the channels in that loop, in registers and
+an fp32 accumulator the program owns; dA, dD and d(delta_bias) per (chunk, channel) and the S channel-range
+partials of dB/dC are summed by a second kernel in a fixed order. Deterministic, bit-identical on repeat runs,
+no atomics.
 """
 
 from __future__ import annotations
@@ -23,15 +29,29 @@ import torch
 import triton
 import triton.language as tl
 
-from glsmamba.kernels._scan_common import LOG2E, affine_combine, dt_from_raw
+from glsmamba.kernels._scan_common import (
+    LOG2E,
+    _scan_carry_kernel,
+    bwd_tile,
+    chunked,
+    divisor,
+    fwd_tile,
+    index_type,
+    none_flag,
+    pairs_ok,
+    sum_leading,
+    summary_tile,
+    vec_of,
+)
 from glsmamba.kernels._utils import (
+    cdiv,
     check_runnable,
     current_config,
     device_guard,
     gpu_geometry,
-    next_pow2,
+    interpreting,
     record_build,
-    units_per_launch,
+    sm_budget,
 )
 from glsmamba.reference.selective_scan import check_selective_scan_inputs
 
@@ -40,431 +60,436 @@ record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRE
 __all__ = ["selective_scan", "selective_scan_channel_last"]
 
 
-@triton.jit
-def _last_row(x, BLOCK_T: tl.constexpr):
-    rows = tl.arange(0, BLOCK_T)
-    return tl.sum(tl.where((rows == BLOCK_T - 1)[:, None, None], x, 0.0), axis=0)
+_FLAGS = {"HAS_D": none_flag("D_ptr"), "HAS_Z": none_flag("z_ptr"), "HAS_BIAS": none_flag("bias_ptr")}
 
 
 @triton.jit
-def _load_td(ptr, t, d, mask, s_l, s_d):
-    return tl.load(ptr + t[:, None] * s_l + d[None, :] * s_d, mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _load_tn(ptr, t, n, mask, s_l, s_n):
-    return tl.load(ptr + t[:, None] * s_l + n[None, :] * s_n, mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _dt_tile(delta_ptr, t, d, mask, s_l, s_d, bias, SOFTPLUS: tl.constexpr):
-    """(dt, pre) of the delta tile at steps t, channels d (see ``dt_from_raw``)."""
-    return dt_from_raw(_load_td(delta_ptr, t, d, mask, s_l, s_d), mask, bias, SOFTPLUS)
-
-
-@triton.jit
-def _channel_params(A_ptr, bias_ptr, D_ptr, d, n, m_d, m_dn, s_Ad, s_An, BLOCK_D: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
-    """This block's A ``[BLOCK_D, NP]``, delta_bias and D ``[BLOCK_D]`` in float32 (zeros when absent)."""
-    A = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=m_dn, other=0.0).to(tl.float32)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+def _rows_setup(A_ptr, D_ptr, bias_ptr, rows, s_Ad, s_An, NS: tl.constexpr, HAS_D: tl.constexpr,
+                HAS_BIAS: tl.constexpr):
+    """Per-row parameters: A's columns (N ``[R]`` tensors, natural units), delta_bias and D (zeros if absent)."""
+    As = ()
+    for n in tl.static_range(NS):
+        As = As + (tl.load(A_ptr + rows * s_Ad + n * s_An).to(tl.float32),)
+    bias = tl.zeros(rows.shape, dtype=tl.float32)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=m_d, other=0.0).to(tl.float32)
-    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+        bias = tl.load(bias_ptr + rows).to(tl.float32)
+    Dv = tl.zeros(rows.shape, dtype=tl.float32)
     if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=m_d, other=0.0).to(tl.float32)
-    return A, bias, Dv
+        Dv = tl.load(D_ptr + rows).to(tl.float32)
+    return As, bias, Dv
 
 
 @triton.jit
-def _ss_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    hin_ptr, out_ptr, ckpt_ptr, hend_ptr, dsum_ptr,
-    s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_zb, s_zl, s_zd, s_ob, s_ol, s_od,
-    s_Bb, s_Bg, s_Bl, s_Bn, s_Cb, s_Cg, s_Cl, s_Cn, s_Ad, s_An,
-    L, DIM, NSTATE, GROUP_SIZE, BLOCKS_PER_GROUP, TILES, N_CHUNKS, N_TILES,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_HIN: tl.constexpr, FINAL: tl.constexpr, SAVE_CKPT: tl.constexpr,
-):
-    pid0 = tl.program_id(0)
-    i_c = tl.program_id(1).to(tl.int64)
-    i_b = tl.program_id(2).to(tl.int64)
-    i_g = pid0 // BLOCKS_PER_GROUP
-    o_dg = (pid0 % BLOCKS_PER_GROUP) * BLOCK_D + tl.arange(0, BLOCK_D)  # channel offset inside the group
-    m_d = o_dg < GROUP_SIZE
-    d = (i_g * GROUP_SIZE + o_dg).to(tl.int64)
-    n = tl.arange(0, NP)
-    m_n = n < NSTATE
-    m_dn = m_d[:, None] & m_n[None, :]
-    A, bias, Dv = _channel_params(A_ptr, bias_ptr, D_ptr, d, n, m_d, m_dn, s_Ad, s_An, BLOCK_D, HAS_BIAS, HAS_D)
-    A2 = A * LOG2E
-    o_state = ((i_b * N_CHUNKS + i_c) * DIM + d[:, None]) * NSTATE + n[None, :]
-    if HAS_HIN:
-        h = tl.load(hin_ptr + o_state, mask=m_dn, other=0.0)
+def _offsets(rows, t, s_d, s_l, unit, CHANNEL_LAST: tl.constexpr):
+    """``[R, T]`` element offsets of (channel rows, steps t) in a u-like tensor. Channel-last rows are scaled by
+    the unspecialised ``unit`` (= 1) so that no load is vectorised across channels: a thread keeps its steps."""
+    if CHANNEL_LAST:
+        off = (rows * unit)[:, None] + (t * s_l)[None, :]
     else:
-        h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-    dsum = tl.zeros([BLOCK_D], dtype=tl.float32)
-    u_base = u_ptr + i_b * s_ub
-    dl_base = delta_ptr + i_b * s_db
-    B_base = B_ptr + i_b * s_Bb + i_g * s_Bg
-    C_base = C_ptr + i_b * s_Cb + i_g * s_Cg
-    for j in range(TILES):
-        tile = i_c * TILES + j
-        t = tile * BLOCK_T + tl.arange(0, BLOCK_T)
-        m_t = t < L
-        m_td = m_t[:, None] & m_d[None, :]
-        if FINAL and SAVE_CKPT:
-            o_ck = ((i_b * N_TILES + tile) * DIM + d[:, None]) * NSTATE + n[None, :]
-            # (broadcast the scalar condition explicitly: the interpreter rejects scalar & tensor masks)
-            tl.store(ckpt_ptr + o_ck, h, mask=m_dn & ((tile + tl.zeros([BLOCK_D, NP], dtype=tl.int64)) < N_TILES))
-        dt, _ = _dt_tile(dl_base, t, d, m_td, s_dl, s_dd, bias, SOFTPLUS)
-        u = _load_td(u_base, t, d, m_td, s_ul, s_ud)
-        Bt = _load_tn(B_base, t, n, m_t[:, None] & m_n[None, :], s_Bl, s_Bn)
-        a = tl.exp2(dt[:, :, None] * A2[None, :, :])
-        b = (dt * u)[:, :, None] * Bt[:, None, :]
-        ca, cb = tl.associative_scan((a, b), 0, affine_combine)
-        hs = ca * h[None, :, :] + cb
-        if FINAL:
-            Ct = _load_tn(C_base, t, n, m_t[:, None] & m_n[None, :], s_Cl, s_Cn)
-            y = tl.sum(hs * Ct[:, None, :], axis=2)
-            if HAS_D:
-                y += Dv[None, :] * u
-            if HAS_Z:
-                zt = _load_td(z_ptr + i_b * s_zb, t, d, m_td, s_zl, s_zd)
-                y = y * zt * tl.sigmoid(zt)
-            o_out = out_ptr + i_b * s_ob + t[:, None] * s_ol + d[None, :] * s_od
-            tl.store(o_out, y.to(out_ptr.dtype.element_ty), mask=m_td)
-        else:
-            dsum += tl.sum(dt, axis=0)
-        # padded rows (t >= L) have a = 1, b = 0, so the last row is the state after the last real token
-        h = _last_row(hs, BLOCK_T)
-    tl.store(hend_ptr + o_state, h, mask=m_dn)
-    if not FINAL:
-        tl.store(dsum_ptr + (i_b * N_CHUNKS + i_c) * DIM + d, dsum, mask=m_d)
+        off = (rows * s_d)[:, None] + t[None, :]
+    return off
 
 
 @triton.jit
-def _ss_carry_kernel(
-    loc_ptr, dsum_ptr, A_ptr, init_ptr, carry_ptr,
-    N_CHUNKS, DIM, NSTATE, s_Ad, s_An,
-    BLOCK_D: tl.constexpr, NP: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr,
-):
-    """carry[c] = state entering chunk c; state after c = exp(A * dsum[c]) * carry[c] + loc[c]."""
-    d = (tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
-    n = tl.arange(0, NP)
-    m_d = d < DIM
-    m_dn = m_d[:, None] & (n < NSTATE)[None, :]
-    A2 = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=m_dn, other=0.0).to(tl.float32) * LOG2E
-    if HAS_INIT:
-        h = tl.load(init_ptr + (i_b * DIM + d[:, None]) * NSTATE + n[None, :], mask=m_dn, other=0.0)
+def _chunk_offs(base, d, t0, s_d, s_l, unit, T: tl.constexpr, VEC: tl.constexpr, CHANNEL_LAST: tl.constexpr):
+    """Offsets of channel d over rows of steps ``t0[r] + j`` (j < T) in a u-like tensor: one ``[R, T]`` tile, or
+    (channel-last) VEC sub-tiles of steps ``j * VEC + k`` (see ``_scan_common.join_steps``)."""
+    if CHANNEL_LAST:
+        j = tl.arange(0, T // VEC)
+        off = ()
+        for k in tl.static_range(VEC):
+            off = off + (base + d * unit + (t0[:, None] + (k + j * VEC)[None, :]) * s_l,)
     else:
-        h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-    for i in range(N_CHUNKS):
-        if REVERSE:
-            c = N_CHUNKS - 1 - i
-        else:
-            c = i
-        o_state = ((i_b * N_CHUNKS + c) * DIM + d[:, None]) * NSTATE + n[None, :]
-        tl.store(carry_ptr + o_state, h, mask=m_dn)
-        ds = tl.load(dsum_ptr + (i_b * N_CHUNKS + c) * DIM + d, mask=m_d, other=0.0)
-        h = tl.exp2(ds[:, None] * A2) * h + tl.load(loc_ptr + o_state, mask=m_dn, other=0.0)
+        off = base + d * s_d + t0[:, None] + tl.arange(0, T)[None, :]
+    return off
 
 
 @triton.jit
-def _ss_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ckpt_ptr, lamin_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dBp_ptr, dCp_ptr, dAp_ptr, dDp_ptr, dbiasp_ptr, lamloc_ptr, dsum_ptr,
-    s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_zb, s_zl, s_zd, s_gb, s_gl, s_gd,
-    s_Bb, s_Bg, s_Bl, s_Bn, s_Cb, s_Cg, s_Cl, s_Cn, s_Ad, s_An,
-    L, DIM, NSTATE, GROUP_SIZE, BLOCKS_PER_GROUP, TILES, N_CHUNKS, N_TILES, N_DBLOCKS, C_LO, LSEG,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_LAMIN: tl.constexpr, FINAL: tl.constexpr,
-):
-    # Chunks C_LO + program_id(1). The final pass writes dB/dC partials (B, N_DBLOCKS, LSEG, N) for the tokens
-    # of its launch's chunks only (LSEG of them from chunk C_LO on): the launcher reduces them per launch.
-    pid0 = tl.program_id(0)
-    i_c = C_LO + tl.program_id(1).to(tl.int64)
-    i_b = tl.program_id(2).to(tl.int64)
-    i_g = pid0 // BLOCKS_PER_GROUP
-    o_dg = (pid0 % BLOCKS_PER_GROUP) * BLOCK_D + tl.arange(0, BLOCK_D)
-    m_d = o_dg < GROUP_SIZE
-    d = (i_g * GROUP_SIZE + o_dg).to(tl.int64)
-    n = tl.arange(0, NP)
-    m_n = n < NSTATE
-    m_dn = m_d[:, None] & m_n[None, :]
-    A, bias, Dv = _channel_params(A_ptr, bias_ptr, D_ptr, d, n, m_d, m_dn, s_Ad, s_An, BLOCK_D, HAS_BIAS, HAS_D)
-    A2 = A * LOG2E
-    o_state = ((i_b * N_CHUNKS + i_c) * DIM + d[:, None]) * NSTATE + n[None, :]
-    if HAS_LAMIN:
-        lam = tl.load(lamin_ptr + o_state, mask=m_dn, other=0.0)
+def _tile_offs(base, rows, t0, s_d, s_l, unit, T: tl.constexpr, VEC: tl.constexpr, CHANNEL_LAST: tl.constexpr):
+    """Offsets of a ``[R, T]`` tile of a u-like tensor (channel rows, steps t0 ..): one tile (channel-first,
+    contiguous steps), or VEC sub-tiles of steps ``t0 + j * VEC + k`` (channel-last: the rows' channels are
+    scaled by the unspecialised ``unit`` = 1, so no load is vectorised across channels)."""
+    if CHANNEL_LAST:
+        j = tl.arange(0, T // VEC)
+        off = ()
+        for k in tl.static_range(VEC):
+            off = off + (base + (rows * unit)[:, None] + ((t0 + k + j * VEC) * s_l)[None, :],)
     else:
-        lam = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-    dsum = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dA_acc = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    u_base = u_ptr + i_b * s_ub
-    dl_base = delta_ptr + i_b * s_db
-    g_base = dout_ptr + i_b * s_gb
-    z_base = z_ptr + i_b * s_zb
-    B_base = B_ptr + i_b * s_Bb + i_g * s_Bg
-    C_base = C_ptr + i_b * s_Cb + i_g * s_Cg
-    rows = tl.arange(0, BLOCK_T)
-    for jj in range(TILES):
-        tile = i_c * TILES + (TILES - 1 - jj)
-        # ---- adjoint scan over the tile in reversed token order: lam_t = a_{t+1} lam_{t+1} + dy_t C_t
-        tr = tile * BLOCK_T + (BLOCK_T - 1 - rows)
-        m_tr = tr < L
-        m_trd = m_tr[:, None] & m_d[None, :]
-        m_nx = (tr + 1 < L)[:, None] & m_d[None, :]
-        dt_next, _ = _dt_tile(dl_base, tr + 1, d, m_nx, s_dl, s_dd, bias, SOFTPLUS)
-        dy_r = _load_td(g_base, tr, d, m_trd, s_gl, s_gd)
-        if HAS_Z:
-            z_r = _load_td(z_base, tr, d, m_trd, s_zl, s_zd)
-            dy_r = dy_r * z_r * tl.sigmoid(z_r)
-        C_r = _load_tn(C_base, tr, n, m_tr[:, None] & m_n[None, :], s_Cl, s_Cn)
-        ca, cb = tl.associative_scan(
-            (tl.exp2(dt_next[:, :, None] * A2[None, :, :]), dy_r[:, :, None] * C_r[:, None, :]), 0, affine_combine
-        )
-        lam_r = ca * lam[None, :, :] + cb
-        lam = _last_row(lam_r, BLOCK_T)  # lam at the tile's first token: carried to the previous tile
-        if not FINAL:
-            dsum += tl.sum(dt_next, axis=0)
+        off = base + (rows * s_d)[:, None] + (t0 + tl.arange(0, T))[None, :]
+    return off
+
+
+@triton.heuristics({**_FLAGS, "HAS_HIN": none_flag("hin_ptr"), "SAVE": none_flag("ck_ptr")})
+@triton.jit(do_not_specialize=["unit", "T0", "NT"])
+def _ss_fwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, hin_ptr, hend_ptr, ck_ptr,
+                   s_b, s_d, s_l, s_Bb, s_Bg, s_Bn, s_Ad, s_An, L, DIM, GROUP_SIZE, T0, NT, TILES, NCHUNK, unit,
+                   NS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, CK_TILES: tl.constexpr,
+                   SOFTPLUS: tl.constexpr, CHANNEL_LAST: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr,
+                   VEC: tl.constexpr, FAST: tl.constexpr, IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   HAS_HIN: tl.constexpr, SAVE: tl.constexpr):
+    # u, delta, z, out: (batch, D, L) or (batch, L, D) with strides s_*; B, C: (batch, G, N, L), L contiguous.
+    # The launch covers tiles T0 .. T0 + NT - 1 in chunks of TILES (chunk c starts at a multiple of CK_TILES
+    # tiles); MASKED launches hold the sequence's last, partial tile. hin (batch, NCHUNK, D, N) fp32: the state
+    # entering each chunk; hend (batch, D, N): the state after the launch's last tile; ck (batch, n_ck, D, N):
+    # the state entering every CK_TILES-th tile. Rows: BLOCK_R channels (BLOCK_R divides D).
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(IDX)
+    i_c = tl.program_id(1)
+    i_b = tl.program_id(2).to(IDX)
+    As, bias, Dv = _rows_setup(A_ptr, D_ptr, bias_ptr, rows, s_Ad, s_An, NS, HAS_D, HAS_BIAS)
+    A2s = ()
+    hs = ()
+    for n in tl.static_range(NS):
+        A2s = A2s + (As[n] * LOG2E,)
+        if HAS_HIN:
+            hs = hs + (tl.load(hin_ptr + ((i_b * NCHUNK + i_c) * DIM + rows) * NS + n),)
         else:
-            lam_f = tl.flip(lam_r, 0)
-            t = tile * BLOCK_T + rows
-            m_t = t < L
-            m_td = m_t[:, None] & m_d[None, :]
-            m_tn = m_t[:, None] & m_n[None, :]
-            dt, x = _dt_tile(dl_base, t, d, m_td, s_dl, s_dd, bias, SOFTPLUS)
-            u = _load_td(u_base, t, d, m_td, s_ul, s_ud)
-            Bt = _load_tn(B_base, t, n, m_tn, s_Bl, s_Bn)
-            Ct = _load_tn(C_base, t, n, m_tn, s_Cl, s_Cn)
-            o_ck = ((i_b * N_TILES + tile) * DIM + d[:, None]) * NSTATE + n[None, :]
-            h0 = tl.load(ckpt_ptr + o_ck, mask=m_dn & ((tile + tl.zeros([BLOCK_D, NP], dtype=tl.int64)) < N_TILES),
-                         other=0.0)
-            a = tl.exp2(dt[:, :, None] * A2[None, :, :])
-            b = (dt * u)[:, :, None] * Bt[:, None, :]
-            ca2, cb2 = tl.associative_scan((a, b), 0, affine_combine)
-            hs = ca2 * h0[None, :, :] + cb2
-            g = _load_td(g_base, t, d, m_td, s_gl, s_gd)
-            if HAS_Z:
-                zt = _load_td(z_base, t, d, m_td, s_zl, s_zd)
-                sz = tl.sigmoid(zt)
-                y = tl.sum(hs * Ct[:, None, :], axis=2) + Dv[None, :] * u
-                dz = g * y * sz * (1.0 + zt * (1.0 - sz))
-                o_dz = dz_ptr + i_b * s_zb + t[:, None] * s_zl + d[None, :] * s_zd
-                tl.store(o_dz, dz.to(dz_ptr.dtype.element_ty), mask=m_td)
-                dy = g * zt * sz
-            else:
-                dy = g
-            lamB = tl.sum(lam_f * Bt[:, None, :], axis=2)
-            du = lamB * dt + Dv[None, :] * dy
-            ah = hs - b  # a_t h_{t-1}, recovered without storing h_{t-1}
-            lam_ah = lam_f * ah
-            ddt = u * lamB + tl.sum(lam_ah * A[None, :, :], axis=2)
-            dA_acc += tl.sum(lam_ah * dt[:, :, None], axis=0)
-            dD_acc += tl.sum(dy * u, axis=0)
-            if SOFTPLUS:
-                ddt = tl.where(x <= 20.0, ddt * tl.sigmoid(x), ddt)
-            ddt = tl.where(m_td, ddt, 0.0)
-            dbias_acc += tl.sum(ddt, axis=0)
-            o_du = du_ptr + i_b * s_ub + t[:, None] * s_ul + d[None, :] * s_ud
-            tl.store(o_du, du.to(du_ptr.dtype.element_ty), mask=m_td)
-            o_dd = ddelta_ptr + i_b * s_db + t[:, None] * s_dl + d[None, :] * s_dd
-            tl.store(o_dd, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_td)
-            # dB_t = sum_d lam dt u,  dC_t = sum_d dy h: reduced over this block's channels, summed in torch
-            dB = tl.sum(lam_f * (dt * u)[:, :, None], axis=1)
-            dC = tl.sum(hs * dy[:, :, None], axis=1)
-            o_part = ((i_b * N_DBLOCKS + pid0) * LSEG + (t - C_LO * TILES * BLOCK_T)[:, None]) * NSTATE + n[None, :]
-            tl.store(dBp_ptr + o_part, dB, mask=m_tn)
-            tl.store(dCp_ptr + o_part, dC, mask=m_tn)
-    if FINAL:
-        tl.store(dAp_ptr + o_state, dA_acc, mask=m_dn)
-        o_cd = (i_b * N_CHUNKS + i_c) * DIM + d
-        tl.store(dDp_ptr + o_cd, dD_acc, mask=m_d)
-        tl.store(dbiasp_ptr + o_cd, dbias_acc, mask=m_d)
-    else:
-        tl.store(lamloc_ptr + o_state, lam, mask=m_dn)
-        tl.store(dsum_ptr + (i_b * N_CHUNKS + i_c) * DIM + d, dsum, mask=m_d)
+            hs = hs + (tl.zeros([BLOCK_R], dtype=tl.float32),)
+    tile0 = T0 + i_c * TILES
+    ntile = tl.minimum(TILES, T0 + NT - tile0)
+    base = i_b * s_b
+    bc_rows = (i_b * s_Bb + (rows // GROUP_SIZE) * s_Bg)[:, None]
+    o_t = tl.arange(0, BLOCK_T)
+    first = (o_t == 0)[None, :]
+    last = (o_t == BLOCK_T - 1)[None, :]
+    o_ck = ((i_b * tl.cdiv(tl.cdiv(L, BLOCK_T), CK_TILES) + tile0 // CK_TILES) * DIM + rows) * NS
+    for it in range(ntile):
+        t0 = (tile0 + it) * BLOCK_T
+        mask = None
+        if MASKED:
+            mask = ((t0 + o_t) < L)[None, :] & (rows >= 0)[:, None]
+        if SAVE:
+            ck_here = (rows * 0 + tile0 + it) % CK_TILES == 0
+            for n in tl.static_range(NS):
+                tl.store(ck_ptr + o_ck + n, hs[n], mask=ck_here)
+            o_ck += tl.where(ck_here, DIM * NS, 0)
+        hs = fwd_tile(u_ptr, dl_ptr, z_ptr, out_ptr,
+                      _tile_offs(base, rows, t0, s_d, s_l, unit, BLOCK_T, VEC, CHANNEL_LAST),
+                      B_ptr, C_ptr, bc_rows + t0, bc_rows + t0, L - t0, s_Bn, s_Bn, mask, first, last, None, A2s,
+                      hs, bias, Dv, NS, SOFTPLUS, HAS_D, HAS_Z, False, MASKED, False, PAIRS, FAST, CHANNEL_LAST)
+    if i_c == NCHUNK - 1:
+        for n in tl.static_range(NS):
+            tl.store(hend_ptr + (i_b * DIM + rows) * NS + n, hs[n])
+
+
+@triton.heuristics({"HAS_Z": none_flag("z_ptr"), "HAS_BIAS": none_flag("bias_ptr")})
+@triton.jit(do_not_specialize=["unit"])
+def _ss_summary_kernel(u_ptr, dl_ptr, A_ptr, P_ptr, z_ptr, bias_ptr, loc_ptr, dsum_ptr,
+                       s_b, s_d, s_l, s_Pb, s_Pg, s_Pn, s_Ad, s_An, L, DIM, GROUP_SIZE, TILES, NCHUNK, unit,
+                       NS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, SOFTPLUS: tl.constexpr,
+                       CHANNEL_LAST: tl.constexpr, FORWARD: tl.constexpr, FAST: tl.constexpr, IDX: tl.constexpr,
+                       HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr):
+    # Chunk summaries (see summary_tile): FORWARD: u_ptr = u, P = B; backward: u_ptr = dout, z gates it, P = C.
+    # loc (batch, NCHUNK, D, N), dsum (batch, NCHUNK, D).
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(IDX)
+    i_c = tl.program_id(1)
+    i_b = tl.program_id(2).to(IDX)
+    As, bias, _ = _rows_setup(A_ptr, None, bias_ptr, rows, s_Ad, s_An, NS, False, HAS_BIAS)
+    A2s = ()
+    acc = ()
+    for n in tl.static_range(NS):
+        A2s = A2s + (As[n] * LOG2E,)
+        acc = acc + (tl.zeros([BLOCK_R], dtype=tl.float32),)
+    offs = tl.zeros([BLOCK_R], dtype=tl.float32)
+    base = i_b * s_b
+    pc = (i_b * s_Pb + (rows // GROUP_SIZE) * s_Pg)[:, None]
+    o_t = tl.arange(0, BLOCK_T)
+    for it in range(TILES):
+        t = (i_c * TILES + it) * BLOCK_T + o_t
+        mask = (t < L)[None, :] & (rows >= 0)[:, None]
+        off = base + _offsets(rows, t, s_d, s_l, unit, CHANNEL_LAST)
+        acc, offs, _ = summary_tile(dl_ptr, u_ptr, z_ptr, off, P_ptr, pc + t[None, :], s_Pn, mask, None, A2s, acc,
+                                    offs, bias, NS, SOFTPLUS, HAS_Z, False, True,
+                                    FORWARD, FAST)
+    o = ((i_b * NCHUNK + i_c) * DIM + rows)
+    for n in tl.static_range(NS):
+        tl.store(loc_ptr + o * NS + n, acc[n])
+    tl.store(dsum_ptr + o, offs)
+
+
+@triton.heuristics({**_FLAGS, "HAS_NU": none_flag("nu_ptr")})
+@triton.jit(do_not_specialize=["unit", "C0"])
+def _ss_bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ck_ptr, nu_ptr,
+                   du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+                   s_b, s_d, s_l, s_Bb, s_Bg, s_Ad, s_An, L, DIM, GROUP_SIZE, CPS, NSPLIT, GROUPS, NCK, C0,
+                   unit, NS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
+                   SOFTPLUS: tl.constexpr, CHANNEL_LAST: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr,
+                   VEC: tl.constexpr, FAST: tl.constexpr, IDX: tl.constexpr, HAS_D: tl.constexpr,
+                   HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_NU: tl.constexpr):
+    # Program: BLOCK_R chunks (rows) C0 + pid0 * BLOCK_R + r of batch row b, group g, channel range s; loops over
+    # the range's channels. ck, nu (batch, NCK, D, N): state entering / adjoint entering each chunk; du, ddelta,
+    # dz laid out as u; dB/dC fp32 accumulators (NSPLIT, batch, G, N, L); dA (batch, NCK, D, N), dD and
+    # d(delta_bias) (batch, NCK, D) per (chunk, channel).
+    ch = (C0 + tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(IDX)
+    pid1 = tl.program_id(1)
+    i_s = pid1 % NSPLIT
+    i_g = (pid1 // NSPLIT) % GROUPS
+    i_b = (pid1 // (NSPLIT * GROUPS)).to(IDX)
+    o_t = tl.arange(0, BLOCK_T)
+    t0 = ch * BLOCK_T  # [R]
+    first = (o_t == 0)[None, :]
+    last = (o_t == BLOCK_T - 1)[None, :]
+    mask = None
+    if MASKED:
+        mask = (t0[:, None] + o_t[None, :]) < L
+    lim = (L - t0)[:, None]  # valid steps of each row (all of them outside the masked launch)
+    base = i_b * s_b
+    # B, C: (batch, G, NCK, N, BLOCK_T) chunked copies; dB/dC accumulators (NSPLIT, batch, G, NCK, N, BLOCK_T):
+    # state n of a chunk is BLOCK_T elements after state n - 1 (an immediate offset, no register per state)
+    bc_rows = (i_b * s_Bb + i_g * s_Bg + ch * (NS * BLOCK_T))[:, None]
+    acc_rows = ((((i_s * (tl.num_programs(1) // NSPLIT) + i_b * GROUPS + i_g) * NCK).to(IDX) + ch) *
+                (NS * BLOCK_T))[:, None] + o_t[None, :]
+    c_lo = i_s * CPS
+    nch = tl.minimum(CPS, GROUP_SIZE - c_lo)
+    for dd in range(nch):
+        d = i_g * GROUP_SIZE + c_lo + dd
+        rows = d + tl.zeros([BLOCK_R], dtype=IDX)
+        bias = tl.zeros([BLOCK_R], dtype=tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + rows).to(tl.float32)
+        Dv = tl.zeros([BLOCK_R], dtype=tl.float32)
+        if HAS_D:
+            Dv = tl.load(D_ptr + rows).to(tl.float32)
+        o_st = ((i_b * NCK + ch) * DIM + d) * NS
+        acc_m = (o_t[None, :] * 0 + dd) > 0
+        o_p = (i_b * NCK + ch) * DIM + d
+        dDv, dbv = bwd_tile(
+            u_ptr, dl_ptr, z_ptr, dout_ptr, du_ptr, ddl_ptr, dz_ptr,
+            _chunk_offs(base, d, t0, s_d, s_l, unit, BLOCK_T, VEC, CHANNEL_LAST), B_ptr, C_ptr, bc_rows,
+            BLOCK_T, dB_ptr, dC_ptr, acc_rows, BLOCK_T, acc_m, mask, lim, first, last, None, A_ptr, rows * s_Ad, s_An,
+            ck_ptr, nu_ptr, dA_ptr, o_st, o_st, bias, Dv, NS, SOFTPLUS, HAS_D,
+            HAS_Z, HAS_NU, False, MASKED, PAIRS, VEC, FAST, CHANNEL_LAST)
+        tl.store(dD_ptr + o_p, dDv)
+        tl.store(dbias_ptr + o_p, dbv)
+
+
+@triton.jit
+def _unchunk_kernel(src_ptr, dst_ptr, S, NS, L, M, NCK, CK: tl.constexpr, BLOCK: tl.constexpr):
+    # dst[r, n, t] = sum_s src[s, r, t // CK, n, t % CK] (s = 0, 1, ... in order); src rows of M elements
+    t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rn = tl.program_id(1)
+    r = rn // NS
+    n = rn % NS
+    m = t < L
+    o = ((r * NCK + t // CK) * NS + n) * CK + t % CK
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(S):
+        acc += tl.load(src_ptr + s * M + o, mask=m, other=0.0)
+    tl.store(dst_ptr + rn * L + t, acc.to(dst_ptr.dtype.element_ty), mask=m)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # launchers
 
-class _Cfg:
-    """Launch geometry for one call (``kernels._utils.launch_config`` chooses the CUDA or the interpreter one and
-    may force the tiles per chunk)."""
+MAXNREG = 128  # registers per thread (one-warp programs would otherwise take up to 255)
 
-    def __init__(self, batch: int, dim: int, length: int, dstate: int, groups: int):
+
+class _Geo:
+    """Launch geometry of one call. CK steps (256 on the GPU) are one backward chunk and the forward's
+    checkpoint spacing; the forward tile is CK / CK_TILES steps."""
+
+    def __init__(self, batch: int, dim: int, length: int, dstate: int, groups: int, device: torch.device):
         gpu = gpu_geometry()
-        self.NP = next_pow2(dstate)
-        self.BLOCK_T = 32 if gpu else 16
+        knobs = current_config()  # test-only knobs (kernels._utils.launch_config)
+        self.FAST = not interpreting()  # inline-asm fast paths: compiled kernels only
+        self.NS = dstate
+        self.CK = 256 if gpu else 16
+        self.n_ck = max(1, cdiv(length, self.CK))
         self.group_size = dim // groups
-        # GPU: keep a [BLOCK_T, BLOCK_D, N] fp32 tile near 2k elements per live tensor (register budget)
-        cap = max(1, 2048 // (self.BLOCK_T * self.NP)) if gpu else 16
-        self.BLOCK_D = max(1, min(next_pow2(self.group_size), cap))
-        self.blocks_per_group = triton.cdiv(self.group_size, self.BLOCK_D)
-        self.n_dblocks = groups * self.blocks_per_group
-        self.n_tiles = max(1, triton.cdiv(length, self.BLOCK_T))
-        tiles = current_config().tiles_per_chunk
-        self.tiles = tiles if tiles is not None else (8 if gpu else 2)
-        self.n_chunks = triton.cdiv(self.n_tiles, self.tiles)
-        self.carry_block_d = min(next_pow2(dim), 64)
-        self.num_warps = 4
+        target = 2 * sm_budget(device)  # programs that fill two waves
+        # forward: one warp per program holding R rows x BLOCK_T steps; more rows per warp means fewer shuffle
+        # rounds per scan, fewer programs. Chunks only when even one row per program cannot fill the GPU.
+        if gpu:
+            self.BLOCK_T, self.R = next(((t, r) for t, r in ((64, 4), (128, 2), (256, 1))
+                                         if dim % r == 0 and batch * dim // r >= target), (256, 1))
+        else:
+            self.BLOCK_T, self.R = knobs.fwd_tile or self.CK, divisor(dim)
+        self.CK_TILES = self.CK // self.BLOCK_T
+        self.n_tiles = max(1, cdiv(length, self.BLOCK_T))
+        tiles = self.n_tiles
+        if knobs.tiles_per_chunk is not None:
+            tiles = knobs.tiles_per_chunk
+        elif gpu and batch * dim // self.R < target:
+            tiles = max(1, cdiv(self.n_tiles, cdiv(target, batch * dim // self.R)))
+        self.tiles = cdiv(max(1, min(tiles, self.n_tiles)), self.CK_TILES) * self.CK_TILES
+        # backward: programs own (batch row, group, channel range, Rb chunk rows); one warp per chunk row
+        self.nfull = length // self.CK
+        self.Rb = 1 if gpu else divisor(max(self.nfull, 1))
+        # two warps per chunk row on the GPU: one warp (8 steps per thread) needs ~136 registers in the backward
+        self.bwd_warps = 2 if gpu else 1
+        base = batch * groups * self.n_ck
+        splits = knobs.bwd_splits if knobs.bwd_splits is not None else (
+            min(8, self.group_size, cdiv(target, base)) if gpu and base < target else 1)
+        self.splits = max(1, min(splits, self.group_size))
+        self.cps = cdiv(self.group_size, self.splits)
+        self.splits = cdiv(self.group_size, self.cps)
 
 
-def _as_bgln(B: torch.Tensor, channel_last: bool) -> torch.Tensor:
-    """View B/C as (batch, G, L, N) whatever the layout (no copy)."""
+def _bgnl(B: torch.Tensor, channel_last: bool) -> torch.Tensor:
+    """B/C as (batch, G, N, L) with contiguous steps (channel-last layouts are transposed: one copy)."""
     if channel_last:
-        return (B[:, :, None] if B.dim() == 3 else B).permute(0, 2, 1, 3)  # (B, L, G, N) -> (B, G, L, N)
-    return (B[:, None] if B.dim() == 3 else B).transpose(2, 3)  # (B, G, N, L) -> (B, G, L, N)
+        B = B if B.dim() == 4 else B[:, :, None]
+        return B.permute(0, 2, 3, 1).contiguous()
+    B = B if B.dim() == 4 else B[:, None]
+    return B if B.stride(-1) == 1 else B.contiguous()
 
 
-def _bld_strides(t: torch.Tensor, channel_last: bool) -> tuple[int, int, int]:
-    """(batch, token, channel) strides of a u-like tensor."""
-    return (t.stride(0), t.stride(1), t.stride(2)) if channel_last else (t.stride(0), t.stride(2), t.stride(1))
+def _from_bgnl(g: torch.Tensor, like: torch.Tensor, channel_last: bool) -> torch.Tensor:
+    """A (batch, G, N, L) gradient in the layout of the B/C argument ``like``."""
+    if channel_last:
+        g = g.permute(0, 3, 1, 2)  # (batch, L, G, N)
+        g = g[:, :, 0] if like.dim() == 3 else g
+        return g.contiguous()
+    return g[:, 0] if like.dim() == 3 else g
+
+
+def _strides(u: torch.Tensor, channel_last: bool) -> dict:
+    s_b, s_1, s_2 = u.stride()
+    return dict(s_b=s_b, s_d=s_2 if channel_last else s_1, s_l=s_1 if channel_last else s_2)
+
+
+def _unchunk(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """dst (batch, G, N, L) = the sum over the leading dim of src (S, batch, G, n_ck, N, ck), in a fixed order."""
+    S, rows, nck, dstate, ck = src.shape[0], src.shape[1] * src.shape[2], src.shape[3], src.shape[4], src.shape[5]
+    length = dst.shape[-1]
+    block = 1024 if gpu_geometry() else 256
+    _unchunk_kernel[(cdiv(length, block), rows * dstate)](src_ptr=src, dst_ptr=dst, S=S, NS=dstate, L=length,
+                                                          M=rows * nck * dstate * ck, NCK=nck, CK=ck, BLOCK=block)
+    return dst
 
 
 def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, channel_last: bool, save_ckpt: bool):
-    dims = check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, channel_last=channel_last)
-    check_runnable(u, delta, A, B, C, D, z, delta_bias, op="selective_scan")
-    batch, dim, length, dstate = dims.batch, dims.dim, dims.length, dims.dstate
-    cfg = _Cfg(batch, dim, length, dstate, dims.groups)
-    dev = u.device
-    out = torch.empty_like(u, memory_format=torch.contiguous_format)
-    Bv, Cv = _as_bgln(B, channel_last), _as_bgln(C, channel_last)
-    f32 = dict(dtype=torch.float32, device=dev)
-    hend = torch.empty(batch, cfg.n_chunks, dim, dstate, **f32)
-    ckpt = torch.empty(batch, cfg.n_tiles if save_ckpt else 0, dim, dstate, **f32)
-    dummy = hend
-    strides = (*_bld_strides(u, channel_last), *_bld_strides(delta, channel_last),
-               *(_bld_strides(z, channel_last) if z is not None else (0, 0, 0)), *_bld_strides(out, channel_last),
-               *Bv.stride(), *Cv.stride(), A.stride(0), A.stride(1))
-    common = dict(L=length, DIM=dim, NSTATE=dstate, GROUP_SIZE=cfg.group_size,
-                  BLOCKS_PER_GROUP=cfg.blocks_per_group, TILES=cfg.tiles, N_CHUNKS=cfg.n_chunks,
-                  N_TILES=cfg.n_tiles, BLOCK_T=cfg.BLOCK_T, BLOCK_D=cfg.BLOCK_D, NP=cfg.NP, SOFTPLUS=softplus,
-                  HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                  num_warps=cfg.num_warps)
-    args = (u, delta, A, Bv, Cv, D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy)
-    grid = (cfg.n_dblocks, cfg.n_chunks, batch)
+    if channel_last:
+        batch, length, dim = u.shape
+    else:
+        batch, dim, length = u.shape
+    dstate = A.shape[1]
+    Bt, Ct = _bgnl(B, channel_last), _bgnl(C, channel_last)
+    groups = Bt.shape[1]
+    geo = _Geo(batch, dim, length, dstate, groups, u.device)
+    f32 = dict(dtype=torch.float32, device=u.device)
+    out = torch.empty_like(u)
+    hend = torch.empty(batch, dim, dstate, **f32)
+    ck = torch.empty(batch, geo.n_ck, dim, dstate, **f32) if save_ckpt else None
+    common = dict(u_ptr=u, dl_ptr=delta, A_ptr=A, bias_ptr=delta_bias, **_strides(u, channel_last),
+                  s_Ad=A.stride(0), s_An=A.stride(1), L=length, DIM=dim, GROUP_SIZE=geo.group_size, unit=1,
+                  NS=dstate, BLOCK_R=geo.R, BLOCK_T=geo.BLOCK_T, SOFTPLUS=softplus, CHANNEL_LAST=channel_last,
+                  FAST=geo.FAST, IDX=index_type(u, Bt), num_warps=1, maxnreg=MAXNREG)
+    main = dict(B_ptr=Bt, C_ptr=Ct, D_ptr=D, z_ptr=z, out_ptr=out, hend_ptr=hend, ck_ptr=ck, s_Bb=Bt.stride(0),
+                s_Bg=Bt.stride(1), s_Bn=Bt.stride(2), CK_TILES=geo.CK_TILES, PAIRS=pairs_ok(Bt, Ct),
+                VEC=vec_of(Bt), **common)
+    nfull = length // geo.BLOCK_T
     with device_guard(u):
         hin = None
-        if cfg.n_chunks > 1:
-            loc = torch.empty(batch, cfg.n_chunks, dim, dstate, **f32)
-            dsum = torch.empty(batch, cfg.n_chunks, dim, **f32)
-            _ss_fwd_kernel[grid](*args, dummy, out, ckpt, loc, dsum, *strides, HAS_HIN=False, FINAL=False,
-                                 SAVE_CKPT=False, **common)
-            hin = torch.empty_like(loc)
-            _ss_carry_kernel[(triton.cdiv(dim, cfg.carry_block_d), batch)](
-                loc, dsum, A, dummy, hin, cfg.n_chunks, dim, dstate, A.stride(0), A.stride(1),
-                BLOCK_D=cfg.carry_block_d, NP=cfg.NP, REVERSE=False, HAS_INIT=False)
-        _ss_fwd_kernel[grid](*args, hin if hin is not None else dummy, out, ckpt, hend, dummy, *strides,
-                             HAS_HIN=hin is not None, FINAL=True, SAVE_CKPT=save_ckpt, **common)
-    return out, hend[:, -1], ckpt
+        if nfull:
+            n_chunks = cdiv(nfull, geo.tiles)
+            grid = (dim // geo.R, n_chunks, batch)
+            if n_chunks > 1:
+                loc = torch.empty(batch, n_chunks, dim, dstate, **f32)
+                dsum = torch.empty(batch, n_chunks, dim, **f32)
+                _ss_summary_kernel[grid](P_ptr=Bt, z_ptr=None, loc_ptr=loc, dsum_ptr=dsum, s_Pb=Bt.stride(0),
+                                         s_Pg=Bt.stride(1), s_Pn=Bt.stride(2), TILES=geo.tiles, NCHUNK=n_chunks,
+                                         FORWARD=True, **common)
+                hin = torch.empty_like(loc)
+                _carry(loc, dsum, A, None, hin, reverse=False)
+            _ss_fwd_kernel[grid](hin_ptr=hin, T0=0, NT=nfull, TILES=geo.tiles, NCHUNK=n_chunks, MASKED=False,
+                                 **main)
+            hin = hend if nfull < geo.n_tiles else None
+        if nfull < geo.n_tiles:  # the last, partial tile: its own launch, from the state the others left
+            _ss_fwd_kernel[(dim // geo.R, 1, batch)](hin_ptr=hin, T0=nfull, NT=1, TILES=1, NCHUNK=1, MASKED=True,
+                                                     **main)
+    return out, hend, ck
 
 
-def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus: bool, channel_last: bool):
-    dims = check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, channel_last=channel_last)
-    batch, dim, length, dstate, groups = dims.batch, dims.dim, dims.length, dims.dstate, dims.groups
-    cfg = _Cfg(batch, dim, length, dstate, groups)
-    dev = u.device
-    f32 = dict(dtype=torch.float32, device=dev)
-    du = torch.empty_like(u, memory_format=torch.contiguous_format)
-    ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
-    dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else None
-    Bv, Cv = _as_bgln(B, channel_last), _as_bgln(C, channel_last)
-    # dB/dC partials per channel block for the chunks of one final-pass launch (reused)
-    chunk_tokens = cfg.tiles * cfg.BLOCK_T
-    seg = units_per_launch(2 * 4 * batch * cfg.n_dblocks * chunk_tokens * dstate, cfg.n_chunks)
-    dBp = torch.empty(batch, cfg.n_dblocks, seg * chunk_tokens, dstate, **f32)
-    dCp = torch.empty_like(dBp)
-    dB = torch.empty(batch, groups, length, dstate, **f32)
-    dC = torch.empty_like(dB)
-    dAp = torch.empty(batch, cfg.n_chunks, dim, dstate, **f32)
-    dDp = torch.empty(batch, cfg.n_chunks, dim, **f32)
-    dbp = torch.empty(batch, cfg.n_chunks, dim, **f32)
-    dummy = dAp
-    # du/ddelta/dz are written with the strides of u/delta/z: all contiguous (see _scan); dout has its own
-    strides = (*_bld_strides(u, channel_last), *_bld_strides(delta, channel_last),
-               *(_bld_strides(z, channel_last) if z is not None else (0, 0, 0)), *_bld_strides(dout, channel_last),
-               *Bv.stride(), *Cv.stride(), A.stride(0), A.stride(1))
-    common = dict(L=length, DIM=dim, NSTATE=dstate, GROUP_SIZE=cfg.group_size,
-                  BLOCKS_PER_GROUP=cfg.blocks_per_group, TILES=cfg.tiles, N_CHUNKS=cfg.n_chunks,
-                  N_TILES=cfg.n_tiles, N_DBLOCKS=cfg.n_dblocks, BLOCK_T=cfg.BLOCK_T, BLOCK_D=cfg.BLOCK_D,
-                  NP=cfg.NP, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
-                  HAS_BIAS=delta_bias is not None, num_warps=cfg.num_warps)
-    args = (u, delta, A, Bv, Cv, D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, dout, ckpt)
-    grid = (cfg.n_dblocks, cfg.n_chunks, batch)
-    dlast = dlast.float().contiguous() if dlast is not None else None
-    common.update(C_LO=0, LSEG=dBp.shape[2])
-    with device_guard(u):
-        lamin = None
-        if cfg.n_chunks > 1:
-            lamloc = torch.empty(batch, cfg.n_chunks, dim, dstate, **f32)
-            dsum = torch.empty(batch, cfg.n_chunks, dim, **f32)
-            _ss_bwd_kernel[grid](*args, dummy, dummy, dummy, dummy, dummy, dummy, dummy, dummy, dummy, lamloc,
-                                 dsum, *strides, HAS_LAMIN=False, FINAL=False, **common)
-            lamin = torch.empty_like(lamloc)
-            _ss_carry_kernel[(triton.cdiv(dim, cfg.carry_block_d), batch)](
-                lamloc, dsum, A, dlast if dlast is not None else dummy, lamin, cfg.n_chunks, dim, dstate,
-                A.stride(0), A.stride(1), BLOCK_D=cfg.carry_block_d, NP=cfg.NP, REVERSE=True,
-                HAS_INIT=dlast is not None)
-        elif dlast is not None:
-            lamin = dlast[:, None]  # one chunk: the incoming adjoint is d(last_state) itself
-        for c_lo in range(0, cfg.n_chunks, seg):  # final pass, a group of chunks per launch
-            c_hi = min(cfg.n_chunks, c_lo + seg)
-            common.update(C_LO=c_lo)
-            _ss_bwd_kernel[(cfg.n_dblocks, c_hi - c_lo, batch)](
-                *args, lamin if lamin is not None else dummy, du, ddelta, dz if dz is not None else dummy, dBp, dCp,
-                dAp, dDp, dbp, dummy, dummy, *strides, HAS_LAMIN=lamin is not None, FINAL=True, **common)
-            t_lo, t_hi = c_lo * chunk_tokens, min(length, c_hi * chunk_tokens)
-            # deterministic reductions of the partials over the blocks of each group: (B, G, tokens, N)
-            parts = (batch, groups, cfg.blocks_per_group, dBp.shape[2], dstate)
-            dB[:, :, t_lo:t_hi] = dBp.view(parts)[:, :, :, : t_hi - t_lo].sum(2)
-            dC[:, :, t_lo:t_hi] = dCp.view(parts)[:, :, :, : t_hi - t_lo].sum(2)
-    dA = dAp.sum((0, 1))
-    dD = dDp.sum((0, 1)) if D is not None else None
-    dbias = dbp.sum((0, 1)) if delta_bias is not None else None
-    dB, dC = _from_bgln(dB, B, channel_last), _from_bgln(dC, C, channel_last)
-    return du, ddelta, dA.to(A.dtype), dB, dC, None if dD is None else dD.to(D.dtype), dz, \
-        None if dbias is None else dbias.to(delta_bias.dtype)
+def _carry(loc, dsum, A, init, out, reverse: bool):
+    """out[:, c] = the state entering chunk c (reverse: the adjoint entering it from the right)."""
+    P, nchunk, rows, ns = loc.shape
+    block = 256
+    _scan_carry_kernel[(cdiv(rows * ns, block), P)](
+        loc_ptr=loc, dsum_ptr=dsum, rst_ptr=None, A_ptr=A, init_ptr=init, out_ptr=out, NCHUNK=nchunk, ROWS=rows,
+        NS=ns, s_Ar=A.stride(0), s_An=A.stride(1), DIRS=1, BLOCK=block, REVERSE=reverse,
+        HAS_RESET=False, HAS_INIT=init is not None)
 
 
-def _from_bgln(g: torch.Tensor, like: torch.Tensor, channel_last: bool) -> torch.Tensor:
-    """(B, G, L, N) gradient back to the layout and dtype of the B/C argument ``like``."""
+def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ck, softplus: bool, channel_last: bool):
     if channel_last:
-        g = g.permute(0, 2, 1, 3)  # (B, L, G, N)
-        g = g[:, :, 0] if like.dim() == 3 else g
+        batch, length, dim = u.shape
     else:
-        g = g.transpose(2, 3)  # (B, G, N, L)
-        g = g[:, 0] if like.dim() == 3 else g
-    return g.contiguous().to(like.dtype)
+        batch, dim, length = u.shape
+    dstate = A.shape[1]
+    Bt, Ct = _bgnl(B, channel_last), _bgnl(C, channel_last)
+    groups = Bt.shape[1]
+    geo = _Geo(batch, dim, length, dstate, groups, u.device)
+    f32 = dict(dtype=torch.float32, device=u.device)
+    dout = dout.contiguous()
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    nck = geo.n_ck
+    dBs = torch.empty(geo.splits, batch, groups, geo.n_ck, dstate, geo.CK, **f32)
+    dCs = torch.empty_like(dBs)
+    dAp = torch.empty(batch, nck, dim, dstate, **f32)
+    dDp = torch.empty(batch, nck, dim, **f32)
+    dbp = torch.empty(batch, nck, dim, **f32)
+    strides = _strides(u, channel_last)
+    rows = dict(A_ptr=A, bias_ptr=delta_bias, **strides, s_Ad=A.stride(0), s_An=A.stride(1), L=length, DIM=dim,
+                GROUP_SIZE=geo.group_size, unit=1, NS=dstate, SOFTPLUS=softplus, CHANNEL_LAST=channel_last,
+                FAST=geo.FAST, IDX=index_type(u, Bt, dBs))
+    dlast = dlast.float().contiguous() if dlast is not None else None
+    with device_guard(u):
+        nu = dlast[:, None] if dlast is not None else None  # one chunk: the adjoint entering it is d last_state
+        if nck > 1:
+            loc = torch.empty(batch, nck, dim, dstate, **f32)
+            dsum = torch.empty(batch, nck, dim, **f32)
+            _ss_summary_kernel[(dim // geo.R, nck, batch)](
+                u_ptr=dout, dl_ptr=delta, P_ptr=Ct, z_ptr=z, loc_ptr=loc, dsum_ptr=dsum, s_Pb=Ct.stride(0),
+                s_Pg=Ct.stride(1), s_Pn=Ct.stride(2), TILES=geo.CK_TILES, NCHUNK=nck, BLOCK_R=geo.R,
+                BLOCK_T=geo.BLOCK_T, FORWARD=False, num_warps=1, **rows)
+            nu = torch.empty_like(loc)
+            _carry(loc, dsum, A, dlast, nu, reverse=True)
+        Bc, Cc = chunked(Bt, geo.CK), chunked(Ct, geo.CK)
+        main = dict(u_ptr=u, dl_ptr=delta, B_ptr=Bc, C_ptr=Cc, D_ptr=D, z_ptr=z, dout_ptr=dout, ck_ptr=ck,
+                    nu_ptr=nu, du_ptr=du, ddl_ptr=ddelta, dz_ptr=dz, dB_ptr=dBs, dC_ptr=dCs, dA_ptr=dAp,
+                    dD_ptr=dDp, dbias_ptr=dbp, s_Bb=Bc.stride(0), s_Bg=Bc.stride(1),
+                    CPS=geo.cps, NSPLIT=geo.splits, GROUPS=groups, NCK=nck, PAIRS=pairs_ok(Bc, Cc),
+                    VEC=vec_of(Bt), maxnreg=MAXNREG, **rows)
+        progs = batch * groups * geo.splits
+        if geo.nfull:
+            _ss_bwd_kernel[(geo.nfull // geo.Rb, progs)](C0=0, BLOCK_R=geo.Rb, BLOCK_T=geo.CK, MASKED=False,
+                                                          num_warps=geo.bwd_warps, **main)
+        if geo.nfull < nck:  # the last, partial chunk
+            _ss_bwd_kernel[(1, progs)](C0=geo.nfull, BLOCK_R=1, BLOCK_T=geo.CK, MASKED=True, num_warps=geo.bwd_warps,
+                                       **main)
+        dB = _unchunk(dBs, torch.empty(batch, groups, dstate, length, dtype=B.dtype, device=u.device))
+        dC = _unchunk(dCs, torch.empty(batch, groups, dstate, length, dtype=C.dtype, device=u.device))
+        dA = sum_leading(dAp.view(batch * nck, dim * dstate), torch.empty(dim, dstate, dtype=A.dtype,
+                                                                        device=u.device))
+        dD = sum_leading(dDp.view(batch * nck, dim), torch.empty_like(D)) if D is not None else None
+        dbias = sum_leading(dbp.view(batch * nck, dim), torch.empty_like(delta_bias)) \
+            if delta_bias is not None else None
+    return du, ddelta, dA, _from_bgnl(dB, B, channel_last), _from_bgnl(dC, C, channel_last), dD, dz, dbias
 
 
 # ---- custom ops: opaque to torch.compile (dynamo traces SelectiveScanFunction and keeps these as graph nodes)
+
+def _ckpt_tiles(u: torch.Tensor, A: torch.Tensor, channel_last: bool) -> int:
+    length = u.shape[1] if channel_last else u.shape[2]
+    return _Geo(u.shape[0], A.shape[0], length, A.shape[1], 1, u.device).n_ck
+
 
 @torch.library.custom_op("glsmamba::selective_scan_fwd", mutates_args=())
 def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
             D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None, softplus: bool,
             channel_last: bool, save_ckpt: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    out, last, ckpt = _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, channel_last, save_ckpt)
-    return out, last.contiguous(), ckpt
+    out, last, ck = _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, channel_last, save_ckpt)
+    return out, last, ck if ck is not None else u.new_empty(0, dtype=torch.float32)
 
 
 @_fwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, softplus, channel_last, save_ckpt):
-    batch, dim, length = (u.shape[0], u.shape[2], u.shape[1]) if channel_last else u.shape
-    groups = (1 if B.dim() == 3 else B.shape[2 if channel_last else 1])
-    cfg = _Cfg(batch, dim, length, A.shape[1], groups)
+    batch, dim, dstate = u.shape[0], A.shape[0], A.shape[1]
     f32 = dict(dtype=torch.float32, device=u.device)
-    return (torch.empty_like(u, memory_format=torch.contiguous_format), u.new_empty(batch, dim, A.shape[1], **f32),
-            u.new_empty(batch, cfg.n_tiles if save_ckpt else 0, dim, A.shape[1], **f32))
+    ck = u.new_empty(batch, _ckpt_tiles(u, A, channel_last), dim, dstate, **f32) if save_ckpt \
+        else u.new_empty(0, **f32)
+    return torch.empty_like(u), u.new_empty(batch, dim, dstate, **f32), ck
 
 
 @torch.library.custom_op("glsmamba::selective_scan_bwd", mutates_args=())
@@ -508,9 +533,10 @@ class SelectiveScanFunction(torch.autograd.Function):
 
 
 def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, channel_last):
+    # the only input check of a call: the launchers below trust what passes here
     check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, channel_last=channel_last)
     check_runnable(u, delta, A, B, C, D, z, delta_bias, op="selective_scan")
-    # the kernels write du/ddelta/dz with the strides of u/delta/z: make those contiguous
+    # the kernels address u, delta, z, out and the gradients with u's strides: make them contiguous
     u, delta, z = (None if t is None else t.contiguous() for t in (u, delta, z))
     A = A.float()
     out, last = SelectiveScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
@@ -537,6 +563,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 def selective_scan_channel_last(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                                 return_last_state=False):
     """Channel-last selective scan: u, delta, z ``[B, L, D]``; B, C ``[B, L, N]`` or ``[B, L, G, N]``;
-    returns ``[B, L, D]`` (and ``last_state [B, D, N]``). Same kernels as :func:`selective_scan`; loads along
-    channels are contiguous in this layout (the fast one on GPU)."""
+    returns ``[B, L, D]`` (and ``last_state [B, D, N]``). Same kernels as :func:`selective_scan` (rows addressed
+    with the channel-last strides; B and C are transposed to ``(B, G, N, L)`` once per call)."""
     return _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, True)

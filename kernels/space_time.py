@@ -29,6 +29,7 @@ from glsmamba.reference.space_time import (  # noqa: F401  (re-exported index fu
     _check_scan,
     scan_order,
     scan_orders,
+    table_mode,
     window_order,
     window_orders,
 )
@@ -94,11 +95,12 @@ def _st_merge_kernel(ys_ptr, inv_ptr, mem_ptr, gptr_ptr, out_ptr, L, C, K, G, NL
 @functools.lru_cache(maxsize=256)
 def _group_tables(groups: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(grp [K], members [K], gptr [G+1])`` int32: group of each direction, and the CSR of directions per group."""
-    grp = torch.tensor(groups, dtype=torch.int32)
-    members = torch.argsort(grp, stable=True).to(torch.int32)
-    counts = torch.bincount(grp.long(), minlength=max(groups) + 1)
-    gptr = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32)
-    return grp.to(device), members.to(device), gptr.to(device)
+    with table_mode():  # cached: never an inference or fake tensor
+        grp = torch.tensor(groups, dtype=torch.int32)
+        members = torch.argsort(grp, stable=True).to(torch.int32)
+        counts = torch.bincount(grp.long(), minlength=max(groups) + 1)
+        gptr = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32)
+        return grp.to(device), members.to(device), gptr.to(device)
 
 
 def _blocks(L: int, C: int) -> tuple[int, int]:

@@ -122,15 +122,13 @@ def test_triton_sts6d_matches_reference(device):
 
 
 def test_triton_windows_chunked_matches_reference(device):
-    # One tile per chunk: the chunk-parallel forward. L = 60 gives 4 chunks of 16 steps; the window orders have
-    # resets inside chunks 1 and 3 (nothing may carry through them), the temporal order none (decay carried).
-    # The backward reverses tiles with tl.flip (the GPU path). C = 12, N = 1.
+    # L = 60: 4 backward chunks of 16 steps under the interpreter; the window orders have resets inside chunks 1
+    # and 3 (no adjoint may carry through them), the temporal order none (its adjoint is carried). C = 12, N = 1.
     shape = (3, 4, 5)
     wo, wr = window_case(device, shape, (2, 3))
     orders = torch.cat([wo, scan_orders(shape, ["temporal"], device=device)])
     reset = torch.cat([wr, torch.zeros_like(wr[:1])])
-    with launch_config(tiles_per_chunk=1, flip_by_dot=False):
-        compare(make_inputs(3, shape=shape, C=12, N=1, device=device, has_D=False), orders, (0, 0, 1), reset)
+    compare(make_inputs(3, shape=shape, C=12, N=1, device=device, has_D=False), orders, (0, 0, 1), reset)
 
 
 def test_triton_reads_views_expanded_over_directions(device):
@@ -162,16 +160,15 @@ def test_triton_reads_views_expanded_over_directions(device):
         assert_close(f"d{name}", r, g, torch.float32, kind="grad")
 
 
-@pytest.mark.parametrize("seg_tiles", [1, 3])
-def test_triton_backward_in_segments(device, seg_tiles):
-    """The backward run in segments of tiles (adjoint state handed between launches, dB/dC partials per
-    segment): 1 tile per segment (4 launches) and 3 (a full and a partial segment), windows with resets and the
-    temporal order, against the reference."""
-    shape = (3, 4, 5)  # L = 60: 4 tiles of 16 steps under the interpreter
+@pytest.mark.parametrize("splits", [2, 3])
+def test_triton_backward_channel_ranges(device, splits):
+    """The backward's channels split into ranges run by separate programs (dB/dC per range, summed afterwards in
+    a fixed order): 2 and 3 ranges of 6 channels, windows with resets and the temporal order, 4 chunks."""
+    shape = (3, 4, 5)  # L = 60: 4 chunks of 16 steps under the interpreter
     wo, wr = window_case(device, shape, (2, 3))
     orders = torch.cat([wo, scan_orders(shape, ["temporal"], device=device)])
     reset = torch.cat([wr, torch.zeros_like(wr[:1])])
-    with launch_config(bwd_segment=seg_tiles):
+    with launch_config(bwd_splits=splits):
         compare(make_inputs(3, shape=shape, C=6, N=4, device=device), orders, (0, 1, 1), reset)
 
 
@@ -217,7 +214,10 @@ def test_window_segments_are_independent(backend, device):
     assert not torch.allclose(out[:, :, inside], out2[:, :, inside])
 
 
-def test_triton_backward_is_deterministic(device):
+@pytest.mark.parametrize("splits", [None, 2])
+def test_triton_backward_is_deterministic(device, splits):
+    """Every gradient is reduced in a fixed order (no atomics): two identical runs give the same bits (on the
+    interpreter this also catches reads of memory nothing wrote)."""
     inp = make_inputs(2, C=5, N=4, device=device)
     orders = scan_orders(SHAPE, ["temporal", "temporal_rev"], device=device)
     fn = get_impl("ordered_selective_scan", "triton")
@@ -225,8 +225,9 @@ def test_triton_backward_is_deterministic(device):
     runs = []
     for _ in range(2):
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inp.items()}
-        out = fn(**leaves, orders=orders, groups=(0, 0))
-        runs.append(torch.autograd.grad(out, [leaves[n] for n in NAMES], dy))
+        with launch_config(bwd_splits=splits):
+            out = fn(**leaves, orders=orders, groups=(0, 0))
+            runs.append(torch.autograd.grad(out, [leaves[n] for n in NAMES], dy))
     for n, a, b in zip(NAMES, *runs, strict=True):
         assert torch.equal(a, b), f"d{n} differs between two identical runs"
 
@@ -336,7 +337,5 @@ def test_gpu_triton_matches_reference_long(dtype, case):
     inp = make_inputs(orders.shape[0], shape=shape, C=70, N=16, dtype=dtype, device="cuda")
     inp["delta"] = inp["delta"] - 2.0  # realistic small steps: softplus(-2) ~ 0.13
     compare(inp, orders, groups, reset, dtype=dtype)
-    with launch_config(tiles_per_chunk=4):  # the chunk-parallel forward as well
-        compare(inp, orders, groups, reset, dtype=dtype, grads=False)
-    with launch_config(bwd_segment=7):  # the backward in segments (30 tiles of 32 steps: 5 launches)
+    with launch_config(bwd_splits=3):  # the backward's channels in 3 ranges (dB/dC partials summed afterwards)
         compare(inp, orders, groups, reset, dtype=dtype)

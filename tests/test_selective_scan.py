@@ -90,13 +90,34 @@ def test_triton_many_chunks(device):
                              return_last_state=True)
 
 
-@pytest.mark.parametrize("seg_chunks", [1, 3])
-def test_triton_backward_final_pass_in_launch_groups(device, seg_chunks):
-    """The final backward pass launched a group of chunks at a time (dB/dC partials per launch, reduced in
-    between): 1 and 3 of the 4 chunks per launch, groups G=2, with the last state's gradient."""
-    with launch_config(tiles_per_chunk=1, bwd_segment=seg_chunks):
-        check_against_oracle("triton", make_inputs(length=53, dim=4, dstate=2, groups=2, device=device), True,
+@pytest.mark.parametrize("splits", [2, 3])
+def test_triton_backward_channel_ranges(device, splits):
+    """The backward's channels of a group split into ranges run by separate programs (dB/dC per range, summed by
+    a second kernel in a fixed order): 2 and 3 ranges of the 3 channels per group, G=2, several chunks and a
+    forward tile shorter than the checkpoint spacing, with the last state's gradient."""
+    with launch_config(tiles_per_chunk=2, fwd_tile=8, bwd_splits=splits):
+        check_against_oracle("triton", make_inputs(length=53, dim=6, dstate=2, groups=2, device=device), True,
                              return_last_state=True)
+
+
+def _grads(fn, inputs, seed=7):
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    out = fn(**leaves, delta_softplus=True)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.device)
+    names = [k for k in NAMES if leaves[k] is not None]
+    return torch.autograd.grad(out, [leaves[k] for k in names], dout.to(out.dtype)), names
+
+
+@pytest.mark.parametrize("channel_last", [False, True], ids=["channel-first", "channel-last"])
+def test_triton_backward_is_bit_identical_on_repeat(device, channel_last):
+    """Every gradient is reduced in a fixed order (no atomics): two runs give the same bits. Several chunks and
+    channel ranges, so the chained adjoint and the second reductions are exercised."""
+    fn = get_impl("selective_scan_channel_last" if channel_last else "selective_scan", "triton")
+    inputs = make_inputs(length=45, dim=4, dstate=4, groups=1, channel_last=channel_last, device=device)
+    with launch_config(bwd_splits=2):
+        (first, names), (second, _) = _grads(fn, inputs), _grads(fn, inputs)
+    for name, a, b in zip(names, first, second, strict=True):
+        assert torch.equal(a, b), f"d{name} differs between two identical runs"
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
@@ -391,5 +412,5 @@ def test_gpu_triton_matches_oracle_long(dtype, channel_last):
                          channel_last=channel_last, dt_scale=0.3)
     inputs["delta"] = inputs["delta"] - 2.0  # realistic small steps: softplus(-2) ~ 0.13
     check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)
-    with launch_config(bwd_segment=2):  # the final backward pass in launch groups (6 chunks: 3)
+    with launch_config(bwd_splits=3):  # the backward's channels in 3 ranges (dB/dC partials summed after)
         check_against_oracle("triton", inputs, True, channel_last=channel_last, return_last_state=True)

@@ -164,12 +164,12 @@ def test_solve_is_exact_and_refuses_inconsistent_points():
 @pytest.mark.parametrize("family", ["selective_scan", "space_time_scan"])
 def test_extrapolation_is_exact_on_a_point_outside_the_fit(family):
     """Fit every count of every mode on the spec's kind of reduced points, predict a larger point, count it."""
-    if family == "selective_scan":  # N=4: channel blocks of 16; chunks of 256 tokens; 2 final backward launches
+    if family == "selective_scan":  # N=4; chunks of 256 tokens; the backward's channels in 2 ranges
         base = dict(B=1, N=4, dtype=torch.bfloat16)
         spec = static_ops.selective_scan_spec(64)
         spec.points = [dict(base, D=16 * c, L=256 * s) for c in (1, 2) for s in (2, 3)]
         check = dict(base, D=48, L=1024)
-        full = dict(check, final_launches=2)
+        full = dict(check, splits=2)
     else:
         spec = static_ops.space_time_spec("space_time_scan")
         check = dict(spec.points[0], C=192, thw=(3, 4, 8), L=96)
