@@ -337,32 +337,6 @@ def test_grouped_modulator_with_zero_offsets_is_a_grouped_convolution(which):
     assert_close(f"grouped {which} modulator", 0.5 * ref, out)
 
 
-@pytest.mark.parametrize("which", ["spatial", "temporal"])
-def test_grouped_modulator_tap_by_tap_matches_the_oracle(which):
-    """The grouped form tap by tap (forward) against its first form (P stacked copies, one einsum): values and
-    gradients, with learned-looking offsets (fractional, some outside the frame) and masks."""
-    t, h, w, c, cg = 3, 4, 5, 8, 4
-    from glsmamba.model.blocks import Modulator
-    from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
-
-    gen = torch.Generator().manual_seed(1)
-    mod = Modulator(c, SPATIAL_TAPS if which == "spatial" else TEMPORAL_TAPS, offset_groups=2, group_channels=cg)
-    with torch.no_grad():
-        for prm in mod.parameters():
-            prm.copy_(torch.randn(prm.shape, generator=gen))
-    ref, y = (torch.randn(2, t * h * w, c, generator=gen) for _ in range(2))
-    res = {}
-    for name, fn in (("tap by tap", mod), ("oracle", mod.grouped_oracle)):
-        leaves = [v.clone().requires_grad_() for v in (ref, y)]
-        with model.use_backend("reference"):
-            out = fn(*leaves, (t, h, w))
-        dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
-        params = [prm for prm in mod.parameters()]
-        res[name] = (out, *torch.autograd.grad(out, leaves + params, dy))
-    for i, (want, got) in enumerate(zip(res["oracle"], res["tap by tap"], strict=True)):
-        assert_close(f"{which} {i}", want, got, torch.float32, "fwd" if i == 0 else "grad")
-
-
 def test_low_resolution_variant_shapes_and_parameters():
     # feature_stride 16: the trunk runs on the 1/16 grid, the heatmaps still come out at 1/4
     tiny, lr = GLSMamba("tiny"), GLSMamba("tiny", feature_stride=16)
