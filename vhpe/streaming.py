@@ -36,6 +36,7 @@ import torch
 from .codec import flip_back, keypoints_from_heatmaps
 from .dataset import IMAGENET_MEAN, IMAGENET_STD, clip_indices
 from .skeleton import POSETRACK15
+from .tracking import box_iou
 from .transforms import box_to_center_scale, get_affine_transform, warp_affine
 
 BOX_MODES = ("key", "tube")
@@ -65,15 +66,6 @@ class _Job:
     crops: list[tuple[int, tuple[float, ...]]]  # (frame index, crop box) per clip position
     center: np.ndarray = field(default_factory=lambda: np.zeros(2))
     scale: np.ndarray = field(default_factory=lambda: np.zeros(2))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two ``x, y, w, h`` boxes."""
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def box_union(boxes: Sequence[np.ndarray]) -> np.ndarray:

@@ -59,3 +59,12 @@ def parse_set_overrides(args: argparse.Namespace) -> dict:
     from glsmamba.model import GLSMambaConfig
 
     return GLSMambaConfig.parse_overrides(args.overrides)
+
+
+def add_inference_arguments(parser, box_help: str) -> None:
+    """``--precision`` and ``--box-mode`` (eval --checkpoint and demo); ``box_help`` says what ``tube`` holds."""
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="autocast precision (default fp32; bf16 on CPU or CUDA, fp16 on CUDA only)")
+    parser.add_argument("--box-mode", choices=("key", "tube"), default="key",
+                        help="crop box of a clip's frames: key = the key frame's box (default, as trained), tube = "
+                             f"{box_help} held over segments of T frames (frames encoded about once)")

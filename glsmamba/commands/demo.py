@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from glsmamba.commands import add_backbone_arguments, error_message, positive_int
+from glsmamba.commands import add_backbone_arguments, add_inference_arguments, error_message, positive_int
 
 HELP = "run a checkpoint on a video: overlay mp4 (source fps) + per-frame JSON"
 
@@ -25,11 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="person boxes per frame: COCO detections with image_id = frame index, "
                              "{frame_index: [[x, y, w, h, score]]}, or a demo JSON (default: the whole frame)")
     parser.add_argument("--flip", action="store_true", help="flip test")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                        help="autocast precision (default fp32; bf16 on CPU or CUDA, fp16 on CUDA only)")
-    parser.add_argument("--box-mode", choices=("key", "tube"), default="key",
-                        help="crop box of a clip's frames: key = the key frame's box (default, as trained), tube = "
-                             "each person's box held over segments of T frames (frames encoded about once)")
+    add_inference_arguments(parser, "each person's box")
     parser.add_argument("--kpt-thr", type=float, default=0.3, help="joints below this score are not drawn")
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))

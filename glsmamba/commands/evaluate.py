@@ -26,7 +26,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from glsmamba.commands import add_backbone_arguments, error_message, positive_int
+from glsmamba.commands import add_backbone_arguments, add_inference_arguments, error_message, positive_int
 
 HELP = ("evaluate predictions (PoseTrack mAP, COCO OKS AP/AR, PCK) or a checkpoint on a dataset split "
         "(--checkpoint)")
@@ -43,11 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ck.add_argument("--boxes", default="gt", help="'gt' (default) or a person detections file")
     ck.add_argument("--det-thr", type=float, default=0.0, help="minimum detection score (with --boxes FILE)")
     ck.add_argument("--flip", action="store_true", help="flip test (average with the mirrored clip)")
-    ck.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                    help="autocast precision (default fp32; bf16 on CPU or CUDA, fp16 on CUDA only)")
-    ck.add_argument("--box-mode", choices=("key", "tube"), default="key",
-                    help="crop box of a clip's frames: key = the key frame's box (default, as trained), tube = each "
-                         "track's box held over segments of T frames (frames encoded about once)")
+    add_inference_arguments(ck, "each track's box")
     ck.add_argument("--decode", choices=("msra", "dark"), default="msra", help="heatmap decoding (default msra)")
     ck.add_argument("--out", default=None, help="output folder for predictions/ and results.json")
     ck.add_argument("--batch-size", type=positive_int, default=32)
