@@ -314,3 +314,31 @@ def test_streaming_refuses_a_frame_stride(data, ckpt):
     ds = PoseTrackClipDataset(data, split="val", num_frames=3, input_size=(24, 32), frame_stride=2)
     with pytest.raises(ValueError, match="frame_stride must be 1, got 2"):
         predict_dataset_streaming(load_model(ckpt), ds)
+
+
+@pytest.mark.parametrize("command", ["demo", "eval"])
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_on_a_terminal_unless_quiet(command, quiet, tmp_path, monkeypatch):
+    """eval --checkpoint and demo show their progress line on a terminal (stderr a TTY), never with --quiet, and
+    never when stderr is not a terminal."""
+    import sys
+
+    import glsmamba.vhpe.demo as demo_mod
+    import glsmamba.vhpe.infer as infer_mod
+    from glsmamba.cli import main
+
+    seen = []
+
+    def fake(*args, **kwargs):
+        seen.append(kwargs["progress"])
+        raise ValueError("stop here")  # the command reports it and exits 1: nothing else runs
+
+    monkeypatch.setattr(demo_mod, "run_demo", fake)
+    monkeypatch.setattr(infer_mod, "evaluate_checkpoint", fake)
+    ck = str(tmp_path / "c.pth")
+    argv = (["demo", str(tmp_path / "v.mp4"), "--checkpoint", ck, "--json", str(tmp_path / "o.json")]
+            if command == "demo" else ["eval", "--checkpoint", ck, "--data", str(tmp_path)])
+    for tty in (True, False):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty, raising=False)
+        assert main(argv + (["--quiet"] if quiet else [])) == 1
+    assert seen == [not quiet, False]

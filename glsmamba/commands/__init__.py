@@ -68,3 +68,12 @@ def add_inference_arguments(parser, box_help: str) -> None:
     parser.add_argument("--box-mode", choices=("key", "tube"), default="key",
                         help="crop box of a clip's frames: key = the key frame's box (default, as trained), tube = "
                              f"{box_help} held over segments of T frames (frames encoded about once)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress line (shown on a terminal: frames or clips done, rate, ETA)")
+
+
+def show_progress(args) -> bool:
+    """The progress line of eval and demo: on a terminal (stderr), unless ``--quiet``."""
+    import sys
+
+    return sys.stderr.isatty() and not args.quiet

@@ -11,7 +11,13 @@ import argparse
 import os
 import sys
 
-from glsmamba.commands import add_backbone_arguments, add_inference_arguments, error_message, positive_int
+from glsmamba.commands import (
+    add_backbone_arguments,
+    add_inference_arguments,
+    error_message,
+    positive_int,
+    show_progress,
+)
 
 HELP = "run a checkpoint on a video: overlay mp4 (source fps) + per-frame JSON"
 
@@ -49,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         doc = run_demo(args.video, args.checkpoint, args.out, args.json, boxes=args.boxes, device=args.device,
                        backend=args.backend, batch_size=args.batch_size, flip=args.flip, kpt_thr=args.kpt_thr,
-                       backbone=args.backbone, progress=sys.stderr.isatty(), trust_backbone=args.trust_backbone,
+                       backbone=args.backbone, progress=show_progress(args), trust_backbone=args.trust_backbone,
                        precision=args.precision, box_mode=args.box_mode)
     except ImportError as e:
         print(f"glsmamba demo: error: {e}", file=sys.stderr)

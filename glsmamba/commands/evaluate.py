@@ -26,7 +26,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from glsmamba.commands import add_backbone_arguments, add_inference_arguments, error_message, positive_int
+from glsmamba.commands import (
+    add_backbone_arguments,
+    add_inference_arguments,
+    error_message,
+    positive_int,
+    show_progress,
+)
 
 HELP = ("evaluate predictions (PoseTrack mAP, COCO OKS AP/AR, PCK) or a checkpoint on a dataset split "
         "(--checkpoint)")
@@ -127,7 +133,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         res = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, boxes=args.boxes, flip=args.flip,
                                   out=args.out, batch_size=args.batch_size, device=args.device,
                                   backend=args.backend, decode=args.decode, backbone=args.backbone,
-                                  det_score_thr=args.det_thr, progress=sys.stderr.isatty(),
+                                  det_score_thr=args.det_thr, progress=show_progress(args),
                                   trust_backbone=args.trust_backbone, precision=args.precision,
                                   box_mode=args.box_mode)
     except (ValueError, FileNotFoundError) as e:
