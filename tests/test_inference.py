@@ -342,3 +342,27 @@ def test_progress_on_a_terminal_unless_quiet(command, quiet, tmp_path, monkeypat
         monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty, raising=False)
         assert main(argv + (["--quiet"] if quiet else [])) == 1
     assert seen == [not quiet, False]
+
+
+def _export_triton_small():
+    from glsmamba.model.export import export_network
+
+    torch.manual_seed(0)
+    net = model.GLSMamba("tiny", num_frames=3, image_size=(16, 12), num_gsm=1, num_lrm=1, backend="triton").eval()
+    return net, export_network(net, batch=1, image_size=(16, 12))
+
+
+def test_export_on_the_triton_backend_keeps_the_kernels_as_custom_ops():
+    """torch.export on the Triton backend: the kernels stay in the program as the registered custom ops
+    (``glsmamba::*``; traced with fake tensors, no kernel runs)."""
+    _, ep = _export_triton_small()
+    custom = {str(n.target).split(".")[1] for n in ep.graph.nodes if str(n.target).startswith("glsmamba.")}
+    assert {"ordered_scan_fwd", "deformable_fwd"} <= custom, custom
+
+
+@pytest.mark.slow  # runs the network twice through the Triton interpreter: minutes on 2 shared cores
+def test_export_on_the_triton_backend_computes_the_eager_heatmaps():
+    net, ep = _export_triton_small()
+    x = torch.randn(1, 3, 3, 16, 12)
+    with torch.no_grad():
+        assert_close("exported heatmaps (triton)", net(x), ep.module()(x), torch.float32)
