@@ -43,3 +43,13 @@ def _seed():
 def device() -> torch.device:
     """Where kernel tests run: the GPU when compiled kernels are available, else CPU under the interpreter."""
     return torch.device("cuda") if HAS_GPU else torch.device("cpu")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test, restored afterwards: on tiny tensors on a loaded 2-core machine, intra-op
+    threads only add contention (measured 7x slower for the overfit runs with 2 threads)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,13 +16,7 @@ from tests.harness import STREAMING_ATOL, assert_close
 SIZES = Sizes(1, 2, 3, 4, channels=4, dstate=2, length=11, window=(2, 3), offset_groups=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: on a shared 2-core machine intra-op threads only add contention; restored afterwards
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

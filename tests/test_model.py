@@ -15,15 +15,7 @@ from glsmamba.model.backend import call_counts, reset_call_counts
 from glsmamba.model.blocks import GSMBlock, LRMBlock
 from tests.harness import assert_close
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these tensors are tiny: on a loaded 2-core machine intra-op threads only add contention (measured 7x slower
-    # for the overfit runs with 2 threads), so run single-threaded and restore afterwards
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def _frames(b, t, h, w, seed=0):

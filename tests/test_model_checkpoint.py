@@ -17,13 +17,7 @@ SMALL_VIT = dict(vit_embed_dim=64, vit_depth=2, vit_num_heads=4, deconv_channels
                  num_gsm=1, num_lrm=1, stmm_groups=2, ca_reduction=4, image_size=(64, 48))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: intra-op threads only add contention on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def _frames(b, t, h, w, seed=0):
