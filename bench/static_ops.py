@@ -159,7 +159,7 @@ def selective_scan_spec(D: int) -> OpSpec:
 
     return OpSpec(
         op="selective_scan", label=f"B2-D{D}-N16-L15360", dtype=torch.bfloat16, build=build_selective_scan,
-        full=full, points=points, pin=pin, derive=derive, pinned_launches=True, cost=lambda p: p["D"] * p["L"] / 64,
+        full=full, points=points, pin=pin, derive=derive, pinned_launches=True, cost=lambda p: p["D"] * p["L"] / 8,
         scale=lambda p, f: Fraction(p["D"], f["D"]),
         features=lambda p: (Fraction(1), Fraction(p["D"]), Fraction(p["L"]), Fraction(p["D"] * p["L"])),
         compulsory=selective_scan_compulsory,

@@ -26,8 +26,11 @@ How it hooks the interpreter (``triton.runtime.interpreter``):
 * ``range`` (in the kernel's module, for the launch) and ``tl.range``: loop trip counts;
 * speed: the scan fallback for a custom combine (``tl.associative_scan``) runs as a Hillis-Steele scan over the
   whole tile (:func:`_fast_generic_scan`), the reduction fallback one slice per step (the same left fold), the
-  interpreter's dtype lookup is memoised and ``triton.language`` is patched once per launch instead of at every
-  call of a ``@triton.jit`` helper. Together ~10-100x faster than the plain interpreter on the scan kernels.
+  interpreter's dtype lookup is memoised, ``triton.language`` is patched once per launch instead of at every
+  call of a ``@triton.jit`` helper, and the integer-overflow checks the interpreter inserts after every 32-bit
+  add, sub and mul (``sanitize_overflow``: an assertion, never an address or a trip count; a CUDA launch
+  compiles them only in debug mode) are off while counting. Together ~10-100x faster than the plain interpreter
+  on the scan kernels.
 
 :func:`capture` records the launches without running them (the sm_90 report and the headline shapes, far too
 large to interpret, use it); the torch ops still run and are counted (their bytes depend on shapes only).
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import inspect
 import os
 import sys
@@ -361,28 +365,45 @@ class _Session:
 
 def _fast_generic_scan(self: Any, inputs: Any) -> list:
     """The interpreter's generic scan as a Hillis-Steele scan over whole tiles (log2 n combines instead of one per
-    element). Exact for exact combines; floating-point combines associate differently from the interpreter's
-    left fold (last-bit differences): the counter only needs the addresses and trip counts, which no kernel here
-    derives from a scanned float."""
+    element; a combine made of operators only runs on the numpy arrays directly, see :func:`_operator_only`).
+    Exact for exact combines; floating-point combines associate differently from the interpreter's left fold
+    (last-bit differences): the counter only needs the addresses and trip counts, which no kernel here derives
+    from a scanned float."""
     datas = [arg.handle.data for arg in inputs]
     axis, nd = self.axis, datas[0].ndim
     n = datas[0].shape[axis]
     cur = [np.array(d, copy=True) for d in datas]
+    fn = self.combine_fn.fn
 
     def tail(k: int) -> tuple:
         return tuple(slice(k, None) if i == axis else slice(None) for i in range(nd))
 
+    def combine(left: list[np.ndarray], right: list[np.ndarray]) -> tuple:
+        if _operator_only(fn):  # numpy computes what the interpreter's ops would, without their overhead
+            ret = fn(*left, *right)
+            ret = ret if isinstance(ret, tuple) else (ret,)
+            if all(isinstance(r, np.ndarray) and r.dtype == c.dtype for r, c in zip(ret, cur, strict=True)):
+                return ret
+        ret = fn(*[self.to_tensor(x, inputs[j % len(cur)].dtype) for j, x in enumerate(left + right)])
+        ret = ret if isinstance(ret, tuple) else (ret,)
+        return tuple(r.handle.data if hasattr(r, "handle") else r for r in ret)
+
     k = 1
     while k < n:
-        left = [self.to_tensor(np.roll(c, k, axis=axis), inputs[j].dtype) for j, c in enumerate(cur)]
-        right = [self.to_tensor(c, inputs[j].dtype) for j, c in enumerate(cur)]
-        ret = self.combine_fn.fn(*left, *right)
-        ret = ret if isinstance(ret, tuple) else (ret,)
+        ret = combine([np.roll(c, k, axis=axis) for c in cur], cur)
         for r, c in zip(ret, cur, strict=True):
-            value = np.broadcast_to(np.asarray(r.handle.data if hasattr(r, "handle") else r), c.shape)
+            value = np.broadcast_to(np.asarray(r), c.shape)
             c[tail(k)] = value[tail(k)]
         k *= 2
     return [self.to_tensor(c, inputs[j].dtype) for j, c in enumerate(cur)]
+
+
+def _operator_only(fn: Callable) -> bool:
+    """Whether a combine function only applies operators to its arguments (no global, attribute or closure: e.g.
+    ``return a1 * a2, a2 * b1 + b2``). On numpy arrays of the interpreter's dtypes such a function computes
+    exactly what the interpreter's elementwise ops would (they are the same numpy operations)."""
+    code = fn.__code__
+    return not (code.co_names or code.co_freevars or code.co_cellvars)
 
 
 def _fast_generic_reduce(self: Any, inputs: Any) -> list:
@@ -468,6 +489,8 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
 @contextlib.contextmanager
 def _hooks(execute: bool, on_launch: Callable | None = None) -> Iterator[Trace]:
     interp = check_triton()
+    import triton.language.core as tl_core
+
     trace = Trace()
     s = _Session(interp, trace, execute, on_launch)
     builder = interp.interpreter_builder
@@ -476,6 +499,7 @@ def _hooks(execute: bool, on_launch: Callable | None = None) -> Iterator[Trace]:
              (interp, "_get_np_dtype")]
     saved += [(builder, n) for n in ("create_masked_load", "create_masked_store", "create_atomic_rmw",
                                      "create_atomic_cas")]
+    saved += [(tl_core.block_type, "__init__"), (tl_core.tensor, "__init__")]
     originals = [(obj, name, obj.__dict__.get(name, _ABSENT), getattr(obj, name)) for obj, name in saved]
     orig = {name: value for _, name, _, value in originals}
     grid_call = orig["__call__"]
@@ -490,14 +514,20 @@ def _hooks(execute: bool, on_launch: Callable | None = None) -> Iterator[Trace]:
     interp._patch_lang_core = lambda lang, scope: s.patch_lang_core(orig["_patch_lang_core"], lang, scope)
     interp._patch_lang = lambda fn: s.patch_lang(orig["_patch_lang"], fn)
     interp._get_np_dtype = _memoised(orig["_get_np_dtype"])
+    tl_core.block_type.__init__ = _memo_block_type_init(tl_core.block_type.__init__)
+    tl_core.tensor.__init__ = _memo_tensor_init(tl_core.tensor.__init__)
     builder.create_masked_load = lambda *a, **kw: s.load(orig["create_masked_load"], *a, **kw)
     builder.create_masked_store = lambda *a, **kw: s.store(orig["create_masked_store"], *a, **kw)
     builder.create_atomic_rmw = lambda *a, **kw: s.atomic_rmw(orig["create_atomic_rmw"], *a, **kw)
     builder.create_atomic_cas = lambda *a, **kw: s.atomic_cas(orig["create_atomic_cas"], *a, **kw)
+    options = builder.options
+    if getattr(options, "sanitize_overflow", False):  # assertions only (see the module docstring)
+        builder.options = dataclasses.replace(options, sanitize_overflow=False)
     try:
         with _TorchCounter(s):
             yield trace
     finally:
+        builder.options = options
         for obj, name, own, _ in originals:
             if own is _ABSENT:
                 with contextlib.suppress(AttributeError):
@@ -507,6 +537,54 @@ def _hooks(execute: bool, on_launch: Callable | None = None) -> Iterator[Trace]:
 
 
 _ABSENT = object()
+_TYPE_KEY = "_traffic_memo_key"  # (element type, shape) of a memoised block type: the tensor memo's key
+
+
+def _memo_block_type_init(orig: Callable) -> Callable:
+    """``block_type.__init__`` once per (element type, shape): later instances copy the first one's attributes
+    (the interpreter builds a block type, with its shape tuple, name and checks, for every op's result)."""
+    memo: dict = {}
+
+    def init(self: Any, element_ty: Any, shape: Any) -> None:
+        dims = [getattr(d, "value", d) for d in shape]  # (a list, a tuple or a triton tuple)
+        if not all(type(d) is int for d in dims):
+            return orig(self, element_ty, shape)
+        key = (element_ty, *dims)
+        try:
+            hit = memo.get(key)
+        except TypeError:  # an unhashable element type
+            return orig(self, element_ty, shape)
+        if hit is None:
+            orig(self, element_ty, shape)
+            memo[key] = hit = dict(self.__dict__, **{_TYPE_KEY: key})
+        self.__dict__.update(hit)
+        return None
+
+    return init
+
+
+def _memo_tensor_init(orig: Callable) -> Callable:
+    """``tensor.__init__`` with the attributes its type determines (shape tuple, numel, dtype) computed once per
+    type; ``handle`` and ``type`` are the instance's own."""
+    memo: dict = {}
+
+    def init(self: Any, handle: Any, type: Any) -> None:
+        key = getattr(type, _TYPE_KEY, None) if type.is_block() else type
+        hit = None
+        try:
+            hit = None if key is None else memo.get(key)
+        except TypeError:  # an unhashable type
+            key = None
+        if hit is None:
+            orig(self, handle, type)
+            if key is not None:
+                memo[key] = {k: v for k, v in self.__dict__.items() if k not in ("handle", "type")}
+            return None
+        self.__dict__.update(hit)
+        self.handle, self.type = handle, type
+        return None
+
+    return init
 
 
 def _memoised(fn: Callable) -> Callable:
