@@ -465,7 +465,12 @@ def none_flag(name: str):
     return lambda args: args[name] is not None
 
 
-def divisor(n: int, cands=(4, 2, 1)) -> int:
+# Channel rows per forward/summary program under the interpreter: as many as divide the channels (NumPy runs a
+# [rows, steps] tile for about the price of a [1, steps] one; the cost is per program and per step).
+INTERP_ROWS = (64, 32, 16, 8, 4, 2, 1)
+
+
+def divisor(n: int, cands: tuple[int, ...] = INTERP_ROWS) -> int:
     """The first candidate dividing n."""
     return next(c for c in cands if n % c == 0)
 

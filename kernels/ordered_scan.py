@@ -52,6 +52,7 @@ from glsmamba.kernels._utils import (
     device_guard,
     gpu_geometry,
     interpreting,
+    next_pow2,
     record_build,
     sm_budget,
 )
@@ -210,7 +211,10 @@ def _os_bwd_kernel(x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr,
     # the range's channels. B, C (Bsz, K, NCK, NS, BLOCK_T) chunked scan order; ck, nu (Bsz, K, NCK, CH, NS);
     # dx (Bsz, K, L, CH) per direction in x's dtype, ddelta (Bsz, K, L, CH); dB/dC accumulators
     # (NSPLIT, Bsz, K, NCK, NS, BLOCK_T) fp32; dA (K, Bsz, NCK, CH, NS), dD and d(delta_bias) (K, Bsz, NCK, CH).
-    ch = (C0 + tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(IDX)
+    ch = C0 + tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    if not MASKED:  # rows past the last full chunk (interpreter geometry) repeat it: same values, same addresses
+        ch = tl.minimum(ch, L // BLOCK_T - 1)
+    ch = ch.to(IDX)
     pid1 = tl.program_id(1)
     i_s = pid1 % NSPLIT
     k = ((pid1 // NSPLIT) % K).to(IDX)
@@ -296,7 +300,7 @@ class _Geo:
             self.R, self.BLOCK_T = divisor(CH), self.CK
         self.CK_TILES = self.CK // self.BLOCK_T
         self.nfull = L // self.CK
-        self.Rb = 1 if gpu else divisor(max(self.nfull, 1))
+        self.Rb = 1 if gpu else next_pow2(max(self.nfull, 1))  # interpreter: every full chunk in one program
         self.bwd_warps = 2 if gpu else 1  # (registers: see kernels/selective_scan.py)
         base = Bsz * K * self.NCK
         forced = current_config().bwd_splits  # a test-only knob (kernels._utils.launch_config)
@@ -398,7 +402,7 @@ def _bwd(dout, x, delta, A, Bs, Cs, D, delta_bias, tabs, groups, ck, softplus: b
                     **common)
         progs = Bsz * K * geo.splits
         if geo.nfull:
-            _os_bwd_kernel[(geo.nfull // geo.Rb, progs)](C0=0, BLOCK_R=geo.Rb, MASKED=False, **main)
+            _os_bwd_kernel[(cdiv(geo.nfull, geo.Rb), progs)](C0=0, BLOCK_R=geo.Rb, MASKED=False, **main)
         if geo.nfull < geo.NCK:  # the last, partial chunk
             _os_bwd_kernel[(1, progs)](C0=geo.nfull, BLOCK_R=1, MASKED=True, **main)
         dB = torch.empty(Bsz, K, L, NS, dtype=Bs.dtype, device=x.device)

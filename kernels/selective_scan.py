@@ -50,6 +50,7 @@ from glsmamba.kernels._utils import (
     device_guard,
     gpu_geometry,
     interpreting,
+    next_pow2,
     record_build,
     sm_budget,
 )
@@ -64,19 +65,21 @@ _FLAGS = {"HAS_D": none_flag("D_ptr"), "HAS_Z": none_flag("z_ptr"), "HAS_BIAS": 
 
 
 @triton.jit
-def _rows_setup(A_ptr, D_ptr, bias_ptr, rows, s_Ad, s_An, NS: tl.constexpr, HAS_D: tl.constexpr,
-                HAS_BIAS: tl.constexpr):
-    """Per-row parameters: A's columns (N ``[R]`` tensors, natural units), delta_bias and D (zeros if absent)."""
-    As = ()
+def _rows_setup(A_ptr, D_ptr, bias_ptr, s_Ad, s_An, NS: tl.constexpr, BLOCK_R: tl.constexpr, IDX: tl.constexpr,
+                HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A forward or summary program's rows (BLOCK_R channels), chunk and batch row, and the rows' parameters:
+    A's columns pre-scaled by log2 e (N ``[R]`` tensors), delta_bias and D (zeros if absent)."""
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(IDX)
+    A2s = ()
     for n in tl.static_range(NS):
-        As = As + (tl.load(A_ptr + rows * s_Ad + n * s_An).to(tl.float32),)
+        A2s = A2s + (tl.load(A_ptr + rows * s_Ad + n * s_An).to(tl.float32) * LOG2E,)
     bias = tl.zeros(rows.shape, dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rows).to(tl.float32)
     Dv = tl.zeros(rows.shape, dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + rows).to(tl.float32)
-    return As, bias, Dv
+    return rows, tl.program_id(1), tl.program_id(2).to(IDX), A2s, bias, Dv
 
 
 @triton.jit
@@ -132,14 +135,9 @@ def _ss_fwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, o
     # tiles); MASKED launches hold the sequence's last, partial tile. hin (batch, NCHUNK, D, N) fp32: the state
     # entering each chunk; hend (batch, D, N): the state after the launch's last tile; ck (batch, n_ck, D, N):
     # the state entering every CK_TILES-th tile. Rows: BLOCK_R channels (BLOCK_R divides D).
-    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(IDX)
-    i_c = tl.program_id(1)
-    i_b = tl.program_id(2).to(IDX)
-    As, bias, Dv = _rows_setup(A_ptr, D_ptr, bias_ptr, rows, s_Ad, s_An, NS, HAS_D, HAS_BIAS)
-    A2s = ()
+    rows, i_c, i_b, A2s, bias, Dv = _rows_setup(A_ptr, D_ptr, bias_ptr, s_Ad, s_An, NS, BLOCK_R, IDX, HAS_D, HAS_BIAS)
     hs = ()
     for n in tl.static_range(NS):
-        A2s = A2s + (As[n] * LOG2E,)
         if HAS_HIN:
             hs = hs + (tl.load(hin_ptr + ((i_b * NCHUNK + i_c) * DIM + rows) * NS + n),)
         else:
@@ -180,14 +178,9 @@ def _ss_summary_kernel(u_ptr, dl_ptr, A_ptr, P_ptr, z_ptr, bias_ptr, loc_ptr, ds
                        HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr):
     # Chunk summaries (see summary_tile): FORWARD: u_ptr = u, P = B; backward: u_ptr = dout, z gates it, P = C.
     # loc (batch, NCHUNK, D, N), dsum (batch, NCHUNK, D).
-    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(IDX)
-    i_c = tl.program_id(1)
-    i_b = tl.program_id(2).to(IDX)
-    As, bias, _ = _rows_setup(A_ptr, None, bias_ptr, rows, s_Ad, s_An, NS, False, HAS_BIAS)
-    A2s = ()
+    rows, i_c, i_b, A2s, bias, _ = _rows_setup(A_ptr, None, bias_ptr, s_Ad, s_An, NS, BLOCK_R, IDX, False, HAS_BIAS)
     acc = ()
-    for n in tl.static_range(NS):
-        A2s = A2s + (As[n] * LOG2E,)
+    for _n in tl.static_range(NS):
         acc = acc + (tl.zeros([BLOCK_R], dtype=tl.float32),)
     offs = tl.zeros([BLOCK_R], dtype=tl.float32)
     base = i_b * s_b
@@ -219,7 +212,10 @@ def _ss_bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, d
     # the range's channels. ck, nu (batch, NCK, D, N): state entering / adjoint entering each chunk; du, ddelta,
     # dz laid out as u; dB/dC fp32 accumulators (NSPLIT, batch, G, N, L); dA (batch, NCK, D, N), dD and
     # d(delta_bias) (batch, NCK, D) per (chunk, channel).
-    ch = (C0 + tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(IDX)
+    ch = C0 + tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    if not MASKED:  # rows past the last full chunk (interpreter geometry) repeat it: same values, same addresses
+        ch = tl.minimum(ch, L // BLOCK_T - 1)
+    ch = ch.to(IDX)
     pid1 = tl.program_id(1)
     i_s = pid1 % NSPLIT
     i_g = (pid1 // NSPLIT) % GROUPS
@@ -313,7 +309,7 @@ class _Geo:
         self.tiles = cdiv(max(1, min(tiles, self.n_tiles)), self.CK_TILES) * self.CK_TILES
         # backward: programs own (batch row, group, channel range, Rb chunk rows); one warp per chunk row
         self.nfull = length // self.CK
-        self.Rb = 1 if gpu else divisor(max(self.nfull, 1))
+        self.Rb = 1 if gpu else next_pow2(max(self.nfull, 1))  # interpreter: every full chunk in one program
         # two warps per chunk row on the GPU: one warp (8 steps per thread) needs ~136 registers in the backward
         self.bwd_warps = 2 if gpu else 1
         base = batch * groups * self.n_ck
@@ -453,7 +449,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ck, softplus: bool, c
                     VEC=vec_of(Bt), maxnreg=MAXNREG, **rows)
         progs = batch * groups * geo.splits
         if geo.nfull:
-            _ss_bwd_kernel[(geo.nfull // geo.Rb, progs)](C0=0, BLOCK_R=geo.Rb, BLOCK_T=geo.CK, MASKED=False,
+            _ss_bwd_kernel[(cdiv(geo.nfull, geo.Rb), progs)](C0=0, BLOCK_R=geo.Rb, BLOCK_T=geo.CK, MASKED=False,
                                                           num_warps=geo.bwd_warps, **main)
         if geo.nfull < nck:  # the last, partial chunk
             _ss_bwd_kernel[(1, progs)](C0=geo.nfull, BLOCK_R=1, BLOCK_T=geo.CK, MASKED=True, num_warps=geo.bwd_warps,
