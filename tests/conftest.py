@@ -23,6 +23,9 @@ except ImportError:  # pragma: no cover - triton is a dependency
 
 HAS_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n 2` (the README's command): one process per core, one thread each
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     if HAS_GPU:
