@@ -239,7 +239,8 @@ def test_train_errors_name_the_problem(data, tmp_path, capsys):
 
 def test_training_step_same_loss_on_reference_and_triton(device):
     """One AdamW training step (loss, gradients, clipping, update) and the loss after it agree between the
-    backends (Triton under the interpreter: one GSM block with all six directions and STMM, one LRM block)."""
+    backends (Triton under the interpreter: one GSM block with all six directions and STMM, one LRM block; width 8,
+    as in the other network tests: the interpreted backward costs one step per channel)."""
     from glsmamba import model
     rng = np.random.default_rng(0)
     batch = {"frames": torch.from_numpy(rng.standard_normal((1, 3, 3, 16, 12)).astype(np.float32)),
@@ -250,7 +251,7 @@ def test_training_step_same_loss_on_reference_and_triton(device):
     model.reset_call_counts()
     for backend in ("reference", "triton"):
         torch.manual_seed(0)
-        net = model.GLSMamba("tiny", num_frames=3, num_gsm=1, num_lrm=1, backend=backend).to(device).train()
+        net = model.GLSMamba("tiny", num_frames=3, dim=8, num_gsm=1, num_lrm=1, backend=backend).to(device).train()
         opt = torch.optim.AdamW(param_groups(net, 1e-4), lr=1e-3)
         first = train_step(net, batch, opt, device=device, clip_grad=1.0)
         grads[backend] = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
