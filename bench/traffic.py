@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import dataclasses
 import inspect
 import os
 import sys
@@ -56,6 +55,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from glsmamba.kernels._utils import interpreter_overflow_checks, operator_only
 
 SUPPORTED_TRITON = ("3.6", "3.9")  # major.minor releases whose interpreter internals the hooks were written for
 
@@ -365,7 +366,7 @@ class _Session:
 
 def _fast_generic_scan(self: Any, inputs: Any) -> list:
     """The interpreter's generic scan as a Hillis-Steele scan over whole tiles (log2 n combines instead of one per
-    element; a combine made of operators only runs on the numpy arrays directly, see :func:`_operator_only`).
+    element; a combine made of operators only runs on the numpy arrays directly, see ``kernels._utils.operator_only``).
     Exact for exact combines; floating-point combines associate differently from the interpreter's left fold
     (last-bit differences): the counter only needs the addresses and trip counts, which no kernel here derives
     from a scanned float."""
@@ -379,7 +380,7 @@ def _fast_generic_scan(self: Any, inputs: Any) -> list:
         return tuple(slice(k, None) if i == axis else slice(None) for i in range(nd))
 
     def combine(left: list[np.ndarray], right: list[np.ndarray]) -> tuple:
-        if _operator_only(fn):  # numpy computes what the interpreter's ops would, without their overhead
+        if operator_only(fn):  # numpy computes what the interpreter's ops would, without their overhead
             ret = fn(*left, *right)
             ret = ret if isinstance(ret, tuple) else (ret,)
             if all(isinstance(r, np.ndarray) and r.dtype == c.dtype for r, c in zip(ret, cur, strict=True)):
@@ -396,14 +397,6 @@ def _fast_generic_scan(self: Any, inputs: Any) -> list:
             c[tail(k)] = value[tail(k)]
         k *= 2
     return [self.to_tensor(c, inputs[j].dtype) for j, c in enumerate(cur)]
-
-
-def _operator_only(fn: Callable) -> bool:
-    """Whether a combine function only applies operators to its arguments (no global, attribute or closure: e.g.
-    ``return a1 * a2, a2 * b1 + b2``). On numpy arrays of the interpreter's dtypes such a function computes
-    exactly what the interpreter's elementwise ops would (they are the same numpy operations)."""
-    code = fn.__code__
-    return not (code.co_names or code.co_freevars or code.co_cellvars)
 
 
 def _fast_generic_reduce(self: Any, inputs: Any) -> list:
@@ -520,14 +513,13 @@ def _hooks(execute: bool, on_launch: Callable | None = None) -> Iterator[Trace]:
     builder.create_masked_store = lambda *a, **kw: s.store(orig["create_masked_store"], *a, **kw)
     builder.create_atomic_rmw = lambda *a, **kw: s.atomic_rmw(orig["create_atomic_rmw"], *a, **kw)
     builder.create_atomic_cas = lambda *a, **kw: s.atomic_cas(orig["create_atomic_cas"], *a, **kw)
-    options = builder.options
-    if getattr(options, "sanitize_overflow", False):  # assertions only (see the module docstring)
-        builder.options = dataclasses.replace(options, sanitize_overflow=False)
+    checks = interpreter_overflow_checks(False)  # assertions only (see the module docstring)
     try:
         with _TorchCounter(s):
             yield trace
     finally:
-        builder.options = options
+        if checks is not None:
+            interpreter_overflow_checks(checks)
         for obj, name, own, _ in originals:
             if own is _ABSENT:
                 with contextlib.suppress(AttributeError):

@@ -37,8 +37,9 @@ _built: list[bool] = []  # how the kernel modules were decorated: [True] for the
 def record_build() -> None:
     """Called by every kernel module at import, before its ``@triton.jit``: remember the mode Triton builds them in
     (and, under the interpreter, make its custom-combine scans fold per step: :func:`vectorise_interpreter_scan`)."""
-    if not _built:
-        _built.append(interpreter_enabled())
+    if _built:
+        return
+    _built.append(interpreter_enabled())
     if _built[0]:
         vectorise_interpreter_scan()
         if os.environ.get("GLSMAMBA_INTERPRETER_CHECKS", "0") != "1":
@@ -64,6 +65,15 @@ def interpreter_overflow_checks(on: bool) -> bool | None:
     return previous
 
 
+def operator_only(fn) -> bool:
+    """Whether a scan or reduce combine function only applies operators to its arguments (no global, attribute or
+    closure: e.g. ``return a1 * a2, a2 * b1 + b2``). On the NumPy arrays of the interpreter's tensors such a function
+    computes exactly what the interpreter's element-wise ops would (they are the same NumPy operations), without
+    their overhead."""
+    code = fn.__code__
+    return not (code.co_names or code.co_freevars or code.co_cellvars)
+
+
 def vectorise_interpreter_scan() -> bool:
     """Make the Triton interpreter run ``tl.associative_scan`` with a custom combine one step at a time, with the
     combine applied to whole slices across the other axes, instead of one Python call per element.
@@ -72,7 +82,8 @@ def vectorise_interpreter_scan() -> bool:
     row-major order: out[i] = combine(out[i - 1 along the axis], in[i]). This does the same left fold along the axis,
     in the same order, with the same float32 NumPy arithmetic, on slices: the combine of an associative scan is
     element-wise, so the results are bit-identical and the cost falls from one call per element to one per step
-    (measured: the test suite's scan kernels 5-20x faster). Built-in cumsum/cumprod keep their NumPy paths.
+    (and to plain NumPy arithmetic for an :func:`operator_only` combine). Built-in cumsum/cumprod keep their NumPy
+    paths.
 
     Applied once, only when ``triton.runtime.interpreter.ScanOps.generic_scan`` exists (the interpreters of triton
     3.6 to 3.9); on another interpreter it changes nothing and returns ``False`` (the fallback is slow, not wrong).
@@ -104,10 +115,7 @@ def vectorise_interpreter_scan() -> bool:
         for o, a in zip(outs, acc, strict=True):
             o[at(0)] = a
         fn = self.combine_fn.fn
-        code = fn.__code__
-        # a combine made of operators only (no name, attribute or closure: ``return a1 * a2, b1 * a2 + b2``) does on
-        # NumPy arrays exactly the NumPy operations the interpreter's ops would do, without their overhead
-        direct = not (code.co_names or code.co_freevars or code.co_cellvars)
+        direct = operator_only(fn)
         for i in range(1, datas[0].shape[axis]):
             cur = [np.take(d, i, axis=axis) for d in datas]
             ret = None
