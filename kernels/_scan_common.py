@@ -465,6 +465,17 @@ def none_flag(name: str):
     return lambda args: args[name] is not None
 
 
+@triton.jit
+def bwd_chunk_rows(C0, L, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, MASKED: tl.constexpr, IDX: tl.constexpr):
+    """A backward program's chunk rows C0 + pid0 * BLOCK_R + r (chunks of BLOCK_T steps). In an unmasked launch the
+    rows past the last full chunk (the interpreter geometry puts every full chunk in one program) repeat it: the
+    same values to the same addresses."""
+    ch = C0 + tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    if not MASKED:
+        ch = tl.minimum(ch, L // BLOCK_T - 1)
+    return ch.to(IDX)
+
+
 # Channel rows per forward/summary program under the interpreter: as many as divide the channels (NumPy runs a
 # [rows, steps] tile for about the price of a [1, steps] one; the cost is per program and per step).
 INTERP_ROWS = (64, 32, 16, 8, 4, 2, 1)

@@ -34,6 +34,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from glsmamba.kernels._scan_common import (
     LOG2E,
     _scan_carry_kernel,
+    bwd_chunk_rows,
     bwd_tile,
     divisor,
     fwd_tile,
@@ -211,10 +212,7 @@ def _os_bwd_kernel(x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr,
     # the range's channels. B, C (Bsz, K, NCK, NS, BLOCK_T) chunked scan order; ck, nu (Bsz, K, NCK, CH, NS);
     # dx (Bsz, K, L, CH) per direction in x's dtype, ddelta (Bsz, K, L, CH); dB/dC accumulators
     # (NSPLIT, Bsz, K, NCK, NS, BLOCK_T) fp32; dA (K, Bsz, NCK, CH, NS), dD and d(delta_bias) (K, Bsz, NCK, CH).
-    ch = C0 + tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    if not MASKED:  # rows past the last full chunk (interpreter geometry) repeat it: same values, same addresses
-        ch = tl.minimum(ch, L // BLOCK_T - 1)
-    ch = ch.to(IDX)
+    ch = bwd_chunk_rows(C0, L, BLOCK_R, BLOCK_T, MASKED, IDX)
     pid1 = tl.program_id(1)
     i_s = pid1 % NSPLIT
     k = ((pid1 // NSPLIT) % K).to(IDX)

@@ -32,6 +32,7 @@ import triton.language as tl
 from glsmamba.kernels._scan_common import (
     LOG2E,
     _scan_carry_kernel,
+    bwd_chunk_rows,
     bwd_tile,
     chunked,
     divisor,
@@ -212,10 +213,7 @@ def _ss_bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, d
     # the range's channels. ck, nu (batch, NCK, D, N): state entering / adjoint entering each chunk; du, ddelta,
     # dz laid out as u; dB/dC fp32 accumulators (NSPLIT, batch, G, N, L); dA (batch, NCK, D, N), dD and
     # d(delta_bias) (batch, NCK, D) per (chunk, channel).
-    ch = C0 + tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    if not MASKED:  # rows past the last full chunk (interpreter geometry) repeat it: same values, same addresses
-        ch = tl.minimum(ch, L // BLOCK_T - 1)
-    ch = ch.to(IDX)
+    ch = bwd_chunk_rows(C0, L, BLOCK_R, BLOCK_T, MASKED, IDX)
     pid1 = tl.program_id(1)
     i_s = pid1 % NSPLIT
     i_g = (pid1 // NSPLIT) % GROUPS
