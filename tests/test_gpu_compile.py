@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,10 @@ def _runs():
         ("ordered scan STS6D, backward channel ranges", dict(bwd_splits=2),
          spec_run(ordered, C=64, thw=(2, 8, 20), L=320)),
         ("ordered scan windows", {}, spec_run(windows, C=64)),
+        # a machine of 1/8 the SMs: 2-channel tiles (the windows' choice at the headline shape), 8 for STS6D
+        ("ordered scan windows, 2-row tiles", dict(scale=Fraction(1, 8)), spec_run(windows, C=64)),
+        ("ordered scan STS6D, 8-row tiles", dict(scale=Fraction(1, 8)), spec_run(ordered, C=64, thw=(2, 8, 20),
+                                                                              L=320)),
         ("space-time scan", {}, spec_run(static_ops.space_time_spec("space_time_scan"))),
         ("space-time merge", {}, spec_run(static_ops.space_time_spec("space_time_merge"))),
         ("deformable", {}, spec_run(static_ops.deformable_spec(), G=4)),
