@@ -13,11 +13,22 @@ For each op of ``bench/static_ops.py`` at its headline shape, forward, backward 
 
 Steps 2 and 3 run in parallel processes (``--workers``, default 2). Deterministic: two runs at one commit give the
 same CSV except the ``commit`` column.
+
+Counted points are cached in ``counts.json`` next to the CSV (committed with it), each with a digest of everything
+its count depends on (:func:`sources_digest`: the op's kernels and launchers and every module they import, the
+counter, the op builds, the count driver, the triton/torch/numpy releases). A count is a pure function of those,
+so a cached point is the point counted again; a change to an op's kernels or launchers changes that op's digest
+and its points are counted afresh (``--recount`` counts every point). The interpreter step is most
+of a cold run (about 20 CPU-minutes); the capture, the sm_90 compile and the report are redone every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import hashlib
+import importlib.util
+import inspect
 import json
 import os
 import subprocess
@@ -80,6 +91,89 @@ def count_point(spec: Any, params: dict[str, Any], config: dict[str, Any]) -> di
                 _run_case(case, grad, tr)
             out["grad" if grad else "fwd"] = [_launch_record(la) for la in tr.launches]
     return out
+
+
+_COUNT_MODULES = ("glsmamba.bench.traffic", "glsmamba.bench.static_ops", "glsmamba.model.backend")
+# imported by the op builds only for the unfused pipeline, which is captured every run, never counted
+_NOT_COUNTED = ("glsmamba.bench.bench_ordered_scan",)
+
+
+def _module_file(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:  # `from module import name`: the name is not a module
+        return None
+    return None if spec is None or spec.origin is None else Path(spec.origin)
+
+
+def _imports(name: str, tree: ast.AST) -> set[str]:
+    """The ``glsmamba`` modules a module imports (any scope, relative imports resolved), with their packages."""
+    out: set[str] = set()
+    pkg = name if _module_file(name).name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)  # `from package import module`
+    mods = {m for m in out if m.startswith("glsmamba.")}
+    return {".".join(m.split(".")[:i]) for m in mods for i in range(2, len(m.split(".")) + 1)}
+
+
+def _source_files(op: str) -> list[Path]:
+    """The source files a count of ``op`` can run: its Triton module (``model.backend.OPS``), the counter, the op
+    builds and the backend lookup, with every ``glsmamba`` module they import, transitively, and the ``__init__``
+    of every package on the way (whose own imports define modules a count does not run). An over-approximation:
+    a module imported but not used still counts."""
+    from glsmamba.model.backend import OPS
+
+    todo = [f"glsmamba.kernels.{OPS[op]}", *_COUNT_MODULES]
+    seen: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        if name in seen or name in _NOT_COUNTED or (f := _module_file(name)) is None or f.suffix != ".py":
+            continue
+        seen[name] = f
+        if f.name != "__init__.py":  # a package's own imports (the model behind model.backend) define, not count
+            todo += sorted(_imports(name, ast.parse(f.read_bytes())))
+    return [seen[k] for k in sorted(seen)]
+
+
+def sources_digest(op: str) -> str:
+    """sha256 over what a count of ``op``'s points depends on: the source files of :func:`_source_files` (the
+    kernels and their launchers, the reference modules they import for input checks and scan-order tables, the
+    counter, the op builds), this module's count driver, and the triton, torch and numpy releases."""
+    import numpy
+    import torch
+    import triton
+
+    h = hashlib.sha256()
+    for f in _source_files(op):
+        h.update(f"{f.parent.name}/{f.name}\0".encode())
+        h.update(f.read_bytes())
+    for fn in (count_point, _launch_record, _run_case):
+        h.update(inspect.getsource(fn).encode())
+    h.update(f"triton {triton.__version__} torch {torch.__version__} numpy {numpy.__version__}".encode())
+    return h.hexdigest()
+
+
+def load_counts(path: Path, digests: dict[str, str]) -> dict[str, Any]:
+    """The cached counts of ``path`` (key -> counted point) whose sources digest is ``digests[key]``."""
+    if not path.exists():
+        return {}
+    counts = json.loads(path.read_text())["counts"]
+    return {k: v["result"] for k, v in counts.items() if k in digests and v["sources"] == digests[k]}
+
+
+def save_counts(path: Path, digests: dict[str, str], counts: dict[str, Any]) -> None:
+    """One line per point (diffs stay readable); only the points of this run are kept."""
+    lines = [f"{json.dumps(k)}: {json.dumps(dict(sources=digests[k], result=v), sort_keys=True)}"
+             for k, v in sorted(counts.items())]
+    body = ",\n".join(lines)
+    path.write_text(f'{{"counts": {{\n{body}\n}}}}\n')
 
 
 def capture_full(spec: Any, params: dict[str, Any]) -> dict[str, Any]:
@@ -336,8 +430,10 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def run(out: Path = RESULTS, workers: int = 2, update_readme: bool = True, say: Any = print) -> Path:
-    """Capture, compile, count, extrapolate, estimate; write the CSV, markdown, plot (and README section)."""
+def run(out: Path = RESULTS, workers: int = 2, update_readme: bool = True, say: Any = print,
+        recount: bool = False) -> Path:
+    """Capture, compile, count (or take the points' counts from ``out/counts.json`` when made with the same
+    sources, unless ``recount``), extrapolate, estimate; write the CSV, markdown, plot (and README section)."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("bench.static.run needs TRITON_INTERPRET=1 (use `glsmamba bench --static`)")
     import triton
@@ -374,22 +470,31 @@ def run(out: Path = RESULTS, workers: int = 2, update_readme: bool = True, say: 
 
     th = threading.Thread(target=compile_thread)
     th.start()
-    tasks, slot, uses = [], {}, []  # identical points of two specs (the selective scan's D=384 and 512) run once
-    for si, (spec, fp) in enumerate(zip(all_specs, full_params, strict=True)):
+    tasks, keys, slot, uses = [], [], {}, []  # identical points of two specs (the selective scan's D=384 and 512)
+    for si, (spec, fp) in enumerate(zip(all_specs, full_params, strict=True)):  # run once
         for pi, p in enumerate(spec.points):
             t = dict(spec=si, point=pi, pins=spec.pin(p, fp), scale=str(spec.scale(p, fp)), cost=spec.cost(p))
-            key = repr((spec.build.__name__, sorted(p.items()), sorted(t["pins"].items()), t["scale"]))
+            key = repr((spec.op, spec.build.__name__, sorted(p.items()), sorted(t["pins"].items()), t["scale"]))
             if key not in slot:
                 slot[key] = len(tasks)
                 tasks.append(t)
+                keys.append(key)
             uses.append((si, slot[key]))
-    unique = pool("count", tasks, workers)
+    op_digest = {spec.op: sources_digest(spec.op) for spec in all_specs}
+    digests = {k: op_digest[all_specs[t["spec"]].op] for k, t in zip(keys, tasks, strict=True)}
+    cached = {} if recount else load_counts(out / "counts.json", digests)
+    todo = [i for i, k in enumerate(keys) if k not in cached]
+    fresh = dict(zip([keys[i] for i in todo], pool("count", [tasks[i] for i in todo], workers), strict=True))
+    unique = [cached.get(k) or fresh[k] for k in keys]
+    out.mkdir(parents=True, exist_ok=True)
+    save_counts(out / "counts.json", digests, dict(zip(keys, unique, strict=True)))  # kept if a later step fails
     counted = [unique[i] for _, i in uses]
     cpu: dict[str, float] = {}
     for t, c in zip(tasks, unique, strict=True):
         name = f"{all_specs[t['spec']].op}[{all_specs[t['spec']].label}]"
         cpu[name] = cpu.get(name, 0.0) + c["cpu_s"]
-    say(f"counted {len(tasks)} reduced shapes ({time.time() - t0:.0f} s; interpreter CPU s per op: "
+    say(f"counted {len(todo)} reduced shapes, {len(tasks) - len(todo)} more from {out / 'counts.json'} "
+        f"({time.time() - t0:.0f} s; interpreter CPU s per op when counted: "
         + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()) + ")")
     th.join()
     if errors:
@@ -412,7 +517,6 @@ def run(out: Path = RESULTS, workers: int = 2, update_readme: bool = True, say: 
         if note:
             notes[(spec.op, spec.label)] = note
     rows += unfused_rows(rows, unfused, all_specs[2].label, meta)
-    out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "static.csv")
     md = write_markdown(rows, details, notes, out / "static.md")
     write_plot(rows, out / "static.png")
@@ -427,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
     p.add_argument("--workers", type=int, default=2, help="processes for counting and for compiling (default 2)")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
+    p.add_argument("--recount", action="store_true",
+                   help="count every reduced shape under the interpreter even if OUT/counts.json holds it")
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -434,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("TRITON_INTERPRET") != "1":  # re-run in a process that imports triton for the interpreter
         return subprocess.call([sys.executable, "-m", "glsmamba.bench.static", *(argv or sys.argv[1:])],
                                env=_interp_env())
-    run(a.out, a.workers, update_readme=not a.no_readme)
+    run(a.out, a.workers, update_readme=not a.no_readme, recount=a.recount)
     return 0
 
 

@@ -214,3 +214,38 @@ def test_compulsory_formulas_are_inputs_read_once_and_outputs_written_once():
             assert spec.compulsory(p, "fwd") == nbytes + tables + outb, spec.op
             assert spec.compulsory(p, "bwd") == 2 * nbytes + tables + outb, spec.op
         assert spec.compulsory(p, "fwd+bwd") == spec.compulsory(p, "fwd") + spec.compulsory(p, "bwd")
+
+
+def test_count_cache_is_keyed_by_the_sources(tmp_path, monkeypatch):
+    """A cached point is taken only while every source its count runs is unchanged; a round trip keeps it exactly."""
+    files = [tmp_path / "kernel.py", tmp_path / "launcher.py"]
+    for f in files:
+        f.write_text("x = 1\n")
+    monkeypatch.setattr(static, "_source_files", lambda op: files)
+    digest = static.sources_digest("space_time_scan")
+    spec = static_ops.space_time_spec("space_time_scan")
+    counted = static.count_point(spec, spec.points[0], {})
+    path = tmp_path / "counts.json"
+    static.save_counts(path, {"p0": digest}, {"p0": counted})
+    assert static.load_counts(path, {"p0": digest}) == {"p0": counted}
+    assert static.load_counts(path, {"p1": digest}) == {}
+    files[1].write_text("x = 2\n")  # a launcher edited: the op's cached points are stale
+    assert static.sources_digest("space_time_scan") != digest
+    assert static.load_counts(path, {"p0": static.sources_digest("space_time_scan")}) == {}
+
+
+def test_count_cache_digest_covers_every_module_a_count_launches_from():
+    """The modules of every kernel an op launches (captured at its first reduced point, forward and backward) are
+    among the files of its digest, and so are the counter and the op builds."""
+    import sys
+    from pathlib import Path
+
+    for spec in static_ops.specs():
+        files = set(static._source_files(spec.op))
+        assert {Path(traffic.__file__), Path(static_ops.__file__)} <= files
+        with launch_config(cuda_geometry=True), traffic.capture() as tr:
+            static._run_case(spec.build(spec.points[0], True), True, tr)
+        modules = {la.kernel.rsplit(".", 1)[0] for la in tr.launches}
+        assert modules, spec.op
+        for m in modules:
+            assert Path(sys.modules[f"glsmamba.{m}"].__file__) in files, (spec.op, m)

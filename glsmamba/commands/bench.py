@@ -19,15 +19,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("static report (no GPU)")
     g.add_argument("--static", action="store_true",
                    help="write bench/results/static/ (static.csv, static.md, static.png) and the README section: "
-                        "every kernel's counted traffic and sm_90 compile against its roofline (a few minutes)")
+                        "every kernel's counted traffic and sm_90 compile against its roofline (minutes; the "
+                        "interpreter counts are cached per kernel-source digest in counts.json)")
     g.add_argument("--static-workers", type=int, default=2, help="processes for --static (default 2)")
+    g.add_argument("--static-recount", action="store_true",
+                   help="with --static: count every reduced shape under the interpreter again instead of taking the "
+                        "counts cached in counts.json for the same kernel sources (a cold count: ~10 min on 2 cores)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.static:
         from glsmamba.bench.static import main as static_main
 
-        argv = ["--workers", str(args.static_workers)]
+        argv = ["--workers", str(args.static_workers)] + (["--recount"] if args.static_recount else [])
         if args.out:
             argv += ["--out", str(args.out), "--no-readme"]
         return static_main(argv)
