@@ -58,7 +58,7 @@ from glsmamba.kernels._utils import (
     sm_budget,
 )
 from glsmamba.kernels.space_time import _group_tables, st_merge
-from glsmamba.reference.ordered_scan import _check_ordered_scan
+from glsmamba.reference.checks import _check_ordered_scan
 from glsmamba.reference.space_time import table_mode
 
 record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now

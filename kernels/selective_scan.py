@@ -55,7 +55,7 @@ from glsmamba.kernels._utils import (
     record_build,
     sm_budget,
 )
-from glsmamba.reference.selective_scan import check_selective_scan_inputs
+from glsmamba.reference.checks import check_selective_scan_inputs
 
 record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
 

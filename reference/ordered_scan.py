@@ -29,66 +29,13 @@ Two implementations with one contract:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 from glsmamba.reference._scan_seq import _LOG2E, SequentialScan, Stepper
+from glsmamba.reference.checks import OrderedScanDims, _check_ordered_scan  # noqa: F401  (re-exported)
 from glsmamba.reference.selective_scan import _dt, selective_scan_channel_last
-from glsmamba.reference.space_time import (
-    _check_groups,
-    _check_orders,
-    _check_reset,
-    _check_same_device,
-    _check_tensor,
-)
-
-
-@dataclass(frozen=True)
-class OrderedScanDims:
-    batch: int
-    length: int
-    channels: int
-    dstate: int
-    directions: int
-    groups: tuple[int, ...]
-
-
-def _check_ordered_scan(x, delta, A, B, C, D, orders, groups, reset, delta_bias
-                        ) -> tuple[OrderedScanDims, torch.Tensor]:
-    """Validate :func:`ordered_selective_scan` arguments (shared with kernels/); returns (dims, inverse orders)."""
-    x = _check_tensor(x, "x", 3, what=" (Bsz, L, C)")
-    Bsz, L, Cch = x.shape
-    delta = _check_tensor(delta, "delta", 4, what=" (Bsz, K, L, C)")
-    K = delta.shape[1]
-    if (delta.shape[0], delta.shape[2], delta.shape[3]) != (Bsz, L, Cch):
-        raise ValueError(f"delta must have shape (Bsz, K, L, C) = ({Bsz}, K, {L}, {Cch}) to match x of shape "
-                         f"{tuple(x.shape)}, got shape {tuple(delta.shape)}")
-    if delta.dtype != x.dtype:
-        raise TypeError(f"delta must have x's dtype {x.dtype}, got {delta.dtype} (shape {tuple(delta.shape)})")
-    A = _check_tensor(A, "A", 3, what=" (K, C, N)")
-    if A.shape[:2] != (K, Cch) or A.shape[2] < 1:
-        raise ValueError(f"A must have shape (K, C, N) = ({K}, {Cch}, N >= 1), got shape {tuple(A.shape)}")
-    N = A.shape[2]
-    for name, t in (("B", B), ("C", C)):
-        t = _check_tensor(t, name, 4, what=" (Bsz, K, L, N)")
-        if tuple(t.shape) != (Bsz, K, L, N):
-            raise ValueError(f"{name} must have shape (Bsz, K, L, N) = ({Bsz}, {K}, {L}, {N}), "
-                             f"got shape {tuple(t.shape)}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None:
-            t = _check_tensor(t, name, 2, what=" (K, C)")
-            if tuple(t.shape) != (K, Cch):
-                raise ValueError(f"{name} must have shape (K, C) = ({K}, {Cch}), got shape {tuple(t.shape)}")
-    if isinstance(orders, torch.Tensor) and orders.dim() == 2 and orders.shape[0] != K:
-        raise ValueError(f"orders must have shape (K, L) = ({K}, {L}) (K directions of delta), "
-                         f"got shape {tuple(orders.shape)}")
-    inv = _check_orders(orders, L)
-    gs = _check_groups(groups, K)
-    _check_reset(reset, K, L, x)
-    _check_same_device(x, "x", delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias, orders=orders)
-    return OrderedScanDims(Bsz, L, Cch, N, K, gs), inv
 
 
 def _segments(reset: torch.Tensor | None, k: int, L: int) -> dict[int, torch.Tensor]:

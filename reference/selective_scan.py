@@ -27,7 +27,6 @@ Implementations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 
 from glsmamba.reference._scan_chunked import scan_tokens, scan_tokens_export
 from glsmamba.reference._scan_seq import SequentialScan, scan
+from glsmamba.reference.checks import _FLOATS, ScanDims, _shape, check_selective_scan_inputs  # noqa: F401  (re-exported)
 
 __all__ = [
     "selective_scan",
@@ -43,84 +43,6 @@ __all__ = [
     "check_selective_scan_inputs",
     "ScanDims",
 ]
-
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-@dataclass(frozen=True)
-class ScanDims:
-    batch: int
-    dim: int
-    length: int
-    dstate: int
-    groups: int
-
-
-def _shape(t: torch.Tensor) -> str:
-    return str(tuple(t.shape))
-
-
-def check_selective_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
-                                channel_last: bool = False) -> ScanDims:
-    """Validate selective-scan arguments; raise TypeError/ValueError naming the offending argument.
-
-    Shared by the reference and the Triton backend so both reject bad input with the same message.
-    """
-    lay = "(B, L, D)" if channel_last else "(B, D, L)"
-    bc_lay = "(B, L, N) or (B, L, G, N)" if channel_last else "(B, N, L) or (B, G, N, L)"
-    named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
-    for name, t in named.items():
-        if t is None and name in ("D", "z", "delta_bias"):
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOATS:
-            raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got dtype {t.dtype}")
-    if u.dim() != 3:
-        raise ValueError(f"u must have shape {lay}, got rank {u.dim()} shape {_shape(u)}")
-    if channel_last:
-        batch, length, dim = u.shape
-    else:
-        batch, dim, length = u.shape
-    if delta.shape != u.shape:
-        raise ValueError(f"delta must have the shape of u {_shape(u)}, got {_shape(delta)}")
-    if delta.dtype != u.dtype:
-        raise TypeError(f"delta must have u's dtype {u.dtype}, got {delta.dtype}")
-    if z is not None:
-        if z.shape != u.shape:
-            raise ValueError(f"z must have the shape of u {_shape(u)}, got {_shape(z)}")
-        if z.dtype != u.dtype:
-            raise TypeError(f"z must have u's dtype {u.dtype}, got {z.dtype}")
-    if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"A must have shape (D, N) = ({dim}, N), got {_shape(A)}")
-    dstate = A.shape[1]
-    if dstate < 1:
-        raise ValueError(f"A must have at least one state column, got {_shape(A)}")
-    for name, t in (("B", B), ("C", C)):
-        if t.dim() not in (3, 4):
-            raise ValueError(f"{name} must have shape {bc_lay}, got rank {t.dim()} shape {_shape(t)}")
-    if B.dim() != C.dim():
-        raise ValueError(f"B and C must have the same rank, got B {_shape(B)} and C {_shape(C)}")
-    if channel_last:
-        groups = 1 if B.dim() == 3 else B.shape[2]
-        expected = (batch, length, dstate) if B.dim() == 3 else (batch, length, groups, dstate)
-    else:
-        groups = 1 if B.dim() == 3 else B.shape[1]
-        expected = (batch, dstate, length) if B.dim() == 3 else (batch, groups, dstate, length)
-    for name, t in (("B", B), ("C", C)):
-        if tuple(t.shape) != expected:
-            raise ValueError(f"{name} must have shape {expected} (layout {bc_lay}, N={dstate} from A), got {_shape(t)}")
-    if groups < 1 or dim % groups != 0:
-        raise ValueError(f"the number of B/C groups G={groups} must divide D={dim}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and tuple(t.shape) != (dim,):
-            raise ValueError(f"{name} must have shape (D,) = ({dim},), got {_shape(t)}")
-    devices = {name: t.device for name, t in named.items() if t is not None}
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{k}={v}" for k, v in devices.items())
-        raise ValueError(f"all tensors must be on one device, got {listing}")
-    return ScanDims(batch, dim, length, dstate, groups)
-
 
 # Test hook: [True] runs the torch.compile path (the chunked closed form of _scan_chunked.py) in eager mode.
 _TRACED_PATH = [False]
