@@ -159,14 +159,15 @@ class SpaceTimeS6(nn.Module):
             delta = self.dt_proj(dt_in)
         else:
             delta = torch.einsum("bklr,kdr->bkld", dt_in, self.dt_proj_weight)
-        # shared projections: zero-stride views over the directions (the Triton op reads them in place)
+        # shared projections (and a shared delta bias): zero-stride views over the directions (the Triton op reads
+        # delta, B, C in place; the reference computes softplus(delta + bias) once for all directions)
         delta = delta.contiguous().expand(b, k, l, di)
         bm = bm.contiguous().expand(b, k, l, n)
         cm = cm.contiguous().expand(b, k, l, n)
         a = (-torch.exp(self.A_log.float())).expand(k, di, n).contiguous()
         return ops.ordered_selective_scan(
             x, delta, a, bm, cm, self.D.float().expand(k, di).contiguous(), orders, groups,
-            reset=reset, delta_bias=self.dt_bias.float().expand(k, di).contiguous(), delta_softplus=True,
+            reset=reset, delta_bias=self.dt_bias.float().expand(k, di), delta_softplus=True,
         )
 
 
