@@ -197,3 +197,43 @@ def test_deformable_nan_offsets_with_odd_width():
         out = fn(**inp, taps=SPATIAL_TAPS, shape=shape)
         assert torch.isnan(out[0, 4, 2:]).all() and torch.isfinite(out[0, 4, :2]).all()
         assert torch.isfinite(out[0, :4]).all() and torch.isfinite(out[0, 5:]).all()
+
+
+class _ThreadsAtExp2(TorchDispatchMode):
+    """Records torch's intra-op thread count at every ``exp2_`` (the per-token decay of the sequential scan)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._overloadpacket is torch.ops.aten.exp2_:
+            self.seen.add(torch.get_num_threads())
+        return func(*args, **(kwargs or {}))
+
+
+def test_small_per_token_states_step_on_one_thread(monkeypatch):
+    """Per-token steps on a state below _SERIAL_ELEMS run on one intra-op thread (OpenMP's fork/join costs more
+    than two threads save on ops that small); the caller's thread count is restored, also after an error."""
+    from glsmamba.reference import _scan_seq
+
+    monkeypatch.setattr(_scan_seq, "_STEP_ELEMS", 1)  # per-token stepping at this size
+    shape, orders, reset, groups = _ordered_setup("sts6d")
+    inp = test_ordered_scan.make_inputs(6, B=1, shape=shape, C=4, N=2)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for serial_below, want in ((1 << 17, {1}), (1, {2})):
+            monkeypatch.setattr(_scan_seq, "_SERIAL_ELEMS", serial_below)
+            mode = _ThreadsAtExp2()
+            with torch.no_grad(), mode:
+                got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, False)
+            assert mode.seen == want and torch.get_num_threads() == 2
+        want, _ = _ordered_call(ordered_selective_scan_unfused, inp, SHARED, orders, reset, groups, False)
+        assert_close("out", want, got, torch.float32)
+        with pytest.raises(RuntimeError, match="inside"), _scan_seq.intra_op_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(prev)
