@@ -159,14 +159,15 @@ class SpaceTimeS6(nn.Module):
             delta = self.dt_proj(dt_in)
         else:
             delta = torch.einsum("bklr,kdr->bkld", dt_in, self.dt_proj_weight)
-        # shared projections: zero-stride views over the directions (the Triton op reads them in place)
+        # shared projections (and a shared delta bias): zero-stride views over the directions (the Triton op reads
+        # delta, B, C in place; the reference computes softplus(delta + bias) once for all directions)
         delta = delta.contiguous().expand(b, k, l, di)
         bm = bm.contiguous().expand(b, k, l, n)
         cm = cm.contiguous().expand(b, k, l, n)
         a = (-torch.exp(self.A_log.float())).expand(k, di, n).contiguous()
         return ops.ordered_selective_scan(
             x, delta, a, bm, cm, self.D.float().expand(k, di).contiguous(), orders, groups,
-            reset=reset, delta_bias=self.dt_bias.float().expand(k, di).contiguous(), delta_softplus=True,
+            reset=reset, delta_bias=self.dt_bias.float().expand(k, di), delta_softplus=True,
         )
 
 
@@ -179,9 +180,12 @@ class Modulator(nn.Module):
     ``group_channels=None`` (depthwise form): one ``deformable_aggregate`` call with depthwise tap weights
     ``weight (P, C)``. ``group_channels=c`` (grouped form, a grouped DCNv2): every tap is sampled on its own (mask
     applied, unit weight) and the P samples are mixed by ``weight (P, C / c, c, c)`` inside each group of ``c``
-    channels: ``out[g, o] = sum_p,i weight[p, g, o, i] * sample_p[g, i]``. The P samplings are one
-    ``deformable_aggregate`` call over P copies of the batch: tap ``(dt, dh, dw)`` becomes the centre tap on the clip
-    shifted by ``dt`` frames (zeros past its ends) with ``(dh, dw)`` added to its offsets, the same samples.
+    channels: ``out[g, o] = sum_p,i weight[p, g, o, i] * sample_p[g, i]``. Tap ``(dt, dh, dw)`` is sampled by one
+    ``deformable_aggregate`` call with the centre tap only, on the clip shifted by ``dt`` frames (zeros past its
+    ends; the clip itself for dt = 0) with ``(dh, dw)`` added to its offsets, and its sample is mixed into the sum
+    at once (one batched matmul over the groups, reading the ``(L, C)`` sample in place). :meth:`grouped_oracle`
+    is the first form: all P samples from one call over P stacked copies of the batch, then one einsum (9 copies
+    of the clip and a transposed copy of the ``(L, P, C)`` samples).
 
     The projection starts at zero (offsets 0, masks 0.5) and the centre tap's weight at 2 (twice the identity in the
     grouped form), every other tap at 0, so ``M(y) = y`` at initialisation.
@@ -211,14 +215,46 @@ class Modulator(nn.Module):
         self.weight = nn.Parameter(weight)
 
     def forward(self, ref: torch.Tensor, y: torch.Tensor, shape: Shape) -> torch.Tensor:
-        b, l, c = y.shape
-        p = self.taps.shape[0]
-        f = frame_conv(self.offset_dw, torch.cat([ref, y], dim=-1), shape)
-        o = self.offset_pw(f).reshape(b, l, self.groups, p, 3)
-        offsets = o[..., :2].contiguous()
-        mask = torch.sigmoid(o[..., 2]).contiguous()
+        offsets, mask = self.offsets_and_mask(ref, y, shape)
         if self.group_channels is None:
             return ops.deformable_aggregate(y, offsets, mask, self.weight.to(y.dtype), self.taps, shape)
+        return self._grouped(y, offsets, mask, shape)
+
+    def offsets_and_mask(self, ref: torch.Tensor, y: torch.Tensor, shape: Shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predicted ``offsets (B, L, Goff, P, 2)`` and ``mask (B, L, Goff, P)`` (for tests of the forms)."""
+        b, l, _ = y.shape
+        f = frame_conv(self.offset_dw, torch.cat([ref, y], dim=-1), shape)
+        o = self.offset_pw(f).reshape(b, l, self.groups, self.taps.shape[0], 3)
+        return o[..., :2].contiguous(), torch.sigmoid(o[..., 2]).contiguous()
+
+    def _grouped(self, y: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, shape: Shape) -> torch.Tensor:
+        """The grouped form tap by tap (see the class docstring); ``(B, L, C)``."""
+        t, hw = shape[0], shape[1] * shape[2]
+        b, l, c = y.shape
+        g, cg = c // self.group_channels, self.group_channels
+        centre, unit = self.taps.new_zeros(1, 3), y.new_ones(1, c)
+        weight = self.weight.to(y.dtype).transpose(2, 3)  # (P, G, I, O)
+        acc = None  # (G, B*L, O)
+        for p, (dt, dh, dw) in enumerate(self.tap_list):
+            x = y
+            if dt:  # x[t] = y[t + dt], zero where t + dt is outside the clip
+                a = abs(dt)
+                x = F.pad(y.reshape(b, t, hw, c), (0, 0, 0, 0, a, a))[:, dt + a:dt + a + t].reshape(b, l, c)
+            off = offsets[:, :, :, p:p + 1]
+            if dh or dw:
+                off = off + off.new_tensor([dh, dw])
+            sample = ops.deformable_aggregate(x, off.contiguous(), mask[..., p:p + 1].contiguous(), unit, centre,
+                                              shape)
+            rows = sample.reshape(b * l, g, cg).transpose(0, 1)  # (G, B*L, I), read in place
+            acc = torch.bmm(rows, weight[p]) if acc is None else acc.baddbmm_(rows, weight[p])
+        return acc.transpose(0, 1).reshape(b, l, c)
+
+    def grouped_oracle(self, ref: torch.Tensor, y: torch.Tensor, shape: Shape) -> torch.Tensor:
+        """The grouped form's first implementation (all taps in one call over P copies, one einsum): the oracle
+        of :meth:`forward` in the tests."""
+        b, l, c = y.shape
+        p = self.taps.shape[0]
+        offsets, mask = self.offsets_and_mask(ref, y, shape)
         samples = self._sample_taps(y, offsets, mask, shape)  # (B, L, P, C)
         g, cg = c // self.group_channels, self.group_channels
         out = torch.einsum("blpgi,pgoi->blgo", samples.reshape(b, l, p, g, cg), self.weight.to(y.dtype))

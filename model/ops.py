@@ -13,7 +13,8 @@ FLOP formulas (1 multiply-add = 2 FLOPs, FlopCounterMode's unit):
   ``*B``, ``+``, ``C*h``, ``+`` and the sum over states), plus 2 per (token, channel) for the ``D`` skip and 1 for
   the merge add: ``Bsz * K * L * C * (9 N + 3)``;
 * deformable aggregation: per token, tap and channel 4 bilinear multiply-adds + mask, weight and accumulate:
-  ``10 * Bsz * L * P * C``.
+  ``10 * Bsz * L * P * C``;
+* ``aten.baddbmm_`` (in place): as torch's ``baddbmm`` (FlopCounterMode has no formula for the in-place op).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.utils.flop_counter import register_flop_formula
+from torch.utils.flop_counter import baddbmm_flop, register_flop_formula
 
 from .backend import get_op
 
@@ -69,6 +70,10 @@ def _scan_flop(x_shape, delta_shape, a_shape, b_shape, c_shape, num_groups, out_
 def _deformable_flop(x_shape, offsets_shape, mask_shape, weight_shape, out_shape=None, **kwargs) -> int:
     batch, length, channels = x_shape
     return deformable_flops(batch, length, channels, mask_shape[-1])
+
+
+# torch counts ``baddbmm`` but not its in-place twin; the grouped STMM form accumulates its taps with ``baddbmm_``
+register_flop_formula(torch.ops.aten.baddbmm_, get_raw=True)(baddbmm_flop)  # already shape-wrapped
 
 
 SHAPE_OPS = {

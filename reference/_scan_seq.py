@@ -25,6 +25,7 @@ autograd graph, term by term).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -36,7 +37,26 @@ BLOCK = 16
 _BLOCK_ELEMS = 1 << 20
 # From this many state elements (rows x N x D) on, the forward steps each token in place (see Stepper).
 _STEP_ELEMS = 1 << 15
+# Below this many state elements the per-token steps run on one intra-op thread: ops this small (the 6 directions of
+# a base GSM block: 6 x 16 x 512 = 49k) spend more on OpenMP's fork/join than two threads save. Measured on 2 shared
+# cores (OMP_WAIT_POLICY=PASSIVE, torch 2.13, base sts6d scan, L = 15,360): 3.8-4.3 s on 2 threads, 2.2-2.4 s on 1.
+_SERIAL_ELEMS = 1 << 17
 _LOG2E = 1.0 / math.log(2.0)
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int):
+    """torch's intra-op thread count set to ``n`` (at most the current count) inside the block, restored after
+    (process-wide, as ``torch.set_num_threads``)."""
+    prev = torch.get_num_threads()
+    if n >= prev:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def block_size(rows: int, dstate: int, dim: int) -> int:
@@ -96,7 +116,8 @@ class Stepper:
 
     ``step`` takes one block's ``dt, dtu (m, R, D)``, ``Bm, Cm (m, R, G, N)`` and writes ``y (m, R, D)``. With at
     least ``_STEP_ELEMS`` state elements (and G = 1) every token is done in place on the one state tensor -- decay,
-    input term and output contraction (four ops per token, all on cache-resident ``(R, N, D)`` tensors); with fewer,
+    input term and output contraction (four ops per token, all on cache-resident ``(R, N, D)`` tensors; on one
+    intra-op thread below ``_SERIAL_ELEMS``); with fewer,
     a block's decays and states go through ``(block, R, N, D)`` buffers (fewer, larger ops).
     """
 
@@ -119,10 +140,11 @@ class Stepper:
             m, R, D = dt.shape
             per_token = zip(dt.view(m, R, 1, D).unbind(0), dtu.view(m, R, 1, D).unbind(0),
                             Bm.transpose(2, 3).unbind(0), Cm.unbind(0), y.view(m, R, 1, D).unbind(0), strict=True)
-            for dt_t, dtu_t, B_t, C_t, y_t in per_token:  # (R, 1, D), (R, 1, D), (R, N, 1), (R, 1, N), (R, 1, D)
-                torch.mul(dt_t, A2, out=a).exp2_()
-                h.mul_(a).addcmul_(dtu_t, B_t)  # a_t h_{t-1} + dtu_t B_t
-                torch.bmm(C_t, h, out=y_t)
+            with intra_op_threads(1 if h.numel() < _SERIAL_ELEMS else torch.get_num_threads()):
+                for dt_t, dtu_t, B_t, C_t, y_t in per_token:  # (R, 1, D), (R, 1, D), (R, N, 1), (R, 1, N), (R, 1, D)
+                    torch.mul(dt_t, A2, out=a).exp2_()
+                    h.mul_(a).addcmul_(dtu_t, B_t)  # a_t h_{t-1} + dtu_t B_t
+                    torch.bmm(C_t, h, out=y_t)
             return y
         _, H = block_states(self.h, dt, dtu, A2, Bm, self._a, self._H[self._i])
         contract_n(Cm, H, y)

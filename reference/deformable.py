@@ -16,9 +16,9 @@ Two implementations, fp32 (float64 for float64 inputs), autograd by PyTorch:
   * :func:`deformable_aggregate` -- the fast path: the sample positions, corner rows and bilinear weights of all
     taps in a few batched ops over ``(Bsz, L, Goff, P)``, then per tap one ``embedding_bag`` (the four weighted
     corner rows summed in one fused gather, with the mask folded into the corner weights) and one ``addcmul`` with
-    the tap weights. The same corners are read with the same weights (an outside corner reads the same clamped row
-    with weight 0), so a NaN or inf reaches the same outputs as in the oracle; only the rounding of the products
-    differs.
+    the tap weights (the first tap's weighted sample is the sum's start: no zero-filled buffer). The same corners
+    are read with the same weights (an outside corner reads the same clamped row with weight 0), so a NaN or inf
+    reaches the same outputs as in the oracle; only the rounding of the products differs.
 """
 
 from __future__ import annotations
@@ -166,8 +166,11 @@ def deformable_aggregate(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Ten
     coef = torch.stack(coef, -1).permute(3, 0, 1, 2, 4).reshape(P, -1, 4)
     table = x.to(acc).reshape(Bsz * L * Goff, cpg)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, offsets, mask, weight))
-    out = torch.zeros(Bsz, L, Goff, cpg, dtype=acc, device=dev)
+    out = None  # the first tap's weighted sample starts the sum (no zero-filled buffer to add it to)
     for p in range(P):
         val = F.embedding_bag(idx[p], table, per_sample_weights=coef[p], mode="sum").view(Bsz, L, Goff, cpg)
-        out = torch.addcmul(out, val, wgt[p]) if grad else out.addcmul_(val, wgt[p])
+        if out is None:
+            out = val * wgt[p] if grad else val.mul_(wgt[p])
+        else:
+            out = torch.addcmul(out, val, wgt[p]) if grad else out.addcmul_(val, wgt[p])
     return out.reshape(Bsz, L, C).to(x.dtype)

@@ -21,9 +21,11 @@ Two implementations with one contract:
     (step, row): delta, B and C given as views expanded over the directions (zero stride, as the model passes
     them) are indexed once, from their one natural-order copy. Without autograd recording nothing of size
     ``(Bsz, K, L, C)`` is formed: each block of steps gathers its tokens, computes dt in place, scans, adds
-    ``D u`` and index-adds the block into the fp32 ``(G, L)`` group sums. With autograd, the gathered rows are
-    materialised and the scan's hand-written backward runs. Per-direction outputs stay fp32 until the group sum
-    is cast to x's dtype. ``torch.compile`` runs it eagerly (a graph break).
+    ``D u`` and index-adds the block into the fp32 ``(G, L)`` group sums. When delta and delta_bias are the same
+    for every direction (zero-stride views, as the model passes them with ``ssm_sharing="all"``), dt is computed
+    once in natural order (one softplus per token and channel, not K) and gathered instead. With autograd, the
+    gathered rows are materialised and the scan's hand-written backward runs. Per-direction outputs stay fp32
+    until the group sum is cast to x's dtype. ``torch.compile`` runs it eagerly (a graph break).
 """
 
 from __future__ import annotations
@@ -110,6 +112,21 @@ def _natural_rows(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return t.reshape(t.shape[0], t.shape[1] * t.shape[2], t.shape[-1]), True
 
 
+def _shared_dt(delta: torch.Tensor, delta_bias: torch.Tensor | None, per_dir: bool, softplus: bool,
+               ct: torch.dtype, record_grad: bool) -> torch.Tensor | None:
+    """``dt = softplus(delta + delta_bias)`` once, ``(Bsz, L, C)`` in ct, natural order, when it is the same for
+    every direction: delta one tensor for all directions (``per_dir`` False: a zero-stride view, or K = 1) and
+    delta_bias None or one row for all (a zero-stride view over K, or K = 1); else None (dt per direction). The
+    same elementwise ops as per direction, so the same values and the same NaN/inf reach."""
+    if per_dir or not (delta_bias is None or delta_bias.shape[0] == 1 or delta_bias.stride(0) == 0):
+        return None
+    bias = None if delta_bias is None else delta_bias[0]
+    if record_grad:
+        return _dt(delta[:, 0], bias, softplus, ct, 2)
+    dt = delta[:, 0].to(ct, copy=True)  # our buffer: bias and softplus in place
+    return _dt(dt, bias, softplus, ct, 2, inplace=True)
+
+
 def _gather(rows: torch.Tensor, per_dir: bool, idx: torch.Tensor, dirs: torch.Tensor, L: int,
             out: torch.Tensor | None = None) -> torch.Tensor:
     """Time-major ``(m, S, Bsz, F)`` of ``rows (Bsz, M, F)`` at the natural indices ``idx (m, S)`` of directions
@@ -173,6 +190,7 @@ def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_so
         t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias))
     xr = (x, False)
     dr, br, cr = _natural_rows(delta), _natural_rows(B), _natural_rows(C)
+    dt_shared = _shared_dt(delta, delta_bias, dr[1], delta_softplus, ct, record_grad)  # (Bsz, L, C) or None
     out = torch.zeros(G * L, Bsz, Cch, dtype=ct, device=x.device)  # time-major group sums
     for idx, dirs in _row_tables(orders, reset, L):
         S = dirs.numel()
@@ -183,8 +201,11 @@ def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_so
         target = idx + grp[dirs] * L  # (n, S): row of the group sum each step adds to
         if record_grad:
             u = _gather(*xr, idx, dirs, L).to(ct)
-            dt = _gather(*dr, idx, dirs, L).to(ct)
-            dt = _dt(dt if bias is None else dt + bias, None, delta_softplus, ct, 3)
+            if dt_shared is not None:
+                dt = _gather(dt_shared, False, idx, dirs, L)
+            else:
+                dt = _gather(*dr, idx, dirs, L).to(ct)
+                dt = _dt(dt if bias is None else dt + bias, None, delta_softplus, ct, 3)
             dtu = dt * u
             n = idx.shape[0]
             y, _ = SequentialScan.apply(dt.view(n, R, Cch), dtu.view(n, R, Cch), A_rows,
@@ -205,10 +226,13 @@ def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_so
                 ib = idx[s:s + q]
                 m = ib.shape[0]
                 u = _gather(*xr, ib, dirs, L, u_b)
-                dt = _gather(*dr, ib, dirs, L, dt_b)
-                if bias is not None:
-                    dt.add_(bias)
-                _dt(dt, None, delta_softplus, ct, 3, inplace=True)
+                if dt_shared is not None:
+                    dt = _gather(dt_shared, False, ib, dirs, L, dt_b)
+                else:
+                    dt = _gather(*dr, ib, dirs, L, dt_b)
+                    if bias is not None:
+                        dt.add_(bias)
+                    _dt(dt, None, delta_softplus, ct, 3, inplace=True)
                 dtu = torch.mul(dt, u, out=dtu_b[:m])
                 y = stepper.step(dt.view(m, R, Cch), dtu.view(m, R, Cch), A2,
                                  _gather(*br, ib, dirs, L, B_b).view(m, R, 1, N),

@@ -329,6 +329,32 @@ def test_grouped_modulator_with_zero_offsets_is_a_grouped_convolution(which):
     assert_close(f"grouped {which} modulator", 0.5 * ref, out)
 
 
+@pytest.mark.parametrize("which", ["spatial", "temporal"])
+def test_grouped_modulator_tap_by_tap_matches_the_oracle(which):
+    """The grouped form tap by tap (forward) against its first form (P stacked copies, one einsum): values and
+    gradients, with learned-looking offsets (fractional, some outside the frame) and masks."""
+    t, h, w, c, cg = 3, 4, 5, 8, 4
+    from glsmamba.model.blocks import Modulator
+    from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
+
+    gen = torch.Generator().manual_seed(1)
+    mod = Modulator(c, SPATIAL_TAPS if which == "spatial" else TEMPORAL_TAPS, offset_groups=2, group_channels=cg)
+    with torch.no_grad():
+        for prm in mod.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=gen))
+    ref, y = (torch.randn(2, t * h * w, c, generator=gen) for _ in range(2))
+    res = {}
+    for name, fn in (("tap by tap", mod), ("oracle", mod.grouped_oracle)):
+        leaves = [v.clone().requires_grad_() for v in (ref, y)]
+        with model.use_backend("reference"):
+            out = fn(*leaves, (t, h, w))
+        dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+        params = [prm for prm in mod.parameters()]
+        res[name] = (out, *torch.autograd.grad(out, leaves + params, dy))
+    for i, (want, got) in enumerate(zip(res["oracle"], res["tap by tap"], strict=True)):
+        assert_close(f"{which} {i}", want, got, torch.float32, "fwd" if i == 0 else "grad")
+
+
 def test_low_resolution_variant_shapes_and_parameters():
     # feature_stride 16: the trunk runs on the 1/16 grid, the heatmaps still come out at 1/4
     tiny, lr = GLSMamba("tiny"), GLSMamba("tiny", feature_stride=16)
@@ -368,11 +394,20 @@ def _op_calls(backend: str) -> dict[str, int]:
     return {op: n for (op, b), n in call_counts().items() if b == backend}
 
 
+def _expected_calls(num_gsm: int, num_lrm: int) -> dict[str, int]:
+    """Registry calls of one forward of a grouped-STMM network (6 directions), derived from its structure: every
+    block (GSM or LRM) runs one ``ordered_selective_scan`` over all its directions; only a GSM block merges with
+    STMM, whose spatial modulator samples its 9 taps (3x3, ``SPATIAL_TAPS``) and temporal modulator its 3 taps
+    (dt = -1, 0, 1, ``TEMPORAL_TAPS``) one ``deformable_aggregate`` call per tap (the grouped form tap by tap): 12
+    calls per GSM block, none per LRM block (2 directions, no merge)."""
+    return {"ordered_selective_scan": num_gsm + num_lrm, "deformable_aggregate": num_gsm * (9 + 3)}
+
+
 def test_backend_switch_changes_what_a_built_model_runs(device):
     # 2 GSM (6 directions, STMM) + 1 LRM; narrow and small so the forwards under the interpreter stay short
     net = GLSMamba("tiny", num_frames=3, dim=8).eval().to(device)
     frames = _frames(1, 3, 8, 8).to(device)
-    expected = {"ordered_selective_scan": 3, "deformable_aggregate": 4}
+    expected = _expected_calls(num_gsm=2, num_lrm=1)  # 3 scans, 24 deformable calls
     try:
         for name in ("reference", "triton"):
             model.set_backend(name)
@@ -406,7 +441,7 @@ def test_auto_backend_on_cpu_runs_reference():
     reset_call_counts()
     with model.use_backend("auto"), torch.no_grad():
         net(_frames(1, 5, 16, 12))
-    assert _op_calls("reference") == {"ordered_selective_scan": 3, "deformable_aggregate": 4}
+    assert _op_calls("reference") == _expected_calls(num_gsm=2, num_lrm=1)  # tiny: 2 GSM + 1 LRM
     with pytest.raises(ValueError, match="backend"):
         net.backend = "cuda"
 
@@ -429,7 +464,7 @@ def test_whole_network_reference_vs_triton_outputs_and_all_grads(device):
         reset_call_counts()
         with model.use_backend(backend), exact_float32():  # TF32 off on GPU: compare the kernels, not TF32
             out = net(frames)
-            assert _op_calls(backend) == {"ordered_selective_scan": 2, "deformable_aggregate": 2}
+            assert _op_calls(backend) == _expected_calls(num_gsm=1, num_lrm=1)  # 2 scans, 12 deformable calls
             cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device)
             (out * cot).sum().backward()
         results[backend] = (out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()})

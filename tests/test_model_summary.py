@@ -62,6 +62,9 @@ def test_scans_and_deformable_are_counted_by_hand(form):
     assert fc.total("gsm.0.ssm.x_proj") == 2 * l * di * (cfg.dt_rank_ + 2 * n)
     mixing = [0, 0] if form == "depthwise" else [2 * l * p * di * c for p, c in zip((9, 3), cfg.stmm_channels_per_group,
                                                                                    strict=True)]
+    # the grouped form samples tap by tap (9 spatial + 3 temporal deformable_aggregate calls of 1 tap each, the
+    # depthwise form 1 call of 9 / 3 taps): the same 10 FLOPs per token, tap and channel either way; its mixing is
+    # a batched matmul per tap (bmm, then baddbmm_ in place), 2 * L * Di * c per tap
     assert fc.categories("gsm.1.merge.spatial")["deformable"] == 10 * l * 9 * di + mixing[0]  # 9 taps
     assert fc.categories("gsm.1.merge.temporal")["deformable"] == 10 * l * 3 * di + mixing[1]  # 3 taps
     assert fc.total("embed.proj") == 2 * l * cfg.conv_channels[-1] * cfg.dim

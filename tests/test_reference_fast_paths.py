@@ -46,13 +46,23 @@ def _ordered_setup(case):
     return shape, scan_orders(shape, ["temporal", "unified_rev"]), None, (0, 0)
 
 
+def _one_direction(v: torch.Tensor) -> torch.Tensor:
+    """Direction 0 of ``(Bsz, K, ...)`` (delta, B, C) or of ``(K, C)`` (delta_bias), keeping the dimension."""
+    return v[:1] if v.dim() == 2 else v[:, :1]
+
+
+def _over_directions(v: torch.Tensor, K: int) -> torch.Tensor:
+    """``_one_direction``'s result as a zero-stride view over K directions."""
+    return v.expand(K, v.shape[1]) if v.dim() == 2 else v.expand(v.shape[0], K, *v.shape[2:])
+
+
 def _ordered_call(fn, inp, shared, orders, reset, groups, grads, softplus=True):
     """Run ``fn`` with delta/B/C (``shared``) given as zero-stride views of one natural-order tensor, the way the
     model passes them. Returns (out, {name: grad of the leaves})."""
     K = orders.shape[0]
-    leaves = {k: None if v is None else (v[:, :1] if k in shared else v).detach().clone().requires_grad_(grads)
-              for k, v in inp.items()}
-    args = {k: v.expand(v.shape[0], K, *v.shape[2:]) if k in shared else v for k, v in leaves.items()}
+    leaves = {k: None if v is None else (_one_direction(v) if k in shared else v).detach().clone().requires_grad_(
+        grads) for k, v in inp.items()}
+    args = {k: _over_directions(v, K) if k in shared else v for k, v in leaves.items()}
     out = fn(**args, orders=orders, groups=groups, reset=reset, delta_softplus=softplus)
     if not grads:
         return out, {}
@@ -62,14 +72,17 @@ def _ordered_call(fn, inp, shared, orders, reset, groups, grads, softplus=True):
 
 
 @pytest.mark.usefixtures("stepper_mode")
-@pytest.mark.parametrize("case", ["sts6d", "sts6d-per-direction", "windows", "windows-rev-groups", "mixed"])
+@pytest.mark.parametrize("case", ["sts6d", "sts6d-per-direction", "sts6d-shared-bias", "windows",
+                                  "windows-shared-bias", "windows-rev-groups", "mixed", "mixed-shared-bias"])
 def test_ordered_fast_path_matches_unfused(case):
-    shape, orders, reset, groups = _ordered_setup(case)
+    """"-shared-bias": delta_bias one row expanded over the directions as well (the model's ``ssm_sharing="all"``):
+    the fast path computes softplus(delta + bias) once and gathers it; "mixed-shared-bias" without softplus."""
+    shape, orders, reset, groups = _ordered_setup(case.removesuffix("-shared-bias"))
     K = orders.shape[0]
-    inp = test_ordered_scan.make_inputs(K, B=2, shape=shape, C=5, N=3, has_D=case != "mixed",
+    inp = test_ordered_scan.make_inputs(K, B=2, shape=shape, C=5, N=3, has_D=not case.startswith("mixed"),
                                         has_bias=case != "windows")
-    shared = () if case == "sts6d-per-direction" else SHARED
-    softplus = case != "mixed"
+    shared = () if case == "sts6d-per-direction" else SHARED + (("delta_bias",) if "shared-bias" in case else ())
+    softplus = not case.startswith("mixed")
     if not softplus:
         inp["delta"] = inp["delta"].abs()
     want, want_g = _ordered_call(ordered_selective_scan_unfused, inp, shared, orders, reset, groups, True, softplus)
@@ -108,33 +121,41 @@ class _LargestFloat32(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.largest = 0
+        self.softplus = 0  # elements that went through a softplus
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if func._overloadpacket is torch.ops.aten.softplus:
+            self.softplus += args[0].numel()
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
                 self.largest = max(self.largest, t.untyped_storage().nbytes() // 4)
         return out
 
 
-@pytest.mark.parametrize("case", ["sts6d", "windows"])
+@pytest.mark.parametrize("case", ["sts6d", "windows", "sts6d-shared-bias"])
 def test_ordered_fast_path_no_grad_forms_no_bklc_temporary(case):
     """Without autograd nothing of Bsz*K*L*C fp32 elements is formed: the group sums are G*L*C (G < K here), the
-    scan's per-block buffers (block x rows x N x C) do not grow with L."""
-    shape = (3, 16, 12) if case == "sts6d" else (5, 16, 12)
-    orders = scan_orders(shape, STS6D) if case == "sts6d" else window_orders(shape, (4, 3))[0]
-    reset = None if case == "sts6d" else window_orders(shape, (4, 3))[1]
-    groups = (0, 1, 2, 0, 1, 2) if case == "sts6d" else (0, 0)
+    scan's per-block buffers (block x rows x N x C) do not grow with L; with a shared delta bias the one natural-
+    order dt is Bsz*L*C."""
+    sts6d = case.startswith("sts6d")
+    shape = (3, 16, 12) if sts6d else (5, 16, 12)
+    orders = scan_orders(shape, STS6D) if sts6d else window_orders(shape, (4, 3))[0]
+    reset = None if sts6d else window_orders(shape, (4, 3))[1]
+    groups = (0, 1, 2, 0, 1, 2) if sts6d else (0, 0)
     K, L, C = orders.shape[0], orders.shape[1], 32
-    inp = test_ordered_scan.make_inputs(K, B=1, shape=shape, C=C, N=4 if case == "sts6d" else 2)
-    inp = {k: v[:, :1].clone() if k in SHARED else v for k, v in inp.items()}  # (1, 1, L, .): no K-fold storage
+    shared = SHARED + (("delta_bias",) if case.endswith("-shared-bias") else ())
+    inp = test_ordered_scan.make_inputs(K, B=1, shape=shape, C=C, N=4 if sts6d else 2)
+    inp = {k: _one_direction(v).clone() if k in shared else v for k, v in inp.items()}  # no K-fold storage
     mode = _LargestFloat32()
     with torch.no_grad():
-        want, _ = _ordered_call(ordered_selective_scan_unfused, inp, SHARED, orders, reset, groups, False)
+        want, _ = _ordered_call(ordered_selective_scan_unfused, inp, shared, orders, reset, groups, False)
         with mode:
-            got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, False)
+            got, _ = _ordered_call(ordered_selective_scan, inp, shared, orders, reset, groups, False)
     assert_close("out", want, got, torch.float32)
     assert 0 < mode.largest < K * L * C, (mode.largest, K * L * C)
+    # softplus(delta + bias): once per token and channel when delta and its bias are shared, else per direction
+    assert mode.softplus == (1 if "delta_bias" in shared else K) * L * C, mode.softplus
 
 
 @pytest.mark.parametrize("taps", [SPATIAL_TAPS, TEMPORAL_TAPS], ids=["spatial", "temporal"])
@@ -176,3 +197,43 @@ def test_deformable_nan_offsets_with_odd_width():
         out = fn(**inp, taps=SPATIAL_TAPS, shape=shape)
         assert torch.isnan(out[0, 4, 2:]).all() and torch.isfinite(out[0, 4, :2]).all()
         assert torch.isfinite(out[0, :4]).all() and torch.isfinite(out[0, 5:]).all()
+
+
+class _ThreadsAtExp2(TorchDispatchMode):
+    """Records torch's intra-op thread count at every ``exp2_`` (the per-token decay of the sequential scan)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._overloadpacket is torch.ops.aten.exp2_:
+            self.seen.add(torch.get_num_threads())
+        return func(*args, **(kwargs or {}))
+
+
+def test_small_per_token_states_step_on_one_thread(monkeypatch):
+    """Per-token steps on a state below _SERIAL_ELEMS run on one intra-op thread (OpenMP's fork/join costs more
+    than two threads save on ops that small); the caller's thread count is restored, also after an error."""
+    from glsmamba.reference import _scan_seq
+
+    monkeypatch.setattr(_scan_seq, "_STEP_ELEMS", 1)  # per-token stepping at this size
+    shape, orders, reset, groups = _ordered_setup("sts6d")
+    inp = test_ordered_scan.make_inputs(6, B=1, shape=shape, C=4, N=2)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for serial_below, want in ((1 << 17, {1}), (1, {2})):
+            monkeypatch.setattr(_scan_seq, "_SERIAL_ELEMS", serial_below)
+            mode = _ThreadsAtExp2()
+            with torch.no_grad(), mode:
+                got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, False)
+            assert mode.seen == want and torch.get_num_threads() == 2
+        want, _ = _ordered_call(ordered_selective_scan_unfused, inp, SHARED, orders, reset, groups, False)
+        assert_close("out", want, got, torch.float32)
+        with pytest.raises(RuntimeError, match="inside"), _scan_seq.intra_op_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(prev)

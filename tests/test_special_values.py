@@ -119,7 +119,8 @@ def _run_ordered(fn, base, shared, orders, reset, groups, grads=True):
     """delta, B, C passed as the model passes them: one natural-order tensor expanded over the directions."""
     leaves = {k: v.detach().clone().requires_grad_(grads) for k, v in base.items()}
     K = orders.shape[0]
-    args = {k: v.expand(v.shape[0], K, *v.shape[2:]) if k in shared else v for k, v in leaves.items()}
+    args = {k: (v.expand(K, v.shape[1]) if v.dim() == 2 else v.expand(v.shape[0], K, *v.shape[2:])) if k in shared
+            else v for k, v in leaves.items()}  # delta_bias (1, C) -> (K, C)
     out = fn(**args, orders=orders, groups=groups, reset=reset)
     if not grads:
         return out, {}
@@ -127,17 +128,21 @@ def _run_ordered(fn, base, shared, orders, reset, groups, grads=True):
     return out, dict(zip(leaves, torch.autograd.grad((out * dy).sum(), list(leaves.values())), strict=True))
 
 
-@pytest.mark.parametrize("kind", ["sts6d", "windows"])
+@pytest.mark.parametrize("kind", ["sts6d", "windows", "sts6d-shared-bias"])
 @pytest.mark.parametrize("name", ["x", "delta", "B", "C"])
 def test_ordered_scan_nan_inf_locality(kind, name, stepper_mode):
-    """The fast path (no-grad and autograd) against the unfused composition, delta/B/C as zero-stride views."""
-    shape, orders, reset, groups = _ordered_case(kind)
+    """The fast path (no-grad and autograd) against the unfused composition, delta/B/C as zero-stride views
+    ("-shared-bias": delta_bias too, one row: the fast path's softplus once for all directions)."""
+    shape, orders, reset, groups = _ordered_case(kind.removesuffix("-shared-bias"))
     K = orders.shape[0]
     for pos in (0, 15, 16, 31, 47, 59):
         for value in SPECIAL:
             inp = test_ordered_scan.make_inputs(K, B=2, shape=shape, C=3, N=2)
             shared = ("delta", "B", "C")
             base = {k: v[:, :1].clone() if k in shared else v for k, v in inp.items()}
+            if kind.endswith("-shared-bias"):
+                shared += ("delta_bias",)
+                base["delta_bias"] = inp["delta_bias"][:1].clone()
             base[name][(0, 0, pos, 1) if name in shared else (0, pos, 1)] = value
             want, want_g = _run_ordered(ordered_selective_scan_unfused, base, shared, orders, reset, groups)
             out, grads = _run_ordered(ordered_selective_scan, base, shared, orders, reset, groups)
