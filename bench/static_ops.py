@@ -304,7 +304,7 @@ def space_time_spec(op: str) -> OpSpec:
 
 
 def build_deformable(p: dict[str, Any], grad: bool) -> Case:
-    from glsmamba.reference.deformable import SPATIAL_TAPS
+    from glsmamba.reference.checks import SPATIAL_TAPS
 
     g = _gen(0, p)
     T, H, W = p["thw"]

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from glsmamba.kernels._utils import cdiv, check_runnable, device_guard, gpu_geometry, next_pow2, record_build
-from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS, _check_deformable  # noqa: F401  (re-exported)
+from glsmamba.reference.checks import SPATIAL_TAPS, TEMPORAL_TAPS, _check_deformable  # noqa: F401  (re-exported)
 
 record_build()  # Triton decorates the kernels below in the mode TRITON_INTERPRET names now
 

@@ -1,12 +1,14 @@
-"""Input checks shared by the references and the Triton kernels: one message for one mistake on either backend.
+"""Input checks (and the STMM tap tables) shared by the references and the Triton kernels: one message for one
+mistake on either backend.
 
-Kept apart from the implementations so that the kernels import only these (``kernels/`` may import reference's input
-checks, nothing else of it), and the static report's count cache (``bench/static.py``) is not invalidated by a
-change to a reference implementation.
+Kept apart from the implementations so that the kernels import only these (``kernels/`` may import reference's
+input checks and tables, nothing else of it), and the static report's count cache (``bench/static.py``) is not
+invalidated by a change to a reference implementation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +18,7 @@ from glsmamba.reference.space_time import (
     _check_orders,
     _check_reset,
     _check_same_device,
+    _check_shape,
     _check_tensor,
 )
 
@@ -141,3 +144,48 @@ def _check_ordered_scan(x, delta, A, B, C, D, orders, groups, reset, delta_bias
     _check_reset(reset, K, L, x)
     _check_same_device(x, "x", delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias, orders=orders)
     return OrderedScanDims(Bsz, L, Cch, N, K, gs), inv
+
+
+SPATIAL_TAPS: torch.Tensor = torch.tensor([[0, dh, dw] for dh in (-1, 0, 1) for dw in (-1, 0, 1)], dtype=torch.int64)
+"""The 3x3 spatial taps at dt = 0, ``(9, 3)`` rows ``(dt, dh, dw)``, dh major."""
+
+TEMPORAL_TAPS: torch.Tensor = torch.tensor([[dt, 0, 0] for dt in (-1, 0, 1)], dtype=torch.int64)
+"""The temporal taps dt in (-1, 0, 1) at the same pixel, ``(3, 3)`` rows ``(dt, dh, dw)``."""
+
+
+def _check_deformable(x: object, offsets: object, mask: object, weight: object, taps: object,
+                      shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """Validate the :func:`deformable_aggregate` arguments; returns ``(T, H, W, Goff)``."""
+    x = _check_tensor(x, "x", 3, what=" (Bsz, L, C)")
+    Bsz, L, C = x.shape
+    T, H, W = _check_shape(shape)
+    if T * H * W != L:
+        raise ValueError(f"shape {(T, H, W)} has T*H*W = {T * H * W} tokens but x has L = {L} "
+                         f"(x shape {tuple(x.shape)})")
+    if not isinstance(taps, torch.Tensor):
+        raise TypeError(f"taps must be an integer torch.Tensor of shape (P, 3), got {type(taps).__name__}")
+    if taps.dim() != 2 or taps.shape[1] != 3 or taps.shape[0] < 1:
+        raise ValueError(f"taps must have shape (P, 3) with P >= 1 rows (dt, dh, dw), got shape {tuple(taps.shape)}")
+    if taps.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"taps must have an integer dtype (int64 or int32), got {taps.dtype}")
+    P = taps.shape[0]
+    weight = _check_tensor(weight, "weight", 2, what=" (P, C)")
+    if tuple(weight.shape) != (P, C):
+        raise ValueError(f"weight must have shape (P, C) = ({P}, {C}), got shape {tuple(weight.shape)}")
+    offsets = _check_tensor(offsets, "offsets", 5, what=" (Bsz, L, Goff, P, 2)")
+    Goff = offsets.shape[2]
+    if offsets.shape[3] != P:
+        raise ValueError(f"offsets must have one (off_h, off_w) pair per tap: shape (Bsz, L, Goff, P={P}, 2), "
+                         f"got shape {tuple(offsets.shape)} ({offsets.shape[3]} taps)")
+    if Goff < 1 or tuple(offsets.shape) != (Bsz, L, Goff, P, 2):
+        raise ValueError(f"offsets must have shape (Bsz, L, Goff, P, 2) = ({Bsz}, {L}, Goff, {P}, 2), "
+                         f"got shape {tuple(offsets.shape)}")
+    if C % Goff != 0:
+        raise ValueError(f"the channel count C = {C} of x must be divisible by the offset groups "
+                         f"Goff = {Goff} (offsets shape {tuple(offsets.shape)})")
+    mask = _check_tensor(mask, "mask", 4, what=" (Bsz, L, Goff, P)")
+    if tuple(mask.shape) != (Bsz, L, Goff, P):
+        raise ValueError(f"mask must have shape (Bsz, L, Goff, P) = ({Bsz}, {L}, {Goff}, {P}), "
+                         f"got shape {tuple(mask.shape)}")
+    _check_same_device(x, "x", offsets=offsets, mask=mask, weight=weight)
+    return T, H, W, Goff
