@@ -25,6 +25,9 @@ no atomics.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import torch
 import triton
 import triton.language as tl
@@ -289,12 +292,20 @@ class _Geo:
         self.CK = 256 if gpu else 16
         self.n_ck = max(1, cdiv(length, self.CK))
         self.group_size = dim // groups
-        target = 2 * sm_budget(device)  # programs that fill two waves
-        # forward: one warp per program holding R rows x BLOCK_T steps; more rows per warp means fewer shuffle
-        # rounds per scan, fewer programs. Chunks only when even one row per program cannot fill the GPU.
+        sms = sm_budget(device)
+        target = 2 * sms  # programs that fill two waves
+        # forward: one warp per program holding R rows x BLOCK_T steps (R x BLOCK_T = 256 elements a step, so a
+        # program's instructions grow with R). An SM issues from 4 schedulers, one warp each per clock: with fewer
+        # than 4 resident one-warp programs some stay idle. So R minimises the busiest SM's issue time,
+        # ceil(P / SMs) x R / min(4, ceil(P / SMs)) for P = batch x dim / R programs; on a tie the larger R
+        # (fewer shuffle rounds per scan). Chunks only when even one row per program cannot fill the GPU.
         if gpu:
-            self.BLOCK_T, self.R = next(((t, r) for t, r in ((64, 4), (128, 2), (256, 1))
-                                         if dim % r == 0 and batch * dim // r >= target), (256, 1))
+            def issue(r: int) -> Fraction:
+                per_sm = math.ceil(Fraction(batch * dim // r) / sms)
+                return Fraction(per_sm * r, min(4, max(per_sm, 1)))
+
+            fits = [(t, r) for t, r in ((64, 4), (128, 2), (256, 1)) if dim % r == 0]
+            self.BLOCK_T, self.R = min(fits, key=lambda tr: (issue(tr[1]), -tr[1]))
         else:
             self.BLOCK_T, self.R = knobs.fwd_tile or self.CK, divisor(dim)
         self.CK_TILES = self.CK // self.BLOCK_T
