@@ -249,3 +249,33 @@ def test_count_cache_digest_covers_every_module_a_count_launches_from():
         assert modules, spec.op
         for m in modules:
             assert Path(sys.modules[f"glsmamba.{m}"].__file__) in files, (spec.op, m)
+
+
+def test_readme_shows_the_committed_static_report(tmp_path):
+    """The README section is the one ``write_readme`` makes from the committed static.md, and static.md's per-op
+    table shows the committed static.csv's ``all`` rows (traffic ratio, estimate, roofline share, loop counts)."""
+    import csv
+    import shutil
+    from pathlib import Path
+
+    from glsmamba.bench.report_static import write_readme
+
+    if not (static.RESULTS / "static.csv").exists() or not static.README.exists():
+        pytest.skip("no committed static report next to this installation (not a source checkout)")
+    md = (static.RESULTS / "static.md").read_text()
+    readme = Path(shutil.copy(static.README, tmp_path / "README.md"))
+    write_readme(md, readme)
+    assert readme.read_text() == static.README.read_text(), "README static section is not static.md's: rerun"
+    with open(static.RESULTS / "static.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["kernel"] == "all" and not r["op"].endswith("_unfused")]
+    table = md.split("## Per op (kernel `all`)\n", 1)[1].split("## ", 1)[0]
+    shown = {tuple(c.strip() for c in line.split("|")[1:4]): [c.strip() for c in line.split("|")[4:-1]]
+             for line in table.splitlines() if line.startswith("| ") and not line.startswith("| ---")}
+    assert len(shown) == len(rows) + 1 > 1  # + the header
+    for r in rows:
+        cells = shown[(r["op"], r["shape"], r["mode"])]  # KeyError: a CSV row the table does not show
+        # the CSV keeps one more decimal than the table, both rounded from one float: half a unit of each apart
+        for i, col, places in ((0, "traffic_ratio", 2), (1, "est_us", 1), (3, "est_pct_roofline", 1),
+                               (5, "loop_instr_per_elem_state", 1)):
+            assert abs(float(cells[i]) - float(r[col])) <= 0.55 * 10.0 ** -places, (col, cells[i], r[col])
+        assert cells[7:] == [r["regs"], r["spills"]], r
