@@ -446,6 +446,7 @@ def run(out: Path = RESULTS, workers: int = 2, update_readme: bool = True, say: 
 
     check_triton()
     t0 = time.time()
+    commit = git_commit()  # before this run writes counts.json (a tracked file): the commit measured, not "+dirty"
     all_specs = specs()
     # the unfused pipeline's torch ops are the heaviest capture: first
     caps = pool("capture", [dict(spec=i, cost=4 if i < 0 else 1) for i in [-1, *range(len(all_specs))]], workers)
@@ -501,7 +502,7 @@ def run(out: Path = RESULTS, workers: int = 2, update_readme: bool = True, say: 
         raise errors[0]
     say(f"compiled {len(jobs)} launches for sm_90 ({time.time() - t0:.0f} s; "
         f"{sum(c['cpu_s'] for c in compiled):.0f} CPU s in the workers, ptxas not included)")
-    meta = {"triton": triton.__version__, "commit": git_commit()}
+    meta = {"triton": triton.__version__, "commit": commit}
     rows, details, notes = [], {}, {}
     for si, spec in enumerate(all_specs):
         pts = [c for (sj, _), c in zip(uses, counted, strict=True) if sj == si]
