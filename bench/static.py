@@ -18,8 +18,8 @@ Counted points are cached in ``counts.json`` next to the CSV (committed with it)
 its count depends on (:func:`sources_digest`: the op's kernels and launchers and every module they import, the
 counter, the op builds, the count driver, the triton/torch/numpy releases). A count is a pure function of those,
 so a cached point is the point counted again; a change to an op's kernels or launchers changes that op's digest
-and its points are counted afresh (``--recount`` counts every point). The interpreter step is most
-of a cold run (about 20 CPU-minutes); the capture, the sm_90 compile and the report are redone every run.
+and its points are counted afresh (``--recount`` counts every point). The interpreter step is most of a cold
+run (about 25 CPU-minutes, 2026-12-02); the capture, the sm_90 compile and the report are redone every run.
 """
 
 from __future__ import annotations
@@ -106,11 +106,12 @@ def _module_file(name: str) -> Path | None:
     return None if spec is None or spec.origin is None else Path(spec.origin)
 
 
-def _imports(name: str, tree: ast.AST) -> set[str]:
-    """The ``glsmamba`` modules a module imports (any scope, relative imports resolved), with their packages."""
+def _imports(name: str, path: Path) -> set[str]:
+    """The ``glsmamba`` modules the module ``name`` (source ``path``) imports (any scope, relative imports
+    resolved), with their packages."""
     out: set[str] = set()
-    pkg = name if _module_file(name).name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(tree):
+    pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_bytes())):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -138,7 +139,7 @@ def _source_files(op: str) -> list[Path]:
             continue
         seen[name] = f
         if f.name != "__init__.py":  # a package's own imports (the model behind model.backend) define, not count
-            todo += sorted(_imports(name, ast.parse(f.read_bytes())))
+            todo += sorted(_imports(name, f))
     return [seen[k] for k in sorted(seen)]
 
 
@@ -481,12 +482,12 @@ def run(out: Path = RESULTS, workers: int = 2, update_readme: bool = True, say: 
                 tasks.append(t)
                 keys.append(key)
             uses.append((si, slot[key]))
-    op_digest = {spec.op: sources_digest(spec.op) for spec in all_specs}
+    op_digest = {op: sources_digest(op) for op in {spec.op for spec in all_specs}}
     digests = {k: op_digest[all_specs[t["spec"]].op] for k, t in zip(keys, tasks, strict=True)}
     cached = {} if recount else load_counts(out / "counts.json", digests)
     todo = [i for i, k in enumerate(keys) if k not in cached]
     fresh = dict(zip([keys[i] for i in todo], pool("count", [tasks[i] for i in todo], workers), strict=True))
-    unique = [cached.get(k) or fresh[k] for k in keys]
+    unique = [cached[k] if k in cached else fresh[k] for k in keys]
     out.mkdir(parents=True, exist_ok=True)
     save_counts(out / "counts.json", digests, dict(zip(keys, unique, strict=True)))  # kept if a later step fails
     counted = [unique[i] for _, i in uses]
