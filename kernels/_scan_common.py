@@ -276,7 +276,7 @@ def summary_tile(dl_ptr, v1_ptr, v2_ptr, off, P_ptr, P_rows, s_Pn, mask, rst, A2
     Backward: the adjoint passed back to the previous chunk from a zero end, ``sum_s prod_{r <= s} a_r * dy_s
     C_s`` (v1 = dout, v2 = z when the output is gated, P = C), with ``offs`` the dt summed over the earlier tiles
     of the chunk. With resets, steps before the tile's last reset (forward) or from its first reset on
-    (backward) contribute nothing. Returns (acc, offs + sum dt, any reset in the tile)."""
+    (backward) contribute nothing. Returns (acc, offs + sum dt)."""
     lm = mask
     if GATHER:
         lm = lim
@@ -316,7 +316,7 @@ def summary_tile(dl_ptr, v1_ptr, v2_ptr, off, P_ptr, P_rows, s_Pn, mask, rst, A2
             new = new + (acc[n] * dec + term,)
         else:
             new = new + (acc[n] + term,)
-    return new, offs + tot, hit
+    return new, offs + tot
 
 
 @triton.jit

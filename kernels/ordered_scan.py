@@ -175,9 +175,7 @@ def _os_summary_kernel(dl_ptr, dout_ptr, A_ptr, C_ptr, bias_ptr, ord_ptr, rst_pt
     bk = tl.program_id(2).to(IDX)
     b = bk // K
     k = bk % K
-    # (distinct names for the unused returns: a name assigned before the loop and in it is loop-carried, and the
-    # two have different shapes)
-    A2s, bias, _no_d = _dir_params(A_ptr, None, bias_ptr, k, rows, CH, NS, False, HAS_BIAS)
+    A2s, bias, _ = _dir_params(A_ptr, None, bias_ptr, k, rows, CH, NS, False, HAS_BIAS)
     acc = ()
     for _n in tl.static_range(NS):
         acc = acc + (tl.zeros([BLOCK_R], dtype=tl.float32),)
@@ -193,9 +191,8 @@ def _os_summary_kernel(dl_ptr, dout_ptr, A_ptr, C_ptr, bias_ptr, ord_ptr, rst_pt
         if HAS_RESET:
             rst = _step_flags(rst_ptr, k * LP + t0, BLOCK_T, VEC)
         offs_t = _step_offs(ord_ptr, k * LP + t0, rows, unit, CH, BLOCK_T, VEC)
-        acc, offs, _tile_end = summary_tile(db, gb, None, offs_t, C_ptr, p_rows + it * BLOCK_T, CK_TILES * BLOCK_T,
-                                            mask, rst, A2s, acc, offs, bias, NS, SOFTPLUS, False, HAS_RESET, True,
-                                            False, FAST, True, L - t0)
+        acc, offs = summary_tile(db, gb, None, offs_t, C_ptr, p_rows + it * BLOCK_T, CK_TILES * BLOCK_T, mask, rst,
+                                 A2s, acc, offs, bias, NS, SOFTPLUS, False, HAS_RESET, True, False, FAST, True, L - t0)
     o = (bk * NCK + c) * CH + rows
     for n in tl.static_range(NS):
         tl.store(loc_ptr + o * NS + n, acc[n])

@@ -194,9 +194,8 @@ def _ss_summary_kernel(u_ptr, dl_ptr, A_ptr, P_ptr, z_ptr, bias_ptr, loc_ptr, ds
         t = (i_c * TILES + it) * BLOCK_T + o_t
         mask = (t < L)[None, :] & (rows >= 0)[:, None]
         off = base + _offsets(rows, t, s_d, s_l, unit, CHANNEL_LAST)
-        acc, offs, _ = summary_tile(dl_ptr, u_ptr, z_ptr, off, P_ptr, pc + t[None, :], s_Pn, mask, None, A2s, acc,
-                                    offs, bias, NS, SOFTPLUS, HAS_Z, False, True,
-                                    FORWARD, FAST)
+        acc, offs = summary_tile(dl_ptr, u_ptr, z_ptr, off, P_ptr, pc + t[None, :], s_Pn, mask, None, A2s, acc,
+                                 offs, bias, NS, SOFTPLUS, HAS_Z, False, True, FORWARD, FAST)
     o = ((i_b * NCHUNK + i_c) * DIM + rows)
     for n in tl.static_range(NS):
         tl.store(loc_ptr + o * NS + n, acc[n])
