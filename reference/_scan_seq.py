@@ -8,11 +8,12 @@ Time-major layout: per-token tensors ``(L, R, D)`` (R rows: batch rows, or scan 
     y_t = sum_n C_t[n] h_t[n]
 
 in the oracle's order of operations (``selective_scan_recurrent``): no closed form mixes tokens, so the values
-agree to rounding and a NaN or inf reaches exactly the outputs and gradients it reaches in the oracle. With many
-rows (the directions of an ordered scan) each token is four in-place ops on the one ``(R, N, D)`` state, which
-stays in cache; with few, per block of up to ``BLOCK`` tokens the exponentials, the input terms ``dtu_t B_t`` and
-the contraction with C are single batched ops over ``(tokens, R, N, D)`` and the sequential part is one
-``addcmul`` per token. One exponential per (token, state, channel) is the least work the recurrence needs (the
+agree to rounding and a NaN or inf reaches exactly the outputs and gradients it reaches in the oracle. Per block of
+up to ``BLOCK`` tokens the exponentials, the input terms ``dtu_t B_t`` and the contraction with C are single
+batched ops over ``(tokens, R, N, D)`` on all intra-op threads, and the sequential part is one ``addcmul`` per
+token (on one thread while the state is small); with a large state (many rows: the reset segments of windowed
+scans) each token is instead four in-place ops on the one ``(R, N, D)`` state, each large enough for all threads.
+One exponential per (token, state, channel) is the least work the recurrence needs (the
 chunked closed form in ``_scan_chunked.py`` spends two, plus prefix sums); ``bench/bench_reference_speed.py``
 measures both.
 
@@ -35,11 +36,14 @@ import torch
 BLOCK = 16
 # Fewer tokens per block when R*N*D is large: keep a block's buffers near the L2/L3 cache.
 _BLOCK_ELEMS = 1 << 20
-# From this many state elements (rows x N x D) on, the forward steps each token in place (see Stepper).
-_STEP_ELEMS = 1 << 15
-# Below this many state elements the per-token steps run on one intra-op thread: ops this small (the 6 directions of
-# a base GSM block: 6 x 16 x 512 = 49k) spend more on OpenMP's fork/join than two threads save. Measured on 2 shared
-# cores (OMP_WAIT_POLICY=PASSIVE, torch 2.13, base sts6d scan, L = 15,360): 3.8-4.3 s on 2 threads, 2.2-2.4 s on 1.
+# From this many state elements (rows x N x D) on, the forward steps each token in place (see Stepper): the per-token
+# ops are then large enough for all intra-op threads. Below it, a block's decays and input terms are single ops
+# over (block, R, N, D) on all threads and only the recurrence itself runs per token. Measured on 2 cores (torch
+# 2.13, the base network's sts6d scan: 6 x 16 x 512 state, L = 15,360, no grad, the two paths alternated in one
+# process, medians of 6): per token 1.39 s, block path 1.06 s per call.
+_STEP_ELEMS = 1 << 17
+# Below this many state elements the per-token ops (the recurrence's addcmul) run on one intra-op thread: ops this
+# small (49k elements for the base scan above) spend more on OpenMP's fork/join than two threads save.
 _SERIAL_ELEMS = 1 << 17
 _LOG2E = 1.0 / math.log(2.0)
 
@@ -57,6 +61,11 @@ def intra_op_threads(n: int):
         yield
     finally:
         torch.set_num_threads(prev)
+
+
+def serial_for(state: torch.Tensor):
+    """The thread count for per-token ops on ``state``: one intra-op thread below ``_SERIAL_ELEMS`` elements."""
+    return intra_op_threads(1 if state.numel() < _SERIAL_ELEMS else torch.get_num_threads())
 
 
 def block_size(rows: int, dstate: int, dim: int) -> int:
@@ -103,12 +112,22 @@ def block_states(h: torch.Tensor, dt: torch.Tensor, dtu: torch.Tensor, A2: torch
 
     ``h (R, N, D)`` is the state before the block (read only; it may live in another buffer).
     """
-    m = dt.shape[0]
-    a = torch.mul(dt[:, :, None, :], A2, out=a_buf[:m]).exp2_()
-    H = outer(dtu, Bm, h_buf[:m])
-    for t in range(m):
-        h = H[t].addcmul_(a[t], h)  # h_t = dtu_t B_t + a_t h_{t-1}
-    return a, H
+    a = decays(dt, A2, a_buf)
+    return a, recur(h, a, outer(dtu, Bm, h_buf[:dt.shape[0]]))
+
+
+def decays(dt: torch.Tensor, A2: torch.Tensor, a_buf: torch.Tensor) -> torch.Tensor:
+    """``a[t, r, n, d] = exp2(dt[t, r, d] A2[r, n, d])`` of one block of m tokens, into ``a_buf[:m]``."""
+    return torch.mul(dt[:, :, None, :], A2, out=a_buf[:dt.shape[0]]).exp2_()
+
+
+def recur(h: torch.Tensor, a: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """The recurrence over one block, in place: ``H[t] <- H[t] + a[t] H[t-1]`` (``H[-1]`` = ``h``, the state
+    before the block); H holds the input terms ``dtu_t B_t`` on entry and the states on return."""
+    with serial_for(h):
+        for H_t, a_t in zip(H.unbind(0), a.unbind(0), strict=True):
+            h = H_t.addcmul_(a_t, h)  # h_t = dtu_t B_t + a_t h_{t-1}
+    return H
 
 
 class Stepper:
@@ -116,9 +135,9 @@ class Stepper:
 
     ``step`` takes one block's ``dt, dtu (m, R, D)``, ``Bm, Cm (m, R, G, N)`` and writes ``y (m, R, D)``. With at
     least ``_STEP_ELEMS`` state elements (and G = 1) every token is done in place on the one state tensor -- decay,
-    input term and output contraction (four ops per token, all on cache-resident ``(R, N, D)`` tensors; on one
-    intra-op thread below ``_SERIAL_ELEMS``); with fewer,
-    a block's decays and states go through ``(block, R, N, D)`` buffers (fewer, larger ops).
+    input term and output contraction (four ops per token on ``(R, N, D)`` tensors; on one intra-op thread below
+    ``_SERIAL_ELEMS``); with fewer, a block's decays and states go through ``(block, R, N, D)`` buffers (fewer,
+    larger ops; only the recurrence's addcmul runs per token).
     """
 
     def __init__(self, rows: int, dstate: int, dim: int, dtype: torch.dtype, device: torch.device,
@@ -140,7 +159,7 @@ class Stepper:
             m, R, D = dt.shape
             per_token = zip(dt.view(m, R, 1, D).unbind(0), dtu.view(m, R, 1, D).unbind(0),
                             Bm.transpose(2, 3).unbind(0), Cm.unbind(0), y.view(m, R, 1, D).unbind(0), strict=True)
-            with intra_op_threads(1 if h.numel() < _SERIAL_ELEMS else torch.get_num_threads()):
+            with serial_for(h):
                 for dt_t, dtu_t, B_t, C_t, y_t in per_token:  # (R, 1, D), (R, 1, D), (R, N, 1), (R, 1, N), (R, 1, D)
                     torch.mul(dt_t, A2, out=a).exp2_()
                     h.mul_(a).addcmul_(dtu_t, B_t)  # a_t h_{t-1} + dtu_t B_t
@@ -218,8 +237,9 @@ class SequentialScan(torch.autograd.Function):
             gC[s:e] = contract_d(H, grouped(gy[s:e]))
             Gh = outer(gy[s:e], Cm[s:e], g_buf[:m])  # C_t gy_t, then the adjoint recurrence
             Gh[m - 1].add_(gcarry)
-            for t in range(m - 2, -1, -1):
-                Gh[t].addcmul_(a[t + 1], Gh[t + 1])
+            with serial_for(gcarry):
+                for t in range(m - 2, -1, -1):
+                    Gh[t].addcmul_(a[t + 1], Gh[t + 1])
             gcarry = a[0] * Gh[0]
             contract_n(Bm[s:e], Gh, gdtu[s:e])
             gB[s:e] = contract_d(Gh, grouped(dtu[s:e]))

@@ -200,15 +200,19 @@ def test_deformable_nan_offsets_with_odd_width():
 
 
 class _ThreadsAtExp2(TorchDispatchMode):
-    """Records torch's intra-op thread count at every ``exp2_`` (the per-token decay of the sequential scan)."""
+    """Records torch's intra-op thread count at every ``exp2_`` (the decays of the sequential scan) and at every
+    ``addcmul_`` on a state ``(R, N, D)`` (its recurrence; not the ``D u`` skip on a block of outputs)."""
 
     def __init__(self):
         super().__init__()
         self.seen = set()
+        self.at_addcmul = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func._overloadpacket is torch.ops.aten.exp2_:
             self.seen.add(torch.get_num_threads())
+        if func._overloadpacket is torch.ops.aten.addcmul_ and args[0].dim() == 3:  # on an (R, N, D) state
+            self.at_addcmul.add(torch.get_num_threads())
         return func(*args, **(kwargs or {}))
 
 
@@ -235,5 +239,27 @@ def test_small_per_token_states_step_on_one_thread(monkeypatch):
             assert torch.get_num_threads() == 1
             raise RuntimeError("inside")
         assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(prev)
+
+
+def test_block_path_steps_its_recurrence_on_one_thread(monkeypatch):
+    """Below _STEP_ELEMS state elements the no-grad scan takes the block path: a block's decays are one op on all
+    intra-op threads, and only the per-token recurrence (addcmul) runs on one thread while the state is below
+    _SERIAL_ELEMS. Same values as the oracle; the caller's thread count restored."""
+    from glsmamba.reference import _scan_seq
+
+    shape, orders, reset, groups = _ordered_setup("sts6d")
+    inp = test_ordered_scan.make_inputs(6, B=1, shape=shape, C=4, N=2)
+    assert 6 * 2 * 4 < _scan_seq._STEP_ELEMS <= _scan_seq._SERIAL_ELEMS  # the block path at this size
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        mode = _ThreadsAtExp2()
+        with torch.no_grad(), mode:
+            got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, False)
+        assert mode.seen == {2} and mode.at_addcmul == {1} and torch.get_num_threads() == 2
+        want, _ = _ordered_call(ordered_selective_scan_unfused, inp, SHARED, orders, reset, groups, False)
+        assert_close("out", want, got, torch.float32)
     finally:
         torch.set_num_threads(prev)
