@@ -363,12 +363,55 @@ def _sum_rows_kernel(src_ptr, dst_ptr, P, M, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def acc_pos(t, T: tl.constexpr, VEC: tl.constexpr):
+    """Scratch position of step t (0 <= t < T) in an accumulator row written by :func:`acc_add`: the steps a
+    thread holds (VEC consecutive ones) are stored as runs of 4 (16 bytes of fp32), run g of every thread in block
+    g of the row, so that each block is a contiguous vector load/store in the tile's own layout."""
+    if VEC > 4:
+        p = ((t % VEC) // 4) * (T // VEC * 4) + (t // VEC) * 4 + t % 4
+    else:
+        p = t
+    return p
+
+
+@triton.jit
+def acc_add(ptr, rows, v, lim, MASKED: tl.constexpr, VEC: tl.constexpr):
+    """``ptr[rows + acc_pos(t)] += v[:, t]`` for an fp32 ``[R, T]`` tile ``v`` in the layout of :func:`join_steps`
+    (``rows`` ``[R, 1]``; the caller zeroes the rows first; MASKED: steps ``>= lim`` untouched). The tile is split
+    into its runs of 4 steps per thread (register renaming), each run one contiguous block: no layout conversion
+    between the tile and memory, no predicated first read."""
+    if VEC > 4:
+        vals = split_steps(v, VEC)
+        W: tl.constexpr = v.shape[1] // VEC * 4
+        j = tl.arange(0, W)[None, :]
+        for g in tl.static_range(VEC // 4):
+            run = ()
+            for i in tl.static_range(4):
+                run = run + (vals[g * 4 + i],)
+            part = join_steps(run)
+            off = rows + (g * W + j)
+            if MASKED:
+                m = ((j // 4) * VEC + (g * 4) + j % 4) < lim
+                tl.store(ptr + off, part + tl.load(ptr + off, mask=m, other=0.0), mask=m)
+            else:
+                tl.store(ptr + off, part + tl.load(ptr + off))
+    else:
+        j = tl.arange(0, v.shape[1])[None, :]
+        if MASKED:
+            m = j < lim
+            tl.store(ptr + (rows + j), v + tl.load(ptr + (rows + j), mask=m, other=0.0), mask=m)
+        else:
+            tl.store(ptr + (rows + j), v + tl.load(ptr + (rows + j)))
+
+
+@triton.jit
 def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C_ptr, bc_rows, s_Bn,
              dB_ptr, dC_ptr, acc_rows, s_dn, acc_m, mask, lim, first, last, rst, A_ptr, a_off, s_An, h_ptr, nu_ptr,
              dA_ptr, st_off, dA_off, bias, Dv,
              NS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
              HAS_NU: tl.constexpr, HAS_RESET: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr,
-             VEC: tl.constexpr, FAST: tl.constexpr, GATHER: tl.constexpr = False, BC_PAD: tl.constexpr = False):
+             VEC: tl.constexpr, FAST: tl.constexpr, GATHER: tl.constexpr = False, BC_PAD: tl.constexpr = False,
+             ACC_PERM: tl.constexpr = False):
     """One backward tile: writes du, ddelta, dz and adds this tile's dB/dC terms into the fp32 accumulators
     ``dB_ptr``/``dC_ptr`` at offsets ``acc_rows + n * s_dn + step`` (read where ``acc_m``: not for the first
     channel, which initialises them); stores the dA terms summed over the tile's steps at ``dA_ptr[dA_off + n]``;
@@ -383,7 +426,7 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
         lm = lim
     else:
         lm = mask
-    if MASKED:
+    if MASKED and not ACC_PERM:
         acc_m = acc_m & mask
     dt, _ = dt_tile(dl_ptr, off, mask, lim, bias, SOFTPLUS, MASKED, FAST, GATHER)
     u = load_tile(u_ptr, off, lm, MASKED, GATHER)
@@ -410,11 +453,14 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
                                    affine_combine)
         if HAS_Z:
             y += h * Cn
-        vC = dy * h + tl.load(dC_ptr + (acc_rows + n * s_dn), mask=acc_m, other=0.0)
-        if MASKED:
-            tl.store(dC_ptr + (acc_rows + n * s_dn), vC, mask=mask)
+        if ACC_PERM:
+            acc_add(dC_ptr, acc_rows + n * s_dn, dy * h, lim, MASKED, VEC)
         else:
-            tl.store(dC_ptr + (acc_rows + n * s_dn), vC)
+            vC = dy * h + tl.load(dC_ptr + (acc_rows + n * s_dn), mask=acc_m, other=0.0)
+            if MASKED:
+                tl.store(dC_ptr + (acc_rows + n * s_dn), vC, mask=mask)
+            else:
+                tl.store(dC_ptr + (acc_rows + n * s_dn), vC)
         ah = h - b  # a_t h_{t-1}
         an = shift_next(a, VEC)
         dyC = dy * Cn
@@ -426,11 +472,14 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
         lah = lam * ah
         ddt += An[:, None] * lah
         tl.store(dA_ptr + (dA_off + n), tl.sum(lah * dt, 1))
-        vB = lam * dtu + tl.load(dB_ptr + (acc_rows + n * s_dn), mask=acc_m, other=0.0)
-        if MASKED:
-            tl.store(dB_ptr + (acc_rows + n * s_dn), vB, mask=mask)
+        if ACC_PERM:
+            acc_add(dB_ptr, acc_rows + n * s_dn, lam * dtu, lim, MASKED, VEC)
         else:
-            tl.store(dB_ptr + (acc_rows + n * s_dn), vB)
+            vB = lam * dtu + tl.load(dB_ptr + (acc_rows + n * s_dn), mask=acc_m, other=0.0)
+            if MASKED:
+                tl.store(dB_ptr + (acc_rows + n * s_dn), vB, mask=mask)
+            else:
+                tl.store(dB_ptr + (acc_rows + n * s_dn), vB)
     u = load_tile(u_ptr, off, lm, MASKED, GATHER)
     ddt += u * lB
     du = dt * lB
