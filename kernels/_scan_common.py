@@ -182,6 +182,34 @@ def shift_next(x, VEC: tl.constexpr):
 
 
 @triton.jit
+def adjoint_scan(a, c, VEC: tl.constexpr):
+    """``lam_t = c_t + a_{t+1} lam_{t+1}`` (``lam_{T-1} = c_{T-1}``) along the steps of an ``[R, T]`` tile whose
+    threads hold VEC consecutive steps (:func:`join_steps`): the reverse scan of ``(shift_next(a), c)`` without
+    reversing the tile. Each thread folds its own steps (the affine map from the adjoint entering its last step to
+    its first), one reverse scan over the ``T / VEC`` thread columns chains them, and each thread unfolds its steps
+    from the adjoint its right neighbour passes; only the ``[R, T / VEC]`` column scan crosses lanes (a reverse
+    scan of the whole tile reverses every input and output across the lanes: 3 x VEC shuffles more per call)."""
+    av = split_steps(a, VEC)
+    cv = split_steps(c, VEC)
+    J: tl.constexpr = a.shape[1] // VEC
+    j = tl.arange(0, J)[None, :] + tl.zeros([a.shape[0], 1], dtype=tl.int32)
+    a_next = tl.gather(av[0], tl.minimum(j + 1, J - 1), 1)  # a of the step after each column's last one
+    fa = a_next
+    fc = cv[VEC - 1]
+    for r in tl.static_range(VEC - 1):  # fold the column's steps from its last one down: lam_first = fc + fa * in
+        fc = cv[VEC - 2 - r] + av[VEC - 1 - r] * fc
+        fa = av[VEC - 1 - r] * fa
+    _, start = tl.associative_scan((fa, fc), 1, affine_combine, reverse=True)  # adjoint at each column's first step
+    inc = tl.where(j == J - 1, 0.0, tl.gather(start, tl.minimum(j + 1, J - 1), 1))  # entering each column
+    lam = cv[VEC - 1] + a_next * inc
+    out = (lam,)
+    for r in tl.static_range(VEC - 1):
+        lam = cv[VEC - 2 - r] + av[VEC - 1 - r] * lam
+        out = (lam,) + out
+    return join_steps(out)
+
+
+@triton.jit
 def row_last(x, last):
     """The last step of every row of an ``[R, T]`` tile (``last`` marks it): ``[R]``."""
     return tl.sum(tl.where(last, x, 0.0), 1)
@@ -411,7 +439,7 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
              NS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
              HAS_NU: tl.constexpr, HAS_RESET: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr,
              VEC: tl.constexpr, FAST: tl.constexpr, GATHER: tl.constexpr = False, BC_PAD: tl.constexpr = False,
-             ACC_PERM: tl.constexpr = False):
+             ACC_PERM: tl.constexpr = False, ADJ_COLS: tl.constexpr = False):
     """One backward tile: writes du, ddelta, dz and adds this tile's dB/dC terms into the fp32 accumulators
     ``dB_ptr``/``dC_ptr`` at offsets ``acc_rows + n * s_dn + step`` (read where ``acc_m``: not for the first
     channel, which initialises them); stores the dA terms summed over the tile's steps at ``dA_ptr[dA_off + n]``;
@@ -462,11 +490,13 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
             else:
                 tl.store(dC_ptr + (acc_rows + n * s_dn), vC)
         ah = h - b  # a_t h_{t-1}
-        an = shift_next(a, VEC)
         dyC = dy * Cn
         if HAS_NU:
             dyC = tl.where(last, dyC + tl.load(nu_ptr + (st_off + n))[:, None], dyC)
-        _, lam = tl.associative_scan((an, dyC), 1, affine_combine, reverse=True)
+        if ADJ_COLS:
+            lam = adjoint_scan(a, dyC, VEC)
+        else:
+            _, lam = tl.associative_scan((shift_next(a, VEC), dyC), 1, affine_combine, reverse=True)
         # B again (an L1 hit) rather than live across both scans: the register budget of one warp per chunk
         lB += lam * load_steps(B_ptr, bc_rows, n * s_Bn, lim, R, T, MASKED and not BC_PAD, PAIRS)
         lah = lam * ah

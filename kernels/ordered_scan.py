@@ -262,7 +262,7 @@ def _os_bwd_kernel(x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr,
                             B_ptr, C_ptr, bc_rows + opaque, BLOCK_T, dB_ptr, dC_ptr, acc_rows + opaque, BLOCK_T,
                             None, mask, lim, first, last, rst, A_ptr, (k * CH + rows) * NS, 1,
                             ck_ptr, nu_ptr, dA_ptr, st, pa * NS, bias, Dv, NS, SOFTPLUS, HAS_D, False, HAS_NU,
-                            HAS_RESET, MASKED, PAIRS, VEC, FAST, True, True, True)
+                            HAS_RESET, MASKED, PAIRS, VEC, FAST, True, True, True, True)
         tl.store(dD_ptr + pa, dDv)
         tl.store(dbias_ptr + pa, dbv)
 
