@@ -24,7 +24,9 @@ dx over the directions (the owner-computes merge of ``kernels/space_time.py``), 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from fractions import Fraction
 
 import torch
 import triton
@@ -314,10 +316,21 @@ class _Geo:
         self.bwd_warps = 1
         base = Bsz * K * self.NCK
         forced = current_config().bwd_splits  # a test-only knob (kernels._utils.launch_config)
-        splits = forced if forced is not None else (
-            min(8, CH, cdiv(target, base)) if gpu and base < target else 1)
+        if forced is not None:
+            splits = forced
+        elif gpu:  # channel ranges per (batch row, direction, chunk): the busiest SM's least issue time
+            splits = min(range(1, min(8, CH) + 1), key=lambda s: (_busiest(base * s, sm_budget(device)) / s, s))
+        else:
+            splits = 1
         self.cps = cdiv(CH, max(1, min(splits, CH)))
         self.splits = cdiv(CH, self.cps)
+
+
+def _busiest(programs: int, sms) -> Fraction:
+    """Issue time of the busiest SM for ``programs`` one-warp programs of equal work, in programs' work: it runs
+    ceil(programs / sms) of them from min(4, that many) schedulers."""
+    p = math.ceil(Fraction(programs) / sms)
+    return Fraction(p, min(4, p))
 
 
 _TABLES: WeakIdKeyDictionary = WeakIdKeyDictionary()
