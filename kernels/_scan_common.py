@@ -183,12 +183,10 @@ def shift_next(x, VEC: tl.constexpr):
 
 @triton.jit
 def adjoint_scan(a, c, VEC: tl.constexpr):
-    """``lam_t = c_t + a_{t+1} lam_{t+1}`` (``lam_{T-1} = c_{T-1}``) along the steps of an ``[R, T]`` tile whose
-    threads hold VEC consecutive steps (:func:`join_steps`): the reverse scan of ``(shift_next(a), c)`` without
-    reversing the tile. Each thread folds its own steps (the affine map from the adjoint entering its last step to
-    its first), one reverse scan over the ``T / VEC`` thread columns chains them, and each thread unfolds its steps
-    from the adjoint its right neighbour passes; only the ``[R, T / VEC]`` column scan crosses lanes (a reverse
-    scan of the whole tile reverses every input and output across the lanes: 3 x VEC shuffles more per call)."""
+    """``lam_t = c_t + a_{t+1} lam_{t+1}`` (``lam_{T-1} = c_{T-1}``) on an ``[R, T]`` tile of VEC steps per thread
+    (:func:`join_steps`), without reversing the tile across the lanes (3 x VEC shuffles per reverse scan): each
+    thread folds its steps into one affine map, a reverse scan over the ``T / VEC`` columns chains them, and each
+    thread unfolds its steps from the adjoint its right neighbour passes."""
     av = split_steps(a, VEC)
     cv = split_steps(c, VEC)
     J: tl.constexpr = a.shape[1] // VEC
@@ -404,10 +402,9 @@ def acc_pos(t, T: tl.constexpr, VEC: tl.constexpr):
 
 @triton.jit
 def acc_add(ptr, rows, v, lim, MASKED: tl.constexpr, VEC: tl.constexpr):
-    """``ptr[rows + acc_pos(t)] += v[:, t]`` for an fp32 ``[R, T]`` tile ``v`` in the layout of :func:`join_steps`
-    (``rows`` ``[R, 1]``; the caller zeroes the rows first; MASKED: steps ``>= lim`` untouched). The tile is split
-    into its runs of 4 steps per thread (register renaming), each run one contiguous block: no layout conversion
-    between the tile and memory, no predicated first read."""
+    """``ptr[rows + acc_pos(t)] += v[:, t]`` for an fp32 ``[R, T]`` tile in the layout of :func:`join_steps` (rows
+    ``[R, 1]``, zeroed by the caller; MASKED: steps ``>= lim`` untouched): each run of 4 steps per thread is one
+    contiguous vector, so no layout conversion and no predicated first read."""
     if VEC > 4:
         vals = split_steps(v, VEC)
         W: tl.constexpr = v.shape[1] // VEC * 4
