@@ -182,6 +182,32 @@ def shift_next(x, VEC: tl.constexpr):
 
 
 @triton.jit
+def adjoint_scan(a, c, VEC: tl.constexpr):
+    """``lam_t = c_t + a_{t+1} lam_{t+1}`` (``lam_{T-1} = c_{T-1}``) on an ``[R, T]`` tile of VEC steps per thread
+    (:func:`join_steps`), without reversing the tile across the lanes (3 x VEC shuffles per reverse scan): each
+    thread folds its steps into one affine map, a reverse scan over the ``T / VEC`` columns chains them, and each
+    thread unfolds its steps from the adjoint its right neighbour passes."""
+    av = split_steps(a, VEC)
+    cv = split_steps(c, VEC)
+    J: tl.constexpr = a.shape[1] // VEC
+    j = tl.arange(0, J)[None, :] + tl.zeros([a.shape[0], 1], dtype=tl.int32)
+    a_next = tl.gather(av[0], tl.minimum(j + 1, J - 1), 1)  # a of the step after each column's last one
+    fa = a_next
+    fc = cv[VEC - 1]
+    for r in tl.static_range(VEC - 1):  # fold the column's steps from its last one down: lam_first = fc + fa * in
+        fc = cv[VEC - 2 - r] + av[VEC - 1 - r] * fc
+        fa = av[VEC - 1 - r] * fa
+    _, start = tl.associative_scan((fa, fc), 1, affine_combine, reverse=True)  # adjoint at each column's first step
+    inc = tl.where(j == J - 1, 0.0, tl.gather(start, tl.minimum(j + 1, J - 1), 1))  # entering each column
+    lam = cv[VEC - 1] + a_next * inc
+    out = (lam,)
+    for r in tl.static_range(VEC - 1):
+        lam = cv[VEC - 2 - r] + av[VEC - 1 - r] * lam
+        out = (lam,) + out
+    return join_steps(out)
+
+
+@triton.jit
 def row_last(x, last):
     """The last step of every row of an ``[R, T]`` tile (``last`` marks it): ``[R]``."""
     return tl.sum(tl.where(last, x, 0.0), 1)
@@ -363,12 +389,54 @@ def _sum_rows_kernel(src_ptr, dst_ptr, P, M, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def acc_pos(t, T: tl.constexpr, VEC: tl.constexpr):
+    """Scratch position of step t (0 <= t < T) in an accumulator row written by :func:`acc_add`: the steps a
+    thread holds (VEC consecutive ones) are stored as runs of 4 (16 bytes of fp32), run g of every thread in block
+    g of the row, so that each block is a contiguous vector load/store in the tile's own layout."""
+    if VEC > 4:
+        p = ((t % VEC) // 4) * (T // VEC * 4) + (t // VEC) * 4 + t % 4
+    else:
+        p = t
+    return p
+
+
+@triton.jit
+def acc_add(ptr, rows, v, lim, MASKED: tl.constexpr, VEC: tl.constexpr):
+    """``ptr[rows + acc_pos(t)] += v[:, t]`` for an fp32 ``[R, T]`` tile in the layout of :func:`join_steps` (rows
+    ``[R, 1]``, zeroed by the caller; MASKED: steps ``>= lim`` untouched): each run of 4 steps per thread is one
+    contiguous vector, so no layout conversion and no predicated first read."""
+    if VEC > 4:
+        vals = split_steps(v, VEC)
+        W: tl.constexpr = v.shape[1] // VEC * 4
+        j = tl.arange(0, W)[None, :]
+        for g in tl.static_range(VEC // 4):
+            run = ()
+            for i in tl.static_range(4):
+                run = run + (vals[g * 4 + i],)
+            part = join_steps(run)
+            off = rows + (g * W + j)
+            if MASKED:
+                m = ((j // 4) * VEC + (g * 4) + j % 4) < lim
+                tl.store(ptr + off, part + tl.load(ptr + off, mask=m, other=0.0), mask=m)
+            else:
+                tl.store(ptr + off, part + tl.load(ptr + off))
+    else:
+        j = tl.arange(0, v.shape[1])[None, :]
+        if MASKED:
+            m = j < lim
+            tl.store(ptr + (rows + j), v + tl.load(ptr + (rows + j), mask=m, other=0.0), mask=m)
+        else:
+            tl.store(ptr + (rows + j), v + tl.load(ptr + (rows + j)))
+
+
+@triton.jit
 def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C_ptr, bc_rows, s_Bn,
              dB_ptr, dC_ptr, acc_rows, s_dn, acc_m, mask, lim, first, last, rst, A_ptr, a_off, s_An, h_ptr, nu_ptr,
              dA_ptr, st_off, dA_off, bias, Dv,
              NS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
              HAS_NU: tl.constexpr, HAS_RESET: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr,
-             VEC: tl.constexpr, FAST: tl.constexpr, GATHER: tl.constexpr = False, BC_PAD: tl.constexpr = False):
+             VEC: tl.constexpr, FAST: tl.constexpr, GATHER: tl.constexpr = False, BC_PAD: tl.constexpr = False,
+             ACC_PERM: tl.constexpr = False, ADJ_COLS: tl.constexpr = False):
     """One backward tile: writes du, ddelta, dz and adds this tile's dB/dC terms into the fp32 accumulators
     ``dB_ptr``/``dC_ptr`` at offsets ``acc_rows + n * s_dn + step`` (read where ``acc_m``: not for the first
     channel, which initialises them); stores the dA terms summed over the tile's steps at ``dA_ptr[dA_off + n]``;
@@ -383,7 +451,7 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
         lm = lim
     else:
         lm = mask
-    if MASKED:
+    if MASKED and not ACC_PERM:
         acc_m = acc_m & mask
     dt, _ = dt_tile(dl_ptr, off, mask, lim, bias, SOFTPLUS, MASKED, FAST, GATHER)
     u = load_tile(u_ptr, off, lm, MASKED, GATHER)
@@ -410,27 +478,35 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
                                    affine_combine)
         if HAS_Z:
             y += h * Cn
-        vC = dy * h + tl.load(dC_ptr + (acc_rows + n * s_dn), mask=acc_m, other=0.0)
-        if MASKED:
-            tl.store(dC_ptr + (acc_rows + n * s_dn), vC, mask=mask)
+        if ACC_PERM:
+            acc_add(dC_ptr, acc_rows + n * s_dn, dy * h, lim, MASKED, VEC)
         else:
-            tl.store(dC_ptr + (acc_rows + n * s_dn), vC)
+            vC = dy * h + tl.load(dC_ptr + (acc_rows + n * s_dn), mask=acc_m, other=0.0)
+            if MASKED:
+                tl.store(dC_ptr + (acc_rows + n * s_dn), vC, mask=mask)
+            else:
+                tl.store(dC_ptr + (acc_rows + n * s_dn), vC)
         ah = h - b  # a_t h_{t-1}
-        an = shift_next(a, VEC)
         dyC = dy * Cn
         if HAS_NU:
             dyC = tl.where(last, dyC + tl.load(nu_ptr + (st_off + n))[:, None], dyC)
-        _, lam = tl.associative_scan((an, dyC), 1, affine_combine, reverse=True)
+        if ADJ_COLS:
+            lam = adjoint_scan(a, dyC, VEC)
+        else:
+            _, lam = tl.associative_scan((shift_next(a, VEC), dyC), 1, affine_combine, reverse=True)
         # B again (an L1 hit) rather than live across both scans: the register budget of one warp per chunk
         lB += lam * load_steps(B_ptr, bc_rows, n * s_Bn, lim, R, T, MASKED and not BC_PAD, PAIRS)
         lah = lam * ah
         ddt += An[:, None] * lah
         tl.store(dA_ptr + (dA_off + n), tl.sum(lah * dt, 1))
-        vB = lam * dtu + tl.load(dB_ptr + (acc_rows + n * s_dn), mask=acc_m, other=0.0)
-        if MASKED:
-            tl.store(dB_ptr + (acc_rows + n * s_dn), vB, mask=mask)
+        if ACC_PERM:
+            acc_add(dB_ptr, acc_rows + n * s_dn, lam * dtu, lim, MASKED, VEC)
         else:
-            tl.store(dB_ptr + (acc_rows + n * s_dn), vB)
+            vB = lam * dtu + tl.load(dB_ptr + (acc_rows + n * s_dn), mask=acc_m, other=0.0)
+            if MASKED:
+                tl.store(dB_ptr + (acc_rows + n * s_dn), vB, mask=mask)
+            else:
+                tl.store(dB_ptr + (acc_rows + n * s_dn), vB)
     u = load_tile(u_ptr, off, lm, MASKED, GATHER)
     ddt += u * lB
     du = dt * lB

@@ -24,7 +24,9 @@ dx over the directions (the owner-computes merge of ``kernels/space_time.py``), 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from fractions import Fraction
 
 import torch
 import triton
@@ -34,6 +36,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from glsmamba.kernels._scan_common import (
     LOG2E,
     _scan_carry_kernel,
+    acc_pos,
     bwd_chunk_rows,
     bwd_tile,
     divisor,
@@ -200,17 +203,18 @@ def _os_summary_kernel(dl_ptr, dout_ptr, A_ptr, C_ptr, bias_ptr, ord_ptr, rst_pt
 
 
 @triton.heuristics({**_FLAGS, "HAS_NU": none_flag("nu_ptr")})
-@triton.jit(do_not_specialize=["unit", "C0"])
+@triton.jit(do_not_specialize=["unit", "C0", "zero"])
 def _os_bwd_kernel(x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr, rst_ptr, grp_ptr, dout_ptr, ck_ptr,
                    nu_ptr, dx_ptr, ddl_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, s_db, s_dk, L, LP, CH, K,
-                   G, NCK, CPS, NSPLIT, C0, unit, NS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
+                   G, NCK, CPS, NSPLIT, C0, unit, zero, NS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
                    SOFTPLUS: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr, VEC: tl.constexpr,
                    FAST: tl.constexpr, IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                    HAS_RESET: tl.constexpr, HAS_NU: tl.constexpr):
     # Program: BLOCK_R chunks C0 + pid0 * BLOCK_R + r of (batch row b, direction k, channel range s); loops over
     # the range's channels. B, C (Bsz, K, NCK, NS, BLOCK_T) chunked scan order; ck, nu (Bsz, K, NCK, CH, NS);
     # dx (Bsz, K, L, CH) per direction in x's dtype, ddelta (Bsz, K, L, CH); dB/dC accumulators
-    # (NSPLIT, Bsz, K, NCK, NS, BLOCK_T) fp32; dA (K, Bsz, NCK, CH, NS), dD and d(delta_bias) (K, Bsz, NCK, CH).
+    # (NSPLIT, Bsz, K, NCK, NS, BLOCK_T) fp32, each row in acc_pos order (see acc_add); dA (K, Bsz, NCK, CH, NS),
+    # dD and d(delta_bias) (K, Bsz, NCK, CH).
     ch = bwd_chunk_rows(C0, L, BLOCK_R, BLOCK_T, MASKED, IDX)
     pid1 = tl.program_id(1)
     i_s = pid1 % NSPLIT
@@ -230,15 +234,22 @@ def _os_bwd_kernel(x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr,
         rst = _step_flags(rst_ptr, (k * LP + t0)[:, None], BLOCK_T, VEC)
     bk = b * K + k
     bc_rows = ((bk * NCK + ch) * (NS * BLOCK_T))[:, None]
-    acc_rows = (((i_s * Bsz + b) * K + k) * NCK + ch)[:, None] * (NS * BLOCK_T) + o_t[None, :]
+    acc_rows = (((i_s * Bsz + b) * K + k) * NCK + ch)[:, None] * (NS * BLOCK_T)
     xb = x_ptr + b * L * CH
     db = dl_ptr + b * s_db + k * s_dk
     gb = dout_ptr + (b * G + tl.load(grp_ptr + k)) * L * CH
     dxb = dx_ptr + bk * L * CH
     ddb = ddl_ptr + bk * L * CH
+    zt = tl.zeros([BLOCK_R, BLOCK_T], dtype=tl.float32)
+    for n in tl.static_range(NS):  # the dB/dC accumulator rows this program owns start at zero (acc_add)
+        tl.store(dB_ptr + (acc_rows + n * BLOCK_T + o_t[None, :]), zt)
+        tl.store(dC_ptr + (acc_rows + n * BLOCK_T + o_t[None, :]), zt)
     c_lo = i_s * CPS
     for dd in range(tl.minimum(CPS, CH - c_lo)):
         c = c_lo + dd
+        # `zero` (= 0, not specialised) keeps the B/C and accumulator row addresses inside the loop: hoisted out
+        # of it, they are 4 x NS loop-invariant 64-bit pointers that spill
+        opaque = tl.multiple_of(dd * zero, 256)
         rows = c + tl.zeros([BLOCK_R], dtype=IDX)
         bias = tl.zeros([BLOCK_R], dtype=tl.float32)
         if HAS_BIAS:
@@ -250,24 +261,26 @@ def _os_bwd_kernel(x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr,
         pa = ((k * Bsz + b) * NCK + ch) * CH + c
         dDv, dbv = bwd_tile(xb, db, None, gb, dxb, ddb, None, _step_offs(ord_ptr, (k * LP + t0)[:, None], rows, unit,
                                                                          CH, BLOCK_T, VEC),
-                            B_ptr, C_ptr, bc_rows, BLOCK_T, dB_ptr, dC_ptr, acc_rows, BLOCK_T,
-                            (o_t[None, :] * 0 + dd) > 0, mask, lim, first, last, rst, A_ptr, (k * CH + rows) * NS, 1,
+                            B_ptr, C_ptr, bc_rows + opaque, BLOCK_T, dB_ptr, dC_ptr, acc_rows + opaque, BLOCK_T,
+                            None, mask, lim, first, last, rst, A_ptr, (k * CH + rows) * NS, 1,
                             ck_ptr, nu_ptr, dA_ptr, st, pa * NS, bias, Dv, NS, SOFTPLUS, HAS_D, False, HAS_NU,
-                            HAS_RESET, MASKED, PAIRS, VEC, FAST, True, True)
+                            HAS_RESET, MASKED, PAIRS, VEC, FAST, True, True, True, True)
         tl.store(dD_ptr + pa, dDv)
         tl.store(dbias_ptr + pa, dbv)
 
 
 @triton.jit
-def _os_dbc_kernel(src_ptr, ord_ptr, dst_ptr, S, K, NS, L, LP, M, NCK, CK: tl.constexpr, BLOCK: tl.constexpr):
-    # dst[b, k, orders[k, j], n] = sum_s src[s, b, k, j // CK, n, j % CK] (s in order); src rows of M elements
+def _os_dbc_kernel(src_ptr, ord_ptr, dst_ptr, S, K, NS, L, LP, M, NCK, CK: tl.constexpr, VEC: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    # dst[b, k, orders[k, j], n] = sum_s src[s, b, k, j // CK, n, acc_pos(j % CK)] (s in order); src rows of M
+    # elements, each chunk row in the backward's scratch order (acc_pos)
     j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     bkn = tl.program_id(1)
     bk = bkn // NS
     n = bkn % NS
     k = bk % K
     m = j < L
-    o = ((bk * NCK + j // CK) * NS + n) * CK + j % CK
+    o = ((bk * NCK + j // CK) * NS + n) * CK + acc_pos(j % CK, CK, VEC)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for s in range(S):
         acc += tl.load(src_ptr + s * M + o, mask=m, other=0.0)
@@ -298,13 +311,26 @@ class _Geo:
         self.CK_TILES = self.CK // self.BLOCK_T
         self.nfull = L // self.CK
         self.Rb = 1 if gpu else next_pow2(max(self.nfull, 1))  # interpreter: every full chunk in one program
-        self.bwd_warps = 2 if gpu else 1  # (registers: see kernels/selective_scan.py)
+        # one warp per backward program: 8 steps per thread, every scan and reduction inside the warp (two warps
+        # cost a shared-memory exchange and barriers per scan, state and channel: ~1.9x the issued instructions)
+        self.bwd_warps = 1
         base = Bsz * K * self.NCK
         forced = current_config().bwd_splits  # a test-only knob (kernels._utils.launch_config)
-        splits = forced if forced is not None else (
-            min(8, CH, cdiv(target, base)) if gpu and base < target else 1)
+        if forced is not None:
+            splits = forced
+        elif gpu:  # channel ranges per (batch row, direction, chunk): the busiest SM's least issue time
+            splits = min(range(1, min(8, CH) + 1), key=lambda s: (_busiest(base * s, sm_budget(device)) / s, s))
+        else:
+            splits = 1
         self.cps = cdiv(CH, max(1, min(splits, CH)))
         self.splits = cdiv(CH, self.cps)
+
+
+def _busiest(programs: int, sms) -> Fraction:
+    """Issue time of the busiest SM for ``programs`` one-warp programs of equal work, in programs' work: it runs
+    ceil(programs / sms) of them from min(4, that many) schedulers."""
+    p = math.ceil(Fraction(programs) / sms)
+    return Fraction(p, min(4, p))
 
 
 _TABLES: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -394,7 +420,7 @@ def _bwd(dout, x, delta, A, Bs, Cs, D, delta_bias, tabs, groups, ck, softplus: b
                 ROWS=CH, NS=NS, s_Ar=NS, s_An=1, DIRS=K, BLOCK=256, REVERSE=True, HAS_RESET=crst is not None,
                 HAS_INIT=False)
         main = dict(x_ptr=x, B_ptr=Bs, C_ptr=Cs, D_ptr=D, dout_ptr=dout, ck_ptr=ck, nu_ptr=nu, dx_ptr=dxk,
-                    ddl_ptr=ddelta, dB_ptr=dBs, dC_ptr=dCs, dA_ptr=dAp, dD_ptr=dDp, dbias_ptr=dbp, CPS=geo.cps,
+                    ddl_ptr=ddelta, dB_ptr=dBs, dC_ptr=dCs, dA_ptr=dAp, dD_ptr=dDp, dbias_ptr=dbp, CPS=geo.cps, zero=0,
                     NSPLIT=geo.splits, BLOCK_T=geo.CK, PAIRS=pairs_ok(Bs, Cs), num_warps=geo.bwd_warps, maxnreg=128,
                     **common)
         progs = Bsz * K * geo.splits
@@ -408,7 +434,7 @@ def _bwd(dout, x, delta, A, Bs, Cs, D, delta_bias, tabs, groups, ck, softplus: b
         for src, dst in ((dBs, dB), (dCs, dC)):
             _os_dbc_kernel[(cdiv(L, block), Bsz * K * NS)](
                 src_ptr=src, ord_ptr=tabs["o32"], dst_ptr=dst, S=geo.splits, K=K, NS=NS, L=L, LP=geo.LP,
-                M=src[0].numel(), NCK=geo.NCK, CK=geo.CK, BLOCK=block)
+                M=src[0].numel(), NCK=geo.NCK, CK=geo.CK, VEC=vec_of(x), BLOCK=block)
         dA = sum_leading(dAp, torch.empty(K, CH, NS, **f32), batches=K)
         dD = sum_leading(dDp, torch.empty(K, CH, **f32), batches=K) if D is not None else None
         dbias = sum_leading(dbp, torch.empty(K, CH, **f32), batches=K) if delta_bias is not None else None
