@@ -112,22 +112,13 @@ def block_states(h: torch.Tensor, dt: torch.Tensor, dtu: torch.Tensor, A2: torch
 
     ``h (R, N, D)`` is the state before the block (read only; it may live in another buffer).
     """
-    a = decays(dt, A2, a_buf)
-    return a, recur(h, a, outer(dtu, Bm, h_buf[:dt.shape[0]]))
-
-
-def decays(dt: torch.Tensor, A2: torch.Tensor, a_buf: torch.Tensor) -> torch.Tensor:
-    """``a[t, r, n, d] = exp2(dt[t, r, d] A2[r, n, d])`` of one block of m tokens, into ``a_buf[:m]``."""
-    return torch.mul(dt[:, :, None, :], A2, out=a_buf[:dt.shape[0]]).exp2_()
-
-
-def recur(h: torch.Tensor, a: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """The recurrence over one block, in place: ``H[t] <- H[t] + a[t] H[t-1]`` (``H[-1]`` = ``h``, the state
-    before the block); H holds the input terms ``dtu_t B_t`` on entry and the states on return."""
+    m = dt.shape[0]
+    a = torch.mul(dt[:, :, None, :], A2, out=a_buf[:m]).exp2_()
+    H = outer(dtu, Bm, h_buf[:m])
     with serial_for(h):
         for H_t, a_t in zip(H.unbind(0), a.unbind(0), strict=True):
             h = H_t.addcmul_(a_t, h)  # h_t = dtu_t B_t + a_t h_{t-1}
-    return H
+    return a, H
 
 
 class Stepper:

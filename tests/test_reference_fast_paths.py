@@ -199,7 +199,7 @@ def test_deformable_nan_offsets_with_odd_width():
         assert torch.isfinite(out[0, :4]).all() and torch.isfinite(out[0, 5:]).all()
 
 
-class _ThreadsAtExp2(TorchDispatchMode):
+class _ThreadsAtScanOps(TorchDispatchMode):
     """Records torch's intra-op thread count at every ``exp2_`` (the decays of the sequential scan) and at every
     ``addcmul_`` on a state ``(R, N, D)`` (its recurrence; not the ``D u`` skip on a block of outputs)."""
 
@@ -229,7 +229,7 @@ def test_small_per_token_states_step_on_one_thread(monkeypatch):
         torch.set_num_threads(2)
         for serial_below, want in ((1 << 17, {1}), (1, {2})):
             monkeypatch.setattr(_scan_seq, "_SERIAL_ELEMS", serial_below)
-            mode = _ThreadsAtExp2()
+            mode = _ThreadsAtScanOps()
             with torch.no_grad(), mode:
                 got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, False)
             assert mode.seen == want and torch.get_num_threads() == 2
@@ -243,7 +243,7 @@ def test_small_per_token_states_step_on_one_thread(monkeypatch):
         torch.set_num_threads(prev)
 
 
-def test_block_path_steps_its_recurrence_on_one_thread(monkeypatch):
+def test_block_path_steps_its_recurrence_on_one_thread():
     """Below _STEP_ELEMS state elements the no-grad scan takes the block path: a block's decays are one op on all
     intra-op threads, and only the per-token recurrence (addcmul) runs on one thread while the state is below
     _SERIAL_ELEMS. Same values as the oracle; the caller's thread count restored."""
@@ -255,7 +255,7 @@ def test_block_path_steps_its_recurrence_on_one_thread(monkeypatch):
     prev = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        mode = _ThreadsAtExp2()
+        mode = _ThreadsAtScanOps()
         with torch.no_grad(), mode:
             got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, False)
         assert mode.seen == {2} and mode.at_addcmul == {1} and torch.get_num_threads() == 2
