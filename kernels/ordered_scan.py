@@ -328,9 +328,9 @@ class _Geo:
 
 def _busiest(programs: int, sms) -> Fraction:
     """Issue time of the busiest SM for ``programs`` one-warp programs of equal work, in programs' work: it runs
-    ceil(programs / sms) of them from min(4, that many) schedulers."""
+    ceil(programs / sms) of them from min(4, that many) schedulers (0 for no programs: an empty batch)."""
     p = math.ceil(Fraction(programs) / sms)
-    return Fraction(p, min(4, p))
+    return Fraction(p, min(4, max(p, 1)))
 
 
 _TABLES: WeakIdKeyDictionary = WeakIdKeyDictionary()
