@@ -11,9 +11,14 @@ returns the kernel without launching it.
 
 From the cubin (Triton ships ``cuobjdump`` and ``nvdisasm`` in ``triton/backends/nvidia/bin``):
 
-* ``cuobjdump -res-usage``: registers per thread (``REG``), local memory per thread (``LOCAL``; ``spills`` is
-  LOCAL / 4, the count Triton itself reports as ``n_spills``), static shared memory; plus the dynamic shared
+* ``cuobjdump -res-usage``: registers per thread (``REG``), static shared memory; plus the dynamic shared
   memory Triton requests (``metadata.shared``).
+* ``ptxas -v`` on the kernel's PTX, run again with the ptxas and the options Triton's own ``make_cubin`` uses
+  for sm_90 (``get_ptxas(90)``, ``-lineinfo
+  --regAllocOptLevel=2 --gpu-name=sm_90a``; its register count must equal the cubin's, or the report fails):
+  ``spills`` is the spill-store bytes / 4 summed over the functions it reports (the kernel and any subroutine
+  it calls). ptxas puts spill slots in the stack frame (``STACK``), not in ``LOCAL``, so cuobjdump's
+  ``LOCAL`` (which Triton's ``n_spills`` reads on a real driver) stays 0 however much a kernel spills.
 * ``nvdisasm -g``: the SASS with source lines. A loop is a backward branch (``BRA`` to a lower address); the
   branch carries the line of the Python ``for`` it closes, which is how each SASS loop is tied to the trip counts
   the traffic counter measured for that line. Every instruction belongs to its innermost enclosing loop; the
@@ -175,16 +180,48 @@ def compile_job(j: dict[str, Any], cache: dict[str, Any]) -> dict[str, Any]:
         sass = subprocess.run([tool("nvdisasm"), "-c", "-g", path], capture_output=True, text=True, check=True)
     finally:
         os.unlink(path)
-    usage = parse_res_usage(res.stdout, kernel.name if hasattr(kernel, "name") else j["kernel"])
+    name = kernel.name if hasattr(kernel, "name") else j["kernel"]
+    usage = parse_res_usage(res.stdout, name)
+    spill = ptxas_spills(kernel.asm["ptx"], name, usage["REG"])
     md = kernel.metadata
     out = {
-        "hash": key, "regs": usage["REG"], "local_bytes": usage["LOCAL"], "spills": usage["LOCAL"] // 4,
+        "hash": key, "regs": usage["REG"], "stack_bytes": usage["STACK"], "spill_store_bytes": spill["stores"],
+        "spill_load_bytes": spill["loads"], "spills": spill["stores"] // 4,
         "static_smem": usage["SHARED"], "dyn_smem": int(md.shared), "num_warps": int(md.num_warps),
         "num_stages": int(getattr(md, "num_stages", 0)), "triton": triton.__version__,
         "sass": analyse_sass(sass.stdout).to_json(),
     }
     cache[key] = out
     return out
+
+
+def ptxas_spills(ptx: str, name: str, regs: int) -> dict[str, int]:
+    """Spill-store and spill-load bytes ``ptxas -v`` reports for kernel ``name``'s PTX, summed over every
+    function it lists; ``regs`` (the cubin's count) must be what this ptxas run allocates too."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp, "k.ptx")
+        src.write_text(ptx)
+        cmd = [get_ptxas(90).path, "-lineinfo", "-v", "--regAllocOptLevel=2", "--gpu-name=sm_90a", str(src), "-o",
+               str(Path(tmp, "k.o"))]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"ptxas -v failed ({run.returncode}) on {name!r}: {run.stderr[-2000:]}")
+    log = run.stderr
+    return parse_ptxas_log(log, name, regs)
+
+
+def parse_ptxas_log(log: str, name: str, regs: int) -> dict[str, int]:
+    """Spill bytes from a ``ptxas -v`` log; checks that kernel ``name`` was given ``regs`` registers."""
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    used = re.search(rf"Compiling entry function '{re.escape(name)}'.*?Used (\d+) registers", log, re.S)
+    if not spills or used is None:
+        raise ValueError(f"no spill or register report for {name!r} in ptxas -v output:\n{log[:2000]}")
+    if int(used.group(1)) != regs:
+        raise ValueError(f"ptxas -v gave {name!r} {used.group(1)} registers, the cubin {regs}: its options no "
+                         "longer match Triton's make_cubin")
+    return {"stores": sum(int(a) for a, _ in spills), "loads": sum(int(b) for _, b in spills)}
 
 
 def parse_res_usage(text: str, name: str) -> dict[str, int]:
