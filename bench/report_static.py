@@ -22,8 +22,9 @@ How these numbers are made (details in the docstrings of `bench/traffic.py`, `be
   shape itself. `traffic_ratio` = (unique + torch bytes) / compulsory bytes (every input read once, every output
   written once; backward: plus the incoming gradient read and every input gradient written).
 * **Machine code.** Every launch compiled for sm_90 with its own arguments, constexprs, `num_warps` and Triton's
-  specialisations: registers and spills (local memory / 4) from `cuobjdump -res-usage`, the SASS loops from
-  `nvdisasm` (a backward branch closes the loop of the Python `for` on its line).
+  specialisations and the inline-asm fast paths a CUDA launch takes: registers from `cuobjdump -res-usage`,
+  spills (spill-store bytes / 4) from `ptxas -v` on the kernel's PTX, the SASS loops from `nvdisasm` (a
+  backward branch closes the loop of the Python `for` on its line).
   `loop_instr_per_elem_state`: SASS instructions in the innermost loops, times the iterations the counter
   measured, times the threads, per element-state (per kernel: per state the loop body handles; `all` rows: per
   element-state of the op, all kernels summed).

@@ -24,7 +24,7 @@ From the cubin (Triton ships ``cuobjdump`` and ``nvdisasm`` in ``triton/backends
   the traffic counter measured for that line. Every instruction belongs to its innermost enclosing loop; the
   instructions of each loop body are counted by class: total (without NOPs), MUFU (``MUFU.*``: ex2, lg2, rcp,
   rsq, sin, cos, tanh), FP32 (``FFMA``, ``FMUL``, ``FADD``), SHFL, shared memory (``LDS*``, ``STS*``, ``LDSM``,
-  ``STSM``, ``ATOMS``, ``LDGSTS``) and barriers (``BAR``).
+  ``STSM``, ``ATOMS``, ``LDGSTS``), barriers (``BAR``) and local memory (``LDL``, ``STL``: where a spill costs).
 
 Occupancy on H100/H200 (sm_90: 65,536 registers, 228 KB shared memory (227 KB per block, 1 KB reserved per
 block), 64 warps, 32 blocks per SM, 132 SMs): blocks per SM = the minimum of the register limit (registers
@@ -58,9 +58,10 @@ MAX_WARPS_PER_SM = 64
 MAX_BLOCKS_PER_SM = 32
 REG_ALLOC_UNIT = 256  # registers, per warp
 
-CLASSES = ("total", "mufu", "fp32", "shfl", "smem", "bar")
+CLASSES = ("total", "mufu", "fp32", "shfl", "smem", "bar", "local")
 _FP32 = {"FFMA", "FMUL", "FADD"}
 _SMEM = {"LDS", "STS", "LDSM", "STSM", "ATOMS", "LDGSTS"}
+_LOCAL = {"LDL", "STL"}  # local memory: spill reloads and stores
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -257,6 +258,8 @@ def _class_of(opcode: str) -> list[str]:
         out.append("smem")
     if base == "BAR":
         out.append("bar")
+    if base in _LOCAL:
+        out.append("local")
     return out
 
 

@@ -401,11 +401,11 @@ def acc_pos(t, T: tl.constexpr, VEC: tl.constexpr):
 
 
 @triton.jit
-def acc_add(ptr, rows, v, lim, MASKED: tl.constexpr, VEC: tl.constexpr):
+def acc_add(ptr, rows, v, lim, MASKED: tl.constexpr, VEC: tl.constexpr, PERM: tl.constexpr = True):
     """``ptr[rows + acc_pos(t)] += v[:, t]`` for an fp32 ``[R, T]`` tile in the layout of :func:`join_steps` (rows
     ``[R, 1]``, zeroed by the caller; MASKED: steps ``>= lim`` untouched): each run of 4 steps per thread is one
-    contiguous vector, so no layout conversion and no predicated first read."""
-    if VEC > 4:
+    contiguous vector, so no layout conversion and no predicated first read. ``PERM=False``: at ``rows + t``."""
+    if PERM and VEC > 4:
         vals = split_steps(v, VEC)
         W: tl.constexpr = v.shape[1] // VEC * 4
         j = tl.arange(0, W)[None, :]
@@ -431,15 +431,15 @@ def acc_add(ptr, rows, v, lim, MASKED: tl.constexpr, VEC: tl.constexpr):
 
 @triton.jit
 def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C_ptr, bc_rows, s_Bn,
-             dB_ptr, dC_ptr, acc_rows, s_dn, acc_m, mask, lim, first, last, rst, A_ptr, a_off, s_An, h_ptr, nu_ptr,
+             dB_ptr, dC_ptr, acc_rows, s_dn, mask, lim, first, last, rst, A_ptr, a_off, s_An, h_ptr, nu_ptr,
              dA_ptr, st_off, dA_off, bias, Dv,
              NS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
              HAS_NU: tl.constexpr, HAS_RESET: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr,
              VEC: tl.constexpr, FAST: tl.constexpr, GATHER: tl.constexpr = False, BC_PAD: tl.constexpr = False,
              ACC_PERM: tl.constexpr = False, ADJ_COLS: tl.constexpr = False):
     """One backward tile: writes du, ddelta, dz and adds this tile's dB/dC terms into the fp32 accumulators
-    ``dB_ptr``/``dC_ptr`` at offsets ``acc_rows + n * s_dn + step`` (read where ``acc_m``: not for the first
-    channel, which initialises them); stores the dA terms summed over the tile's steps at ``dA_ptr[dA_off + n]``;
+    ``dB_ptr``/``dC_ptr``, rows ``acc_rows + n * s_dn`` (``[R, 1]``, zeroed by the caller; step t at ``+ t``, or
+    at ``acc_pos(t)`` with ACC_PERM: see :func:`acc_add`); stores the dA terms summed over the tile's steps at ``dA_ptr[dA_off + n]``;
     returns (dD ``[R]``, d(delta_bias) ``[R]``) summed over the tile's steps.
 
     Per row (``[R]`` offsets, addresses formed at each use): ``h_ptr[st_off + n]`` is the state entering the
@@ -451,8 +451,6 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
         lm = lim
     else:
         lm = mask
-    if MASKED and not ACC_PERM:
-        acc_m = acc_m & mask
     dt, _ = dt_tile(dl_ptr, off, mask, lim, bias, SOFTPLUS, MASKED, FAST, GATHER)
     u = load_tile(u_ptr, off, lm, MASKED, GATHER)
     dy = load_tile(g_ptr, off, lm, MASKED, GATHER)
@@ -478,14 +476,7 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
                                    affine_combine)
         if HAS_Z:
             y += h * Cn
-        if ACC_PERM:
-            acc_add(dC_ptr, acc_rows + n * s_dn, dy * h, lim, MASKED, VEC)
-        else:
-            vC = dy * h + tl.load(dC_ptr + (acc_rows + n * s_dn), mask=acc_m, other=0.0)
-            if MASKED:
-                tl.store(dC_ptr + (acc_rows + n * s_dn), vC, mask=mask)
-            else:
-                tl.store(dC_ptr + (acc_rows + n * s_dn), vC)
+        acc_add(dC_ptr, acc_rows + n * s_dn, dy * h, lim, MASKED, VEC, ACC_PERM)
         ah = h - b  # a_t h_{t-1}
         dyC = dy * Cn
         if HAS_NU:
@@ -499,14 +490,7 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
         lah = lam * ah
         ddt += An[:, None] * lah
         tl.store(dA_ptr + (dA_off + n), tl.sum(lah * dt, 1))
-        if ACC_PERM:
-            acc_add(dB_ptr, acc_rows + n * s_dn, lam * dtu, lim, MASKED, VEC)
-        else:
-            vB = lam * dtu + tl.load(dB_ptr + (acc_rows + n * s_dn), mask=acc_m, other=0.0)
-            if MASKED:
-                tl.store(dB_ptr + (acc_rows + n * s_dn), vB, mask=mask)
-            else:
-                tl.store(dB_ptr + (acc_rows + n * s_dn), vB)
+        acc_add(dB_ptr, acc_rows + n * s_dn, lam * dtu, lim, MASKED, VEC, ACC_PERM)
     u = load_tile(u_ptr, off, lm, MASKED, GATHER)
     ddt += u * lB
     du = dt * lB

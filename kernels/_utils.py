@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from collections.abc import Iterator
 from fractions import Fraction
@@ -251,6 +252,10 @@ class LaunchConfig:
             two waves.
         fwd_tile: steps per forward tile under the interpreter geometry (tests: a tile shorter than the checkpoint
             spacing); ``None``: one tile per checkpoint interval.
+        fast: the kernels' inline-asm fast paths (``lg2.approx``, the approximate division: the ``FAST``
+            constexpr); ``None``: where the kernels are compiled, never under the interpreter, which cannot run
+            inline asm. ``True`` only for launches that are captured, not run (the sm_90 report compiles what a
+            CUDA launch would).
 
     Launchers must take every machine-dependent decision through this object (:func:`gpu_geometry`,
     :func:`sm_budget`, :func:`current_config`), never from a module global or the device directly.
@@ -262,6 +267,7 @@ class LaunchConfig:
     tiles_per_chunk: int | None = None
     bwd_splits: int | None = None
     fwd_tile: int | None = None
+    fast: bool | None = None
 
 
 # Process-wide, not a ContextVar: autograd runs the backward of CUDA tensors on its own threads.
@@ -291,6 +297,19 @@ def gpu_geometry() -> bool:
     """True when the launchers must choose the CUDA geometry (on CUDA, or when :func:`launch_config` asks)."""
     c = _CONFIG[0]
     return (not interpreting()) if c.cuda_geometry is None else c.cuda_geometry
+
+
+def fast_paths() -> bool:
+    """The ``FAST`` constexpr of the scan launches: inline-asm fast paths when compiled (see ``LaunchConfig.fast``)."""
+    c = _CONFIG[0]
+    return (not interpreting()) if c.fast is None else c.fast
+
+
+def busiest_sm(programs: int, sms: Fraction | int) -> Fraction:
+    """Issue time of the busiest SM for ``programs`` one-warp programs of equal work, in programs' work: it runs
+    ceil(programs / sms) of them from min(4, that many) schedulers (0 for no programs: an empty batch)."""
+    p = math.ceil(Fraction(programs) / sms)
+    return Fraction(p, min(4, max(p, 1)))
 
 
 def sm_budget(device: torch.device) -> Fraction:

@@ -24,9 +24,7 @@ dx over the directions (the owner-computes merge of ``kernels/space_time.py``), 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from fractions import Fraction
 
 import torch
 import triton
@@ -45,17 +43,19 @@ from glsmamba.kernels._scan_common import (
     join_steps,
     none_flag,
     pairs_ok,
+    row_last,
     sum_leading,
     summary_tile,
     vec_of,
 )
 from glsmamba.kernels._utils import (
+    busiest_sm,
     cdiv,
     check_runnable,
     current_config,
     device_guard,
+    fast_paths,
     gpu_geometry,
-    interpreting,
     next_pow2,
     record_build,
     sm_budget,
@@ -137,13 +137,16 @@ def _os_fwd_kernel(x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr,
     xb = x_ptr + b * L * CH
     ob = out_ptr + (b * G + g) * L * CH
     for r in range(nd):
-        # direction r reads rows other lanes wrote for direction r - 1: a barrier orders them (one warp: cheap)
+        # direction r reads rows other lanes (or the other warp) wrote for direction r - 1: a barrier orders them
         tl.debug_barrier()
         k = tl.load(mem_ptr + d0 + r).to(IDX)
         A2s, bias, Dv = _dir_params(A_ptr, D_ptr, bias_ptr, k, rows, CH, NS, HAS_D, HAS_BIAS)
+        # the state starts in the layout the tiles leave it in (a row reduction of a joined tile), so that the
+        # loop-carried state needs no layout conversion (with two warps: a shared-memory round trip per state)
+        zrow = row_last(join_steps((tl.zeros([BLOCK_R, BLOCK_T // VEC], dtype=tl.float32),) * VEC), last)
         hs = ()
         for _n in tl.static_range(NS):
-            hs = hs + (tl.zeros([BLOCK_R], dtype=tl.float32),)
+            hs = hs + (zrow,)
         db = dl_ptr + b * s_db + k * s_dk
         bc_rows = ((b * K + k) * NS * LP + rows * 0)[:, None]  # + t0 // CK * NS * CK + t0 % CK per tile
         o_ck = (((b * K + k) * NCK) * CH + rows) * NS
@@ -154,10 +157,10 @@ def _os_fwd_kernel(x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr,
             if HAS_RESET:
                 rst = _step_flags(rst_ptr, k * LP + t0, BLOCK_T, VEC)
             if SAVE:
-                ck_here = (rows * 0 + it) % CK_TILES == 0
-                for n in tl.static_range(NS):
-                    tl.store(ck_ptr + o_ck + n, hs[n], mask=ck_here)
-                o_ck += tl.where(ck_here, CH * NS, 0)
+                if it % CK_TILES == 0:  # (a branch, not a mask: the state's layout is converted only here)
+                    for n in tl.static_range(NS):
+                        tl.store(ck_ptr + o_ck + n, hs[n])
+                    o_ck += CH * NS
             tb = bc_rows + (it // CK_TILES) * (NS * CK_TILES * BLOCK_T) + (it % CK_TILES) * BLOCK_T
             hs = fwd_tile(xb, db, None, ob, _step_offs(ord_ptr, k * LP + t0, rows, unit, CH, BLOCK_T, VEC), B_ptr,
                           C_ptr, tb, tb, L - t0, CK_TILES * BLOCK_T, CK_TILES * BLOCK_T, mask, first, last, rst, A2s,
@@ -262,7 +265,7 @@ def _os_bwd_kernel(x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr,
         dDv, dbv = bwd_tile(xb, db, None, gb, dxb, ddb, None, _step_offs(ord_ptr, (k * LP + t0)[:, None], rows, unit,
                                                                          CH, BLOCK_T, VEC),
                             B_ptr, C_ptr, bc_rows + opaque, BLOCK_T, dB_ptr, dC_ptr, acc_rows + opaque, BLOCK_T,
-                            None, mask, lim, first, last, rst, A_ptr, (k * CH + rows) * NS, 1,
+                            mask, lim, first, last, rst, A_ptr, (k * CH + rows) * NS, 1,
                             ck_ptr, nu_ptr, dA_ptr, st, pa * NS, bias, Dv, NS, SOFTPLUS, HAS_D, False, HAS_NU,
                             HAS_RESET, MASKED, PAIRS, VEC, FAST, True, True, True, True)
         tl.store(dD_ptr + pa, dDv)
@@ -294,20 +297,28 @@ def _os_dbc_kernel(src_ptr, ord_ptr, dst_ptr, S, K, NS, L, LP, M, NCK, CK: tl.co
 
 class _Geo:
     """Launch geometry of one call. CK steps (256 on the GPU) are one backward chunk and the forward's checkpoint
-    spacing; the forward tile is R channels x BLOCK_T steps, one warp (R = 16: each gathered row a full sector)."""
+    spacing; the forward tile is R channels x BLOCK_T steps over ``fwd_warps`` warps (R = 16: each gathered row a
+    full sector); the backward's summary tiles are R_sum channels, one warp."""
 
     def __init__(self, Bsz: int, K: int, G: int, CH: int, L: int, vec: int, device: torch.device):
         gpu = gpu_geometry()
-        self.FAST = not interpreting()  # inline-asm fast paths: compiled kernels only
+        self.FAST = fast_paths()  # inline-asm fast paths: compiled kernels only
         self.CK = 256 if gpu else 16
         self.NCK = max(1, cdiv(L, self.CK))
         self.LP = self.NCK * self.CK
         target = 2 * sm_budget(device)
         if gpu:  # as many channels per warp as still fill two waves (fewer shuffle rounds per scan)
-            self.R = next((r for r in (16, 8, 4, 2) if CH % r == 0 and Bsz * G * CH // r >= target), 1)
-            self.BLOCK_T = vec * 32 // self.R
+            per_warp = next((r for r in (16, 8, 4, 2) if CH % r == 0 and Bsz * G * CH // r >= target), 1)
+            # 8-channel warps in pairs: 16-channel programs, each gathered row a whole 32-byte sector, where they
+            # still fill a wave (the warps split the channels: every scan stays inside a warp). Not 4 or 8 warps of
+            # 4 or 2 channels: at the windows' headline shape so few programs would leave SMs idle.
+            self.fwd_warps = 2 if per_warp == 8 and CH % 16 == 0 and Bsz * G * CH // 16 >= target / 2 else 1
+            self.R = per_warp * self.fwd_warps
+            self.R_sum = per_warp
+            self.BLOCK_T = vec * 32 // per_warp
         else:
             self.R, self.BLOCK_T = divisor(CH), self.CK
+            self.R_sum, self.fwd_warps = self.R, 1
         self.CK_TILES = self.CK // self.BLOCK_T
         self.nfull = L // self.CK
         self.Rb = 1 if gpu else next_pow2(max(self.nfull, 1))  # interpreter: every full chunk in one program
@@ -319,18 +330,11 @@ class _Geo:
         if forced is not None:
             splits = forced
         elif gpu:  # channel ranges per (batch row, direction, chunk): the busiest SM's least issue time
-            splits = min(range(1, min(8, CH) + 1), key=lambda s: (_busiest(base * s, sm_budget(device)) / s, s))
+            splits = min(range(1, min(8, CH) + 1), key=lambda s: (busiest_sm(base * s, sm_budget(device)) / s, s))
         else:
             splits = 1
         self.cps = cdiv(CH, max(1, min(splits, CH)))
         self.splits = cdiv(CH, self.cps)
-
-
-def _busiest(programs: int, sms) -> Fraction:
-    """Issue time of the busiest SM for ``programs`` one-warp programs of equal work, in programs' work: it runs
-    ceil(programs / sms) of them from min(4, that many) schedulers (0 for no programs: an empty batch)."""
-    p = math.ceil(Fraction(programs) / sms)
-    return Fraction(p, min(4, max(p, 1)))
 
 
 _TABLES: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -382,7 +386,7 @@ def _fwd(x, delta, A, Bs, Cs, D, delta_bias, tabs, groups, softplus: bool, save:
             s_db=delta.stride(0), s_dk=delta.stride(1), L=L, LP=geo.LP, CH=CH, K=K, G=G, NCK=geo.NCK, unit=1,
             NS=NS, BLOCK_R=geo.R, BLOCK_T=geo.BLOCK_T, CK_TILES=geo.CK_TILES, SOFTPLUS=softplus,
             ACCUM=len(groups) > G, PAIRS=pairs_ok(Bs, Cs), VEC=vec_of(x), FAST=geo.FAST, IDX=index_type(x, delta, out),
-            num_warps=1, maxnreg=128)
+            num_warps=geo.fwd_warps)
     return out, ck
 
 
@@ -408,8 +412,8 @@ def _bwd(dout, x, delta, A, Bs, Cs, D, delta_bias, tabs, groups, ck, softplus: b
         if geo.NCK > 1:  # the adjoint each chunk receives from the chunks after it
             loc = torch.empty(Bsz * K, geo.NCK, CH, NS, **f32)
             dsum = torch.empty(Bsz * K, geo.NCK, CH, **f32)
-            _os_summary_kernel[(CH // geo.R, geo.NCK, Bsz * K)](
-                dout_ptr=dout, C_ptr=Cs, loc_ptr=loc, dsum_ptr=dsum, BLOCK_R=geo.R, BLOCK_T=geo.BLOCK_T,
+            _os_summary_kernel[(CH // geo.R_sum, geo.NCK, Bsz * K)](
+                dout_ptr=dout, C_ptr=Cs, loc_ptr=loc, dsum_ptr=dsum, BLOCK_R=geo.R_sum, BLOCK_T=geo.BLOCK_T,
                 CK_TILES=geo.CK_TILES, num_warps=1, **common)
             crst = None
             if tabs["r8"] is not None:  # a chunk holding a reset passes nothing on
@@ -421,7 +425,7 @@ def _bwd(dout, x, delta, A, Bs, Cs, D, delta_bias, tabs, groups, ck, softplus: b
                 HAS_INIT=False)
         main = dict(x_ptr=x, B_ptr=Bs, C_ptr=Cs, D_ptr=D, dout_ptr=dout, ck_ptr=ck, nu_ptr=nu, dx_ptr=dxk,
                     ddl_ptr=ddelta, dB_ptr=dBs, dC_ptr=dCs, dA_ptr=dAp, dD_ptr=dDp, dbias_ptr=dbp, CPS=geo.cps, zero=0,
-                    NSPLIT=geo.splits, BLOCK_T=geo.CK, PAIRS=pairs_ok(Bs, Cs), num_warps=geo.bwd_warps, maxnreg=128,
+                    NSPLIT=geo.splits, BLOCK_T=geo.CK, PAIRS=pairs_ok(Bs, Cs), num_warps=geo.bwd_warps,
                     **common)
         progs = Bsz * K * geo.splits
         if geo.nfull:

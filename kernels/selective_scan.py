@@ -25,9 +25,6 @@ no atomics.
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
-
 import torch
 import triton
 import triton.language as tl
@@ -48,12 +45,13 @@ from glsmamba.kernels._scan_common import (
     vec_of,
 )
 from glsmamba.kernels._utils import (
+    busiest_sm,
     cdiv,
     check_runnable,
     current_config,
     device_guard,
+    fast_paths,
     gpu_geometry,
-    interpreting,
     next_pow2,
     record_build,
     sm_budget,
@@ -233,7 +231,11 @@ def _ss_bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, d
     # state n of a chunk is BLOCK_T elements after state n - 1 (an immediate offset, no register per state)
     bc_rows = (i_b * s_Bb + i_g * s_Bg + ch * (NS * BLOCK_T))[:, None]
     acc_rows = ((((i_s * (tl.num_programs(1) // NSPLIT) + i_b * GROUPS + i_g) * NCK).to(IDX) + ch) *
-                (NS * BLOCK_T))[:, None] + o_t[None, :]
+                (NS * BLOCK_T))[:, None]
+    zt = tl.zeros([BLOCK_R, BLOCK_T], dtype=tl.float32)
+    for n in tl.static_range(NS):  # the dB/dC accumulator rows this program owns start at zero
+        tl.store(dB_ptr + (acc_rows + n * BLOCK_T + o_t[None, :]), zt)
+        tl.store(dC_ptr + (acc_rows + n * BLOCK_T + o_t[None, :]), zt)
     c_lo = i_s * CPS
     nch = tl.minimum(CPS, GROUP_SIZE - c_lo)
     for dd in range(nch):
@@ -246,12 +248,11 @@ def _ss_bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, d
         if HAS_D:
             Dv = tl.load(D_ptr + rows).to(tl.float32)
         o_st = ((i_b * NCK + ch) * DIM + d) * NS
-        acc_m = (o_t[None, :] * 0 + dd) > 0
         o_p = (i_b * NCK + ch) * DIM + d
         dDv, dbv = bwd_tile(
             u_ptr, dl_ptr, z_ptr, dout_ptr, du_ptr, ddl_ptr, dz_ptr,
             _chunk_offs(base, d, t0, s_d, s_l, unit, BLOCK_T, VEC, CHANNEL_LAST), B_ptr, C_ptr, bc_rows,
-            BLOCK_T, dB_ptr, dC_ptr, acc_rows, BLOCK_T, acc_m, mask, lim, first, last, None, A_ptr, rows * s_Ad, s_An,
+            BLOCK_T, dB_ptr, dC_ptr, acc_rows, BLOCK_T, mask, lim, first, last, None, A_ptr, rows * s_Ad, s_An,
             ck_ptr, nu_ptr, dA_ptr, o_st, o_st, bias, Dv, NS, SOFTPLUS, HAS_D,
             HAS_Z, HAS_NU, False, MASKED, PAIRS, VEC, FAST, CHANNEL_LAST)
         tl.store(dD_ptr + o_p, dDv)
@@ -275,9 +276,9 @@ def _unchunk_kernel(src_ptr, dst_ptr, S, NS, L, M, NCK, CK: tl.constexpr, BLOCK:
 
 # ----------------------------------------------------------------------------------------------------------------
 # launchers
-
-MAXNREG = 128  # registers per thread (one-warp programs would otherwise take up to 255)
-
+#
+# No maxnreg on any launch: capped at 128 registers, ptxas spilled (8-12 bytes in the forward, 12 in the
+# backward, at the headline shapes of the sm_90 report), where uncapped it allocates 85-88 and 114 without a spill.
 
 class _Geo:
     """Launch geometry of one call. CK steps (256 on the GPU) are one backward chunk and the forward's
@@ -286,7 +287,7 @@ class _Geo:
     def __init__(self, batch: int, dim: int, length: int, dstate: int, groups: int, device: torch.device):
         gpu = gpu_geometry()
         knobs = current_config()  # test-only knobs (kernels._utils.launch_config)
-        self.FAST = not interpreting()  # inline-asm fast paths: compiled kernels only
+        self.FAST = fast_paths()  # inline-asm fast paths: compiled kernels only
         self.NS = dstate
         self.CK = 256 if gpu else 16
         self.n_ck = max(1, cdiv(length, self.CK))
@@ -299,12 +300,8 @@ class _Geo:
         # ceil(P / SMs) x R / min(4, ceil(P / SMs)) for P = batch x dim / R programs; on a tie the larger R
         # (fewer shuffle rounds per scan). Chunks only when even one row per program cannot fill the GPU.
         if gpu:
-            def issue(r: int) -> Fraction:
-                per_sm = math.ceil(Fraction(batch * dim // r) / sms)
-                return Fraction(per_sm * r, min(4, max(per_sm, 1)))
-
             fits = [(t, r) for t, r in ((64, 4), (128, 2), (256, 1)) if dim % r == 0]
-            self.BLOCK_T, self.R = min(fits, key=lambda tr: (issue(tr[1]), -tr[1]))
+            self.BLOCK_T, self.R = min(fits, key=lambda tr: (tr[1] * busiest_sm(batch * dim // tr[1], sms), -tr[1]))
         else:
             self.BLOCK_T, self.R = knobs.fwd_tile or self.CK, divisor(dim)
         self.CK_TILES = self.CK // self.BLOCK_T
@@ -312,7 +309,7 @@ class _Geo:
         tiles = self.n_tiles
         if knobs.tiles_per_chunk is not None:
             tiles = knobs.tiles_per_chunk
-        elif gpu and batch * dim // self.R < target:
+        elif gpu and 0 < batch * dim // self.R < target:  # (an empty batch: no programs, no chunks)
             tiles = max(1, cdiv(self.n_tiles, cdiv(target, batch * dim // self.R)))
         self.tiles = cdiv(max(1, min(tiles, self.n_tiles)), self.CK_TILES) * self.CK_TILES
         # backward: programs own (batch row, group, channel range, Rb chunk rows); one warp per chunk row
@@ -322,7 +319,7 @@ class _Geo:
         self.bwd_warps = 2 if gpu else 1
         base = batch * groups * self.n_ck
         splits = knobs.bwd_splits if knobs.bwd_splits is not None else (
-            min(8, self.group_size, cdiv(target, base)) if gpu and base < target else 1)
+            min(8, self.group_size, cdiv(target, base)) if gpu and 0 < base < target else 1)
         self.splits = max(1, min(splits, self.group_size))
         self.cps = cdiv(self.group_size, self.splits)
         self.splits = cdiv(self.group_size, self.cps)
@@ -377,7 +374,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, channel_last: bool
     common = dict(u_ptr=u, dl_ptr=delta, A_ptr=A, bias_ptr=delta_bias, **_strides(u, channel_last),
                   s_Ad=A.stride(0), s_An=A.stride(1), L=length, DIM=dim, GROUP_SIZE=geo.group_size, unit=1,
                   NS=dstate, BLOCK_R=geo.R, BLOCK_T=geo.BLOCK_T, SOFTPLUS=softplus, CHANNEL_LAST=channel_last,
-                  FAST=geo.FAST, IDX=index_type(u, Bt), num_warps=1, maxnreg=MAXNREG)
+                  FAST=geo.FAST, IDX=index_type(u, Bt), num_warps=1)
     main = dict(B_ptr=Bt, C_ptr=Ct, D_ptr=D, z_ptr=z, out_ptr=out, hend_ptr=hend, ck_ptr=ck, s_Bb=Bt.stride(0),
                 s_Bg=Bt.stride(1), s_Bn=Bt.stride(2), CK_TILES=geo.CK_TILES, PAIRS=pairs_ok(Bt, Ct),
                 VEC=vec_of(Bt), **common)
@@ -454,7 +451,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ck, softplus: bool, c
                     nu_ptr=nu, du_ptr=du, ddl_ptr=ddelta, dz_ptr=dz, dB_ptr=dBs, dC_ptr=dCs, dA_ptr=dAp,
                     dD_ptr=dDp, dbias_ptr=dbp, s_Bb=Bc.stride(0), s_Bg=Bc.stride(1),
                     CPS=geo.cps, NSPLIT=geo.splits, GROUPS=groups, NCK=nck, PAIRS=pairs_ok(Bc, Cc),
-                    VEC=vec_of(Bt), maxnreg=MAXNREG, **rows)
+                    VEC=vec_of(Bt), **rows)
         progs = batch * groups * geo.splits
         if geo.nfull:
             _ss_bwd_kernel[(cdiv(geo.nfull, geo.Rb), progs)](C0=0, BLOCK_R=geo.Rb, BLOCK_T=geo.CK, MASKED=False,

@@ -35,14 +35,14 @@ def test_every_op_with_an_empty_batch(case, backend, device):
     _check_empty_batch(case, backend, device)
 
 
-ORDERED = [c for c in CASES if c.op == "ordered_selective_scan"]
+SCANS = [c for c in CASES if c.op in ("ordered_selective_scan", "selective_scan")]
 
 
-@pytest.mark.parametrize("case", ORDERED, ids=[c.variant for c in ORDERED])
-def test_triton_ordered_scan_with_an_empty_batch_in_the_cuda_geometry(case, device):
-    """The same with the launchers choosing the CUDA geometry, as on a GPU (the backward once divided by zero
-    choosing its channel ranges for zero programs). Only the ordered scan: the selective scan's CUDA geometry
-    still divides by zero on an empty batch (found by this test's first version, not fixed yet)."""
+@pytest.mark.parametrize("case", SCANS, ids=[f"{c.op}-{c.variant}" for c in SCANS])
+def test_triton_scans_with_an_empty_batch_in_the_cuda_geometry(case, device):
+    """The same with the launchers choosing the CUDA geometry, as on a GPU: the ordered scan's backward once
+    divided by zero choosing its channel ranges for zero programs, the selective scan's forward choosing its
+    chunks."""
     with launch_config(cuda_geometry=True):
         _check_empty_batch(case, "triton", device)
 

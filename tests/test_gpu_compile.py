@@ -56,10 +56,11 @@ def _runs():
         ("ordered scan STS6D, backward channel ranges", dict(bwd_splits=2),
          spec_run(ordered, C=64, thw=(2, 8, 20), L=320)),
         ("ordered scan windows", {}, spec_run(windows, C=64)),
-        # a machine of 1/8 the SMs: 2-channel tiles (the windows' choice at the headline shape), 8 for STS6D
+        # a machine of 1/8 the SMs: 2-channel tiles (the windows' choice at the headline shape); for STS6D 16
+        # channels in two 8-channel warps (its choice at the headline shape)
         ("ordered scan windows, 2-row tiles", dict(scale=Fraction(1, 8)), spec_run(windows, C=64)),
-        ("ordered scan STS6D, 8-row tiles", dict(scale=Fraction(1, 8)), spec_run(ordered, C=64, thw=(2, 8, 20),
-                                                                              L=320)),
+        ("ordered scan STS6D, 16-row tiles of two warps", dict(scale=Fraction(1, 8)),
+         spec_run(ordered, C=64, thw=(2, 8, 20), L=320)),
         ("space-time scan", {}, spec_run(static_ops.space_time_spec("space_time_scan"))),
         ("space-time merge", {}, spec_run(static_ops.space_time_spec("space_time_merge"))),
         ("deformable", {}, spec_run(static_ops.deformable_spec(), G=4)),
@@ -93,7 +94,7 @@ def test_every_kernel_compiles_for_sm90_without_spills():
             j = sass.job(ex, args, kwargs, launch.grid)
             jobs.setdefault(sass.job_key(j), dict(j, what=name))
 
-        with launch_config(cuda_geometry=True, **knobs), capture(record):
+        with launch_config(cuda_geometry=True, fast=True, **knobs), capture(record):
             run()
     kernels = {(j["module"], j["kernel"]) for j in jobs.values()}
     expected = set()
@@ -103,8 +104,8 @@ def test_every_kernel_compiles_for_sm90_without_spills():
                                                                           re.M)}
     assert kernels == expected, f"kernels never launched by the runs above: {sorted(expected - kernels)}"
     results = sass.compile_all(list(jobs.values()), workers=2)
-    spilled = [(j["kernel"], j["what"], r["spills"]) for j, r in zip(jobs.values(), results, strict=True)
-               if r["spills"]]
+    # spills: ptxas -v's spill stores (bench/sass.py), with the inline-asm fast paths a CUDA launch takes
+    spilled = sorted({(j["kernel"], j["what"]) for j, r in zip(jobs.values(), results, strict=True) if r["spills"]})
     assert not spilled, f"kernels that spill registers on sm_90: {spilled}"
     looped = set()
     for j, r in zip(jobs.values(), results, strict=True):
