@@ -14,8 +14,8 @@ From the cubin (Triton ships ``cuobjdump`` and ``nvdisasm`` in ``triton/backends
 * ``cuobjdump -res-usage``: registers per thread (``REG``), static shared memory; plus the dynamic shared
   memory Triton requests (``metadata.shared``).
 * ``ptxas -v`` on the kernel's PTX, run again with the ptxas and the options Triton's own ``make_cubin`` uses
-  for sm_90 (``get_ptxas(90)``, ``-lineinfo
-  --regAllocOptLevel=2 --gpu-name=sm_90a``; its register count must equal the cubin's, or the report fails):
+  for sm_90 (``get_ptxas(90)``, ``-lineinfo --regAllocOptLevel=2 --gpu-name=sm_90a``; its register count must
+  equal the cubin's, or the report fails):
   ``spills`` is the spill-store bytes / 4 summed over the functions it reports (the kernel and any subroutine
   it calls). ptxas puts spill slots in the stack frame (``STACK``), not in ``LOCAL``, so cuobjdump's
   ``LOCAL`` (which Triton's ``n_spills`` reads on a real driver) stays 0 however much a kernel spills.
@@ -209,8 +209,7 @@ def ptxas_spills(ptx: str, name: str, regs: int) -> dict[str, int]:
         run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"ptxas -v failed ({run.returncode}) on {name!r}: {run.stderr[-2000:]}")
-    log = run.stderr
-    return parse_ptxas_log(log, name, regs)
+    return parse_ptxas_log(run.stderr, name, regs)
 
 
 def parse_ptxas_log(log: str, name: str, regs: int) -> dict[str, int]:
