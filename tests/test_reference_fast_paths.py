@@ -23,7 +23,7 @@ from glsmamba.reference.deformable import (
 from glsmamba.reference.ordered_scan import ordered_selective_scan, ordered_selective_scan_unfused
 from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
 from tests import test_deformable, test_ordered_scan
-from tests.harness import assert_close
+from tests.harness import assert_close, assert_same_special_values
 from tests.test_special_values import stepper_mode  # noqa: F401  (fixture: both ways the scan steps)
 
 SHARED = ("delta", "B", "C")
@@ -263,3 +263,86 @@ def test_block_path_steps_its_recurrence_on_one_thread():
         assert_close("out", want, got, torch.float32)
     finally:
         torch.set_num_threads(prev)
+
+
+class _CountCalls:
+    """Wraps a function, counting its calls."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.fn(*args)
+
+
+def test_compiled_fused_steps_match_the_oracle_and_keep_nan_reach(monkeypatch):
+    """``GLSMAMBA_SCAN_COMPILE=1``: the ordered scan's no-grad forward and the autograd forward step through the
+    compiled fused steps (40 tokens: two compiled blocks of 16 and an eager tail of 8), equal to the unfused oracle
+    in values and gradients, a NaN / inf in one token reaching exactly where it reaches in the oracle (placed in the
+    second compiled block), also under ``torch.inference_mode``."""
+    from glsmamba.reference import _scan_seq
+
+    monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", "1")
+    counted = _CountCalls(_scan_seq.compiled_steps)
+    monkeypatch.setattr(_scan_seq, "compiled_steps", counted)
+    shape = (2, 4, 5)  # 40 tokens
+    orders, groups = scan_orders(shape, STS6D), (0, 1, 2, 0, 1, 2)
+    inp = test_ordered_scan.make_inputs(6, B=1, shape=shape, C=4, N=3)
+    want, want_g = _ordered_call(ordered_selective_scan_unfused, inp, SHARED, orders, None, groups, True)
+    counted.calls = 0  # (the oracle's per-direction selective scans step through it as well)
+    got, got_g = _ordered_call(ordered_selective_scan, inp, SHARED, orders, None, groups, True)
+    assert counted.calls == 2  # the autograd forward: two full blocks compiled
+    assert_close("out", want, got, torch.float32)
+    for k in want_g:
+        assert_close(f"d{k}", want_g[k], got_g[k], torch.float32, "grad")
+    for ctx in (torch.no_grad, torch.inference_mode):
+        with ctx():
+            got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, None, groups, False)
+        assert_close(f"out ({ctx.__name__})", want, got, torch.float32)
+    assert counted.calls == 6
+    for value in (float("nan"), float("inf")):
+        bad = {k: v.clone() if v is not None else None for k, v in inp.items()}
+        bad["x"][0, 21, 1] = value
+        want, _ = _ordered_call(ordered_selective_scan_unfused, bad, SHARED, orders, None, groups, False)
+        with torch.no_grad():
+            got, _ = _ordered_call(ordered_selective_scan, bad, SHARED, orders, None, groups, False)
+        assert not torch.isfinite(want).all()
+        assert_same_special_values(f"out with {value} at token 21", want, got, torch.float32)
+
+
+def test_fused_steps_compile_switch(monkeypatch):
+    """``GLSMAMBA_SCAN_COMPILE``: ``auto`` fuses from ``_FUSED_ELEMS`` state elements on, ``0`` never, ``1`` at every
+    size (CPU, one B/C group only); another value is refused, naming the variable. A compile failure raises under
+    ``1``; under ``auto`` it warns once and the steps run eagerly, then and in later scans (same values)."""
+    from glsmamba.reference import _scan_seq
+
+    cpu = torch.device("cpu")
+    for mode, elems, groups, want in (("auto", _scan_seq._FUSED_ELEMS, 1, True), ("auto", 1000, 1, False),
+                                      ("0", 1 << 30, 1, False), ("1", 8, 1, True), ("1", 8, 2, False)):
+        monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", mode)
+        assert _scan_seq.use_fused(elems, groups, cpu) is want, (mode, elems, groups)
+    monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", "yes")
+    with pytest.raises(ValueError, match="GLSMAMBA_SCAN_COMPILE must be 'auto', '0' or '1', got 'yes'"):
+        _scan_seq.use_fused(8, 1, cpu)
+
+    def broken(*args, **kwargs):
+        def fail(*a):
+            raise RuntimeError("no C++ compiler")
+        return fail
+
+    monkeypatch.setattr(_scan_seq, "_COMPILED", [None])
+    monkeypatch.setattr(torch, "compile", broken)
+    shape, orders, reset, groups = _ordered_setup("sts6d")
+    inp = test_ordered_scan.make_inputs(6, B=1, shape=shape, C=4, N=2)
+    monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", "0")
+    want, _ = _ordered_call(ordered_selective_scan_unfused, inp, SHARED, orders, reset, groups, False)
+    monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", "1")
+    with torch.no_grad(), pytest.raises(RuntimeError, match="no C...compiler"):
+        _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, False)
+    monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", "auto")
+    monkeypatch.setattr(_scan_seq, "_FUSED_ELEMS", 1)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="compiling the reference scan's fused steps failed"):
+        got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, False)
+    assert_close("out", want, got, torch.float32)
+    assert _scan_seq._COMPILED[0] is False and not _scan_seq.use_fused(1 << 30, 1, cpu)

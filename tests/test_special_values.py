@@ -37,10 +37,15 @@ from tests.test_selective_scan import NAMES, make_inputs, oracle
 SPECIAL = (math.nan, math.inf, -math.inf)
 
 
-@pytest.fixture(params=["blocked", "per-token"])
+@pytest.fixture(params=["blocked", "per-token", "fused"])
 def stepper_mode(request, monkeypatch):
-    """Both ways the sequential scan steps its forward (``_scan_seq.Stepper``), whatever the size. Per token, the
-    steps also go 5 tokens at a time (as with large states): not aligned with the backward's 16-token checkpoints."""
+    """Every way the sequential scan steps its forward (``_scan_seq.Stepper``), whatever the size. Per token, the
+    steps also go 5 tokens at a time (as with large states): not aligned with the backward's 16-token checkpoints.
+    "fused": the fused steps on the channel-major state, run eagerly here (the same function the large states
+    compile; tests/test_reference_fast_paths.py holds the compiled one to it)."""
+    monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", "auto")
+    monkeypatch.setattr(scan_seq, "_FUSED_ELEMS", 1 if request.param == "fused" else 1 << 62)
+    monkeypatch.setattr(scan_seq, "compiled_steps", scan_seq.fused_steps)
     per_token = request.param == "per-token"
     monkeypatch.setattr(scan_seq, "_STEP_ELEMS", 1 if per_token else 1 << 62)
     if per_token:
