@@ -90,9 +90,9 @@ def plot(out: Path, presets: list[str]) -> Path | None:
     return path
 
 
-def _ms(rows, op, backend, mode, tokens) -> float | None:
+def _ms(rows, op, backend, mode, tokens, col="ms_p50") -> float | None:
     hit = [r for r in _ok(_series(rows, op, backend, mode)) if int(r["tokens"]) == tokens]
-    return _f(hit[0], "ms_p50") if hit else None
+    return _f(hit[0], col) if hit else None
 
 
 def _cell(rows, op, backend, mode, tokens, col="ms_p50") -> str:
@@ -101,7 +101,7 @@ def _cell(rows, op, backend, mode, tokens, col="ms_p50") -> str:
         return "-"
     r = hit[0]
     if r["status"] != "ok":
-        return r["status"]
+        return r["status"] + (" (predicted)" if r["note"].startswith("predicted") else "")
     v = _f(r, col)
     extra = ""
     if col == "ms_p50" and backend == "compile":
@@ -149,6 +149,12 @@ def summary(out: Path, presets: list[str]) -> Path:
                 growth = (b / hi) / (a / lo)
                 lines.append(f"- {mode}: GLSMamba time per token grows {growth:.2f}x from {lo:,} to {hi:,} tokens "
                              f"(target < 1.5x): {'holds' if growth < 1.5 else 'does not hold'}")
+        mine = _ms(rows, "glsmamba", "reference", "fwd", hi, "mem_peak_mb")
+        for backend in ("sdpa_math", "sdpa"):
+            theirs = _ms(rows, "attention_net", backend, "fwd", hi, "mem_peak_mb")
+            if mine is not None and theirs is not None:
+                lines.append(f"- fwd: peak RSS at {hi:,} tokens, GLSMamba {mine:,.0f} MiB vs {backend} {theirs:,.0f} "
+                             f"MiB: {'no larger' if mine <= theirs else 'larger'}")
         lines.append("")
     lines += ["![crossover](crossover.png)", ""]
     path = out / "summary.md"
