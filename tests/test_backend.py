@@ -61,3 +61,25 @@ def test_info_command_reports_backends(capsys):
     out = capsys.readouterr().out
     assert '"reference": "available"' in out
     assert '"triton"' in out
+
+
+def test_dispatch_under_torch_compile_does_not_recompile(monkeypatch):
+    """The dispatcher traced by dynamo: the second and third calls reuse the first graph (the call count was once a
+    guarded constant, so every call recompiled until dynamo's limit and then ran eagerly); calls inside the graph
+    are not counted, eager calls are."""
+    import torch._dynamo
+
+    from glsmamba.reference.space_time import STS6D, scan_orders
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    orders = scan_orders((2, 2, 3), STS6D)
+    fn = torch.compile(lambda x: backend.call("space_time_scan", x, orders, backend="reference") * 2,
+                       backend="eager")
+    backend.reset_call_counts()
+    x = torch.randn(1, 12, 4)
+    want = backend.call("space_time_scan", x, orders, backend="reference") * 2
+    for _ in range(3):
+        torch.testing.assert_close(fn(x), want, rtol=0, atol=0)
+    assert backend.call_counts() == {("space_time_scan", "reference"): 1}
+    torch._dynamo.reset()
