@@ -17,13 +17,13 @@ One exponential per (token, state, channel) is the least work the recurrence nee
 chunked closed form in ``_scan_chunked.py`` spends two, plus prefix sums); ``bench/bench_reference_speed.py``
 measures both.
 
-Fused steps: with at least ``_FUSED_ELEMS`` state elements (on a CPU, G = 1) the forward runs each block of
+Fused steps: with ``_FUSED_ELEMS`` to ``_STEP_ELEMS`` state elements (on a CPU, G = 1) the forward runs each block of
 ``BLOCK`` tokens as one ``torch.compile``d function (:func:`fused_steps`, Inductor's C++ backend): every
 (row, channel) keeps its N states in registers through the block -- one exponential, two multiply-adds and the
 contraction with C per (token, state, channel), nothing written but y and the last state. Its state is
 channel-major ``(R, D, N)``, as in the oracle. The same function runs eagerly for the tokens after the last full
 block (and where compiling is switched off), so both are the one formula, in the oracle's order of operations.
-``GLSMAMBA_SCAN_COMPILE``: ``auto`` (the default: fused from ``_FUSED_ELEMS`` state elements on; if compiling
+``GLSMAMBA_SCAN_COMPILE``: ``auto`` (the default: fused in that range of state sizes; if compiling
 fails, a warning and the unfused steps from then on), ``1`` (fused at every size; a compile failure raises), ``0``
 (never).
 
@@ -57,9 +57,13 @@ _STEP_ELEMS = 1 << 17
 # Below this many state elements the per-token ops (the recurrence's addcmul) run on one intra-op thread: ops this
 # small (49k elements for the base scan above) spend more on OpenMP's fork/join than two threads save.
 _SERIAL_ELEMS = 1 << 17
-# From this many state elements on the forward runs compiled fused steps (see the module docstring). Measured on 2
-# cores (torch 2.13, the base network's sts6d scan as above, no grad, OMP_WAIT_POLICY unset): 1.73-1.81 s per call
-# fused, 2.78-2.86 s unfused; the compile takes ~15 s once per state shape (cached on disk by Inductor after).
+# From this many state elements up to _STEP_ELEMS the forward runs compiled fused steps instead of the block path (see
+# the module docstring). Measured on 2 cores (torch 2.13, no grad, OMP_WAIT_POLICY unset): the base network's sts6d
+# scan as above 1.73-1.81 s per call fused, 2.78-2.86 s unfused; the steps alone (Stepper.scan, medians of 5) for a
+# 6 x 16 x 512 state 63-69 ms fused vs 80-134 ms blocked over 960 tokens, a 64 x 8 x 64 state 15-20 vs 14-23 ms. The
+# large states that step per token are as fast unfused: 128 x 16 x 512 (the base LRM scan) 150-170 ms per token vs
+# 205-218 ms fused over 120 tokens, 512 x 4 x 64 (tiny's) 25-27 vs 49-50 ms. The compile takes ~15 s once per
+# state shape (cached on disk by Inductor after).
 _FUSED_ELEMS = 1 << 15
 _LOG2E = 1.0 / math.log(2.0)
 _COMPILED: list = [None]  # the compiled fused_steps, built on first use; False once compiling failed under "auto"
@@ -147,7 +151,7 @@ def use_fused(elems: int, groups: int, device: torch.device) -> bool:
     mode = _scan_compile_mode()
     if groups != 1 or device.type != "cpu" or mode == "0" or _COMPILED[0] is False:
         return False
-    return mode == "1" or elems >= _FUSED_ELEMS
+    return mode == "1" or _FUSED_ELEMS <= elems < _STEP_ELEMS
 
 
 def compiled_steps(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

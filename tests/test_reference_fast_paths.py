@@ -312,13 +312,15 @@ def test_compiled_fused_steps_match_the_oracle_and_keep_nan_reach(monkeypatch):
 
 
 def test_fused_steps_compile_switch(monkeypatch):
-    """``GLSMAMBA_SCAN_COMPILE``: ``auto`` fuses from ``_FUSED_ELEMS`` state elements on, ``0`` never, ``1`` at every
-    size (CPU, one B/C group only); another value is refused, naming the variable. A compile failure raises under
+    """``GLSMAMBA_SCAN_COMPILE``: ``auto`` fuses from ``_FUSED_ELEMS`` state elements up to ``_STEP_ELEMS`` (where the
+    steps would otherwise go per block, not per token), ``0`` never, ``1`` at every size (CPU, one B/C group only); another value is refused, naming the variable. A compile failure raises under
     ``1``; under ``auto`` it warns once and the steps run eagerly, then and in later scans (same values)."""
     from glsmamba.reference import _scan_seq
 
     cpu = torch.device("cpu")
     for mode, elems, groups, want in (("auto", _scan_seq._FUSED_ELEMS, 1, True), ("auto", 1000, 1, False),
+                                      ("auto", _scan_seq._STEP_ELEMS - 1, 1, True),
+                                      ("auto", _scan_seq._STEP_ELEMS, 1, False),
                                       ("0", 1 << 30, 1, False), ("1", 8, 1, True), ("1", 8, 2, False)):
         monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", mode)
         assert _scan_seq.use_fused(elems, groups, cpu) is want, (mode, elems, groups)
@@ -345,4 +347,4 @@ def test_fused_steps_compile_switch(monkeypatch):
     with torch.no_grad(), pytest.warns(RuntimeWarning, match="compiling the reference scan's fused steps failed"):
         got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, False)
     assert_close("out", want, got, torch.float32)
-    assert _scan_seq._COMPILED[0] is False and not _scan_seq.use_fused(1 << 30, 1, cpu)
+    assert _scan_seq._COMPILED[0] is False and not _scan_seq.use_fused(_scan_seq._FUSED_ELEMS, 1, cpu)
