@@ -120,9 +120,14 @@ def summary(out: Path, presets: list[str]) -> Path:
         if not ok:
             continue
         r0 = ok[0]
+        runs: dict[tuple[str, str], list[str]] = {}  # (commit, date) -> the backends measured there
+        for r in ok:
+            b = runs.setdefault((r["commit"], r["timestamp"][:10]), [])
+            if r["backend"] not in b:
+                b.append(r["backend"])
+        where = "; ".join(f"commit {c}, {d}: {', '.join(b)}" for (c, d), b in runs.items())
         lines += [f"## {preset} (width {next((r['C'] for r in rows if r['op'] == 'glsmamba'), '?')})", "",
-                  f"{r0['device']}, {r0['threads']} threads, torch {r0['torch']}, commit {r0['commit']}, "
-                  f"{r0['timestamp'][:10]}.", "",
+                  f"{r0['device']}, {r0['threads']} threads, torch {r0['torch']}; {where}.", "",
                   "| mode | tokens | GLSMamba reference ms | GLSMamba compile ms | attention sdpa ms | "
                   "attention sdpa_math ms | peak RSS MiB: GLSMamba / sdpa / sdpa_math |",
                   "|---|---|---|---|---|---|---|"]
