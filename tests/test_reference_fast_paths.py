@@ -313,8 +313,9 @@ def test_compiled_fused_steps_match_the_oracle_and_keep_nan_reach(monkeypatch):
 
 def test_fused_steps_compile_switch(monkeypatch):
     """``GLSMAMBA_SCAN_COMPILE``: ``auto`` fuses from ``_FUSED_ELEMS`` state elements up to ``_STEP_ELEMS`` (where the
-    steps would otherwise go per block, not per token), ``0`` never, ``1`` at every size (CPU, one B/C group only); another value is refused, naming the variable. A compile failure raises under
-    ``1``; under ``auto`` it warns once and the steps run eagerly, then and in later scans (same values)."""
+    steps would otherwise go per block, not per token), ``0`` never, ``1`` at every size (CPU, one B/C group only);
+    another value is refused, naming the variable. A compile failure raises under ``1``; under ``auto`` it warns once
+    and the steps run eagerly, then and in later scans (same values)."""
     from glsmamba.reference import _scan_seq
 
     cpu = torch.device("cpu")
