@@ -66,7 +66,8 @@ _SERIAL_ELEMS = 1 << 17
 # state shape (cached on disk by Inductor after).
 _FUSED_ELEMS = 1 << 15
 _LOG2E = 1.0 / math.log(2.0)
-_COMPILED: list = [None]  # the compiled fused_steps, built on first use; False once compiling failed under "auto"
+_COMPILED: dict = {}  # function -> its torch.compile'd version, built on first use
+_COMPILE_FAILED = [False]  # set once compiling failed under "auto": every later forward runs eagerly
 
 
 @contextlib.contextmanager
@@ -149,28 +150,32 @@ def _scan_compile_mode() -> str:
 def use_fused(elems: int, groups: int, device: torch.device) -> bool:
     """Whether a forward over a state of ``elems`` elements runs the fused steps (see the module docstring)."""
     mode = _scan_compile_mode()
-    if groups != 1 or device.type != "cpu" or mode == "0" or _COMPILED[0] is False:
+    if groups != 1 or device.type != "cpu" or mode == "0" or _COMPILE_FAILED[0]:
         return False
     return mode == "1" or _FUSED_ELEMS <= elems < _STEP_ELEMS
 
 
-def compiled_steps(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`fused_steps` compiled (built on first use). Under ``GLSMAMBA_SCAN_COMPILE=auto`` a failure to compile
-    (no C++ compiler, say) warns once and runs the steps eagerly, as every later Stepper will."""
-    if _COMPILED[0] is None:
-        _COMPILED[0] = torch.compile(fused_steps, dynamic=False, fullgraph=True)
-    if _COMPILED[0] is False:
-        return fused_steps(*args)
+def run_compiled(fn, *args):
+    """``fn(*args)`` through ``torch.compile`` (one compiled version per function, built on first use). Under
+    ``GLSMAMBA_SCAN_COMPILE=auto`` a failure to compile (no C++ compiler, say) warns once and runs ``fn`` eagerly,
+    as every later forward will."""
+    if _COMPILE_FAILED[0]:
+        return fn(*args)
+    compiled = _COMPILED.get(fn)
+    if compiled is None:
+        # dynamic=None: the first shapes compile static; new ones recompile with the changed sizes (rows: batch sizes,
+        # segment counts) symbolic, once. The token count stays static: every compiled call has BLOCK tokens.
+        compiled = _COMPILED[fn] = torch.compile(fn, fullgraph=True)
     try:
-        return _COMPILED[0](*args)
+        return compiled(*args)
     except Exception as e:  # Inductor reports a missing or failing compiler as several exception types
         if _scan_compile_mode() == "1":
             raise
         warnings.warn(f"GLSMAMBA_SCAN_COMPILE=auto: compiling the reference scan's fused steps failed ({e!r}); "
                       "the unfused steps run instead (set GLSMAMBA_SCAN_COMPILE=0 to skip the attempt)",
                       RuntimeWarning, stacklevel=2)
-        _COMPILED[0] = False
-        return fused_steps(*args)
+        _COMPILE_FAILED[0] = True
+        return fn(*args)
 
 
 def block_states(h: torch.Tensor, dt: torch.Tensor, dtu: torch.Tensor, A2: torch.Tensor, Bm: torch.Tensor,
@@ -217,16 +222,22 @@ class Stepper:
         self._H = (torch.empty(self.block, rows, dstate, dim, **kw), torch.empty(self.block, rows, dstate, dim, **kw))
         self._i = 0
 
+    def channel_major(self, A2: torch.Tensor) -> torch.Tensor:
+        """``A2 (R or 1, N, D)`` as the fused steps read it, ``(R or 1, D, N)`` (made once: A2 is the same tensor at
+        every step of one scan)."""
+        if self._A2 is None:
+            self._A2 = A2.transpose(1, 2).contiguous()
+        return self._A2
+
     def state(self) -> torch.Tensor:
         """The current state as ``(R, N, D)`` (a view)."""
         return self.h.transpose(1, 2) if self.fused else self.h
 
     def step(self, dt, dtu, A2, Bm, Cm, y):
         if self.fused:
-            if self._A2 is None:  # A2 is the same tensor at every step of one scan
-                self._A2 = A2.transpose(1, 2).contiguous()
-            steps = compiled_steps if dt.shape[0] == BLOCK else fused_steps  # the last partial block: eagerly
-            y_new, self.h = steps(self.h, dt, dtu, self._A2, Bm[:, :, 0], Cm[:, :, 0])
+            args = (self.h, dt, dtu, self.channel_major(A2), Bm[:, :, 0], Cm[:, :, 0])
+            # the last partial block eagerly
+            y_new, self.h = run_compiled(fused_steps, *args) if dt.shape[0] == BLOCK else fused_steps(*args)
             return y.copy_(y_new)
         if self.per_token:
             h, a = self.h, self._a

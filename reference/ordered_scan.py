@@ -23,9 +23,12 @@ Two implementations with one contract:
     ``(Bsz, K, L, C)`` is formed: each block of steps gathers its tokens, computes dt in place, scans, adds
     ``D u`` and index-adds the block into the fp32 ``(G, L)`` group sums. When delta and delta_bias are the same
     for every direction (zero-stride views, as the model passes them with ``ssm_sharing="all"``), dt is computed
-    once in natural order (one softplus per token and channel, not K) and gathered instead. With autograd, the
-    gathered rows are materialised and the scan's hand-written backward runs. Per-direction outputs stay fp32
-    until the group sum is cast to x's dtype. ``torch.compile`` runs it eagerly (a graph break).
+    once in natural order (one softplus per token and channel, not K) and gathered instead. With that shared dt
+    and a state the fused steps take (``_scan_seq.use_fused``), each full block of tokens is one compiled call of
+    :func:`gathered_steps`: gathers, ``dt u``, the recurrence and ``D u`` in one loop, only the index-add outside.
+    With autograd, the gathered rows are materialised and the scan's hand-written backward runs. Per-direction
+    outputs stay fp32 until the group sum is cast to x's dtype. ``torch.compile`` runs it eagerly (a graph
+    break).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from collections.abc import Sequence
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-from glsmamba.reference._scan_seq import _LOG2E, SequentialScan, Stepper
+from glsmamba.reference import _scan_seq
+from glsmamba.reference._scan_seq import _LOG2E, BLOCK, SequentialScan, Stepper, fused_steps
 from glsmamba.reference.checks import OrderedScanDims, _check_ordered_scan  # noqa: F401  (re-exported)
 from glsmamba.reference.selective_scan import _dt, selective_scan_channel_last
 
@@ -179,6 +183,28 @@ def ordered_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
     return _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_softplus)
 
 
+def gathered_steps(h: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   ix: torch.Tensor, ib: torch.Tensor, ic: torch.Tensor, A2: torch.Tensor,
+                   D_rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block of the no-grad scan with dt shared by the directions, gathers included (compiled by the caller
+    for full blocks, so that Inductor reads the tokens in place): x and dt ``(Bsz, L, C)`` natural order, B and C
+    rows ``(Bsz, M, N)`` (:func:`_natural_rows`), ``ix (m, S)`` the natural token of each (step, row) and ``ib``,
+    ``ic`` the B and C row of each; h and A2 channel-major ``(S * Bsz, C, N)``; D_rows ``(S, 1, C)`` or None.
+    Returns ``(y (m, S, Bsz, C) with D u added, h)``, the same ops as the unfused block loop."""
+    m, S = ix.shape
+    Bsz = x.shape[0]
+
+    def rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # time-major (m, S * Bsz, F), in dt's dtype
+        return t[:, index.reshape(-1)].view(Bsz, m, S, -1).permute(1, 2, 0, 3).reshape(m, S * Bsz, -1).to(dt.dtype)
+
+    u, d = rows(x, ix), rows(dt, ix)
+    y, h = fused_steps(h, d, d * u, A2, rows(B, ib), rows(C, ic))
+    y = y.view(m, S, Bsz, -1)
+    if D_rows is not None:
+        y = torch.addcmul(y, D_rows, u.view(m, S, Bsz, -1))
+    return y, h
+
+
 @torch.compiler.disable  # a loop over blocks of tokens: torch.compile runs it eagerly (a graph break)
 def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_softplus):
     dims, _ = _check_ordered_scan(x, delta, A, B, C, D, orders, groups, reset, delta_bias)
@@ -219,6 +245,17 @@ def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_so
         A2 = A_rows.contiguous() * _LOG2E
         stepper = Stepper(R, N, Cch, ct, x.device)
         q = stepper.block
+        if stepper.fused and dt_shared is not None:  # fused steps with their gathers
+            A2c = stepper.channel_major(A2)
+            with torch.no_grad():
+                for s in range(0, idx.shape[0], q):
+                    ix = idx[s:s + q]
+                    args = (stepper.h, x, dt_shared, br[0], cr[0], ix, ix + dirs * L if br[1] else ix,
+                            ix + dirs * L if cr[1] else ix, A2c, D_rows)
+                    y, stepper.h = (_scan_seq.run_compiled(gathered_steps, *args) if ix.shape[0] == BLOCK
+                                    else gathered_steps(*args))
+                    out.index_add_(0, target[s:s + q].reshape(-1), y.reshape(-1, Bsz, Cch))
+            continue
         u_b, dt_b, dtu_b, y_b = (torch.empty(q, S, Bsz, Cch, dtype=ct, device=x.device) for _ in range(4))
         B_b, C_b = (torch.empty(q, R, 1, N, dtype=ct, device=x.device) for _ in range(2))
         with torch.no_grad():

@@ -265,48 +265,51 @@ def test_block_path_steps_its_recurrence_on_one_thread():
         torch.set_num_threads(prev)
 
 
-class _CountCalls:
-    """Wraps a function, counting its calls."""
+class _CompiledCalls:
+    """Wraps ``_scan_seq.run_compiled``, recording the name of each function it runs."""
 
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
+    def __init__(self, run):
+        self.run, self.names = run, []
 
-    def __call__(self, *args):
-        self.calls += 1
-        return self.fn(*args)
+    def __call__(self, fn, *args):
+        self.names.append(fn.__name__)
+        return self.run(fn, *args)
 
 
-def test_compiled_fused_steps_match_the_oracle_and_keep_nan_reach(monkeypatch):
+@pytest.mark.parametrize("shared", [SHARED, SHARED + ("delta_bias",)], ids=["per-direction-bias", "shared-bias"])
+def test_compiled_fused_steps_match_the_oracle_and_keep_nan_reach(monkeypatch, shared):
     """``GLSMAMBA_SCAN_COMPILE=1``: the ordered scan's no-grad forward and the autograd forward step through the
     compiled fused steps (40 tokens: two compiled blocks of 16 and an eager tail of 8), equal to the unfused oracle
     in values and gradients, a NaN / inf in one token reaching exactly where it reaches in the oracle (placed in the
-    second compiled block), also under ``torch.inference_mode``."""
+    second compiled block), also under ``torch.inference_mode``. "shared-bias" (the model's case: dt the same for
+    every direction): the no-grad blocks run :func:`gathered_steps`, their gathers compiled too."""
     from glsmamba.reference import _scan_seq
 
     monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", "1")
-    counted = _CountCalls(_scan_seq.compiled_steps)
-    monkeypatch.setattr(_scan_seq, "compiled_steps", counted)
+    compiled = _CompiledCalls(_scan_seq.run_compiled)
+    monkeypatch.setattr(_scan_seq, "run_compiled", compiled)
     shape = (2, 4, 5)  # 40 tokens
     orders, groups = scan_orders(shape, STS6D), (0, 1, 2, 0, 1, 2)
     inp = test_ordered_scan.make_inputs(6, B=1, shape=shape, C=4, N=3)
-    want, want_g = _ordered_call(ordered_selective_scan_unfused, inp, SHARED, orders, None, groups, True)
-    counted.calls = 0  # (the oracle's per-direction selective scans step through it as well)
-    got, got_g = _ordered_call(ordered_selective_scan, inp, SHARED, orders, None, groups, True)
-    assert counted.calls == 2  # the autograd forward: two full blocks compiled
+    want, want_g = _ordered_call(ordered_selective_scan_unfused, inp, shared, orders, None, groups, True)
+    compiled.names.clear()  # (the oracle's per-direction selective scans step through it as well)
+    got, got_g = _ordered_call(ordered_selective_scan, inp, shared, orders, None, groups, True)
+    assert compiled.names == ["fused_steps"] * 2  # the autograd forward: two full blocks compiled
     assert_close("out", want, got, torch.float32)
     for k in want_g:
         assert_close(f"d{k}", want_g[k], got_g[k], torch.float32, "grad")
     for ctx in (torch.no_grad, torch.inference_mode):
         with ctx():
-            got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, None, groups, False)
+            got, _ = _ordered_call(ordered_selective_scan, inp, shared, orders, None, groups, False)
         assert_close(f"out ({ctx.__name__})", want, got, torch.float32)
-    assert counted.calls == 6
+    no_grad_steps = "gathered_steps" if "delta_bias" in shared else "fused_steps"
+    assert compiled.names == ["fused_steps"] * 2 + [no_grad_steps] * 4
     for value in (float("nan"), float("inf")):
         bad = {k: v.clone() if v is not None else None for k, v in inp.items()}
         bad["x"][0, 21, 1] = value
-        want, _ = _ordered_call(ordered_selective_scan_unfused, bad, SHARED, orders, None, groups, False)
+        want, _ = _ordered_call(ordered_selective_scan_unfused, bad, shared, orders, None, groups, False)
         with torch.no_grad():
-            got, _ = _ordered_call(ordered_selective_scan, bad, SHARED, orders, None, groups, False)
+            got, _ = _ordered_call(ordered_selective_scan, bad, shared, orders, None, groups, False)
         assert not torch.isfinite(want).all()
         assert_same_special_values(f"out with {value} at token 21", want, got, torch.float32)
 
@@ -334,7 +337,8 @@ def test_fused_steps_compile_switch(monkeypatch):
             raise RuntimeError("no C++ compiler")
         return fail
 
-    monkeypatch.setattr(_scan_seq, "_COMPILED", [None])
+    monkeypatch.setattr(_scan_seq, "_COMPILED", {})
+    monkeypatch.setattr(_scan_seq, "_COMPILE_FAILED", [False])
     monkeypatch.setattr(torch, "compile", broken)
     shape, orders, reset, groups = _ordered_setup("sts6d")
     inp = test_ordered_scan.make_inputs(6, B=1, shape=shape, C=4, N=2)
@@ -348,4 +352,4 @@ def test_fused_steps_compile_switch(monkeypatch):
     with torch.no_grad(), pytest.warns(RuntimeWarning, match="compiling the reference scan's fused steps failed"):
         got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, False)
     assert_close("out", want, got, torch.float32)
-    assert _scan_seq._COMPILED[0] is False and not _scan_seq.use_fused(_scan_seq._FUSED_ELEMS, 1, cpu)
+    assert _scan_seq._COMPILE_FAILED[0] and not _scan_seq.use_fused(_scan_seq._FUSED_ELEMS, 1, cpu)
