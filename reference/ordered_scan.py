@@ -183,25 +183,24 @@ def ordered_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
     return _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_softplus)
 
 
-def gathered_steps(h: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                   ix: torch.Tensor, ib: torch.Tensor, ic: torch.Tensor, A2: torch.Tensor,
+def gathered_steps(h: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, B: tuple[torch.Tensor, bool],
+                   C: tuple[torch.Tensor, bool], ix: torch.Tensor, dirs: torch.Tensor, A2: torch.Tensor,
                    D_rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One block of the no-grad scan with dt shared by the directions, gathers included (compiled by the caller
     for full blocks, so that Inductor reads the tokens in place): x and dt ``(Bsz, L, C)`` natural order, B and C
-    rows ``(Bsz, M, N)`` (:func:`_natural_rows`), ``ix (m, S)`` the natural token of each (step, row) and ``ib``,
-    ``ic`` the B and C row of each; h and A2 channel-major ``(S * Bsz, C, N)``; D_rows ``(S, 1, C)`` or None.
-    Returns ``(y (m, S, Bsz, C) with D u added, h)``, the same ops as the unfused block loop."""
-    m, S = ix.shape
-    Bsz = x.shape[0]
+    as :func:`_natural_rows` gives them, ``ix (m, S)`` the natural token of each (step, row) of directions
+    ``dirs``; h and A2 channel-major ``(S * Bsz, C, N)``; D_rows ``(S, 1, C)`` or None. Returns
+    ``(y (m, S, Bsz, C) with D u added, h)``, the same ops as the unfused block loop."""
+    m, L = ix.shape[0], x.shape[1]
 
-    def rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # time-major (m, S * Bsz, F), in dt's dtype
-        return t[:, index.reshape(-1)].view(Bsz, m, S, -1).permute(1, 2, 0, 3).reshape(m, S * Bsz, -1).to(dt.dtype)
+    def rows(t: torch.Tensor, per_dir: bool) -> torch.Tensor:  # time-major (m, S * Bsz, F), in dt's dtype
+        return _gather(t, per_dir, ix, dirs, L).view(m, -1, t.shape[-1]).to(dt.dtype)
 
-    u, d = rows(x, ix), rows(dt, ix)
-    y, h = fused_steps(h, d, d * u, A2, rows(B, ib), rows(C, ic))
-    y = y.view(m, S, Bsz, -1)
+    u, d = rows(x, False), rows(dt, False)
+    y, h = fused_steps(h, d, d * u, A2, rows(*B), rows(*C))
+    y = y.view(*ix.shape, x.shape[0], -1)
     if D_rows is not None:
-        y = torch.addcmul(y, D_rows, u.view(m, S, Bsz, -1))
+        y = torch.addcmul(y, D_rows, u.view(y.shape))
     return y, h
 
 
@@ -250,8 +249,7 @@ def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_so
             with torch.no_grad():
                 for s in range(0, idx.shape[0], q):
                     ix = idx[s:s + q]
-                    args = (stepper.h, x, dt_shared, br[0], cr[0], ix, ix + dirs * L if br[1] else ix,
-                            ix + dirs * L if cr[1] else ix, A2c, D_rows)
+                    args = (stepper.h, x, dt_shared, br, cr, ix, dirs, A2c, D_rows)
                     y, stepper.h = (_scan_seq.run_compiled(gathered_steps, *args) if ix.shape[0] == BLOCK
                                     else gathered_steps(*args))
                     out.index_add_(0, target[s:s + q].reshape(-1), y.reshape(-1, Bsz, Cch))
