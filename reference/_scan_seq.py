@@ -280,6 +280,36 @@ def scan(dt, dtu, A, Bm, Cm, y=None):
     return Stepper(R, N, D, dt.dtype, dt.device, groups=Bm.shape[2]).scan(dt, dtu, A * _LOG2E, Bm, Cm, y)
 
 
+def block_backward(hprev, dt, dtu, A, A2, Bm, Cm, gy, gcarry, gA, bufs, grouped, grads):
+    """One block of :class:`SequentialScan`'s backward (the module docstring's adjoint recurrence).
+
+    ``hprev (R, N, D)``: the state entering the block; dt, dtu, Bm, Cm, gy: the block's m tokens; ``gcarry``: dL/dh
+    of the block's last state from later tokens; ``gA (R, N, D)`` accumulates; ``bufs``: three ``(>= m, R, N, D)``
+    buffers; ``grouped``: views ``(m, R, D)`` as B's groups; ``grads = (gdt, gdtu, gB, gC)`` the block's slices,
+    written. Returns the carry into the previous block."""
+    a_buf, h_buf, g_buf = bufs
+    gdt, gdtu, gB, gC = grads
+    m = dt.shape[0]
+    a, H = block_states(hprev, dt, dtu, A2, Bm, a_buf, h_buf)
+    gC.copy_(contract_d(H, grouped(gy)))
+    Gh = outer(gy, Cm, g_buf[:m])  # C_t gy_t, then the adjoint recurrence
+    Gh[m - 1].add_(gcarry)
+    with serial_for(gcarry):
+        for t in range(m - 2, -1, -1):
+            Gh[t].addcmul_(a[t + 1], Gh[t + 1])
+    gcarry = a[0] * Gh[0]
+    contract_n(Bm, Gh, gdtu)
+    gB.copy_(contract_d(Gh, grouped(dtu)))
+    P = Gh  # p_t = g_t h_{t-1} a_t: the gradient of the exponent dt_t * A
+    P[0].mul_(hprev)
+    if m > 1:
+        P[1:].mul_(H[:-1])
+    P.mul_(a)
+    gA.add_(torch.mul(P, dt[:, :, None, :], out=a_buf[:m]).sum(0))
+    torch.sum(P.mul_(A), 2, out=gdt)
+    return gcarry
+
+
 class SequentialScan(torch.autograd.Function):
     """``(y, h_last) = scan(dt, dtu, A, Bm, Cm)`` with the hand-written backward of the module docstring.
 
@@ -312,29 +342,12 @@ class SequentialScan(torch.autograd.Function):
         gB, gC = torch.empty(Bm.shape, **kw), torch.empty(Cm.shape, **kw)
         gA = torch.zeros(R, N, D, **kw)
         gcarry = torch.zeros(R, N, D, **kw) if gh is None else gh.to(dt.dtype).clone()  # dL/dh_{e-1} from later
-        a_buf, h_buf, g_buf = (torch.empty(q, R, N, D, **kw) for _ in range(3))
+        bufs = tuple(torch.empty(q, R, N, D, **kw) for _ in range(3))
         grouped = (lambda v: v) if G == 1 else (lambda v: v.view(v.shape[0], R, G, D // G))
         for i in reversed(range(-(-L // q))):
             s, e = i * q, min(L, (i + 1) * q)
-            m = e - s
-            hprev = states[i]
-            a, H = block_states(hprev, dt[s:e], dtu[s:e], A2, Bm[s:e], a_buf, h_buf)
-            gC[s:e] = contract_d(H, grouped(gy[s:e]))
-            Gh = outer(gy[s:e], Cm[s:e], g_buf[:m])  # C_t gy_t, then the adjoint recurrence
-            Gh[m - 1].add_(gcarry)
-            with serial_for(gcarry):
-                for t in range(m - 2, -1, -1):
-                    Gh[t].addcmul_(a[t + 1], Gh[t + 1])
-            gcarry = a[0] * Gh[0]
-            contract_n(Bm[s:e], Gh, gdtu[s:e])
-            gB[s:e] = contract_d(Gh, grouped(dtu[s:e]))
-            P = Gh  # p_t = g_t h_{t-1} a_t: the gradient of the exponent dt_t * A
-            P[0].mul_(hprev)
-            if m > 1:
-                P[1:].mul_(H[:-1])
-            P.mul_(a)
-            gA.add_(torch.mul(P, dt[s:e, :, None, :], out=a_buf[:m]).sum(0))
-            torch.sum(P.mul_(A), 2, out=gdt[s:e])
+            gcarry = block_backward(states[i], dt[s:e], dtu[s:e], A, A2, Bm[s:e], Cm[s:e], gy[s:e], gcarry, gA, bufs,
+                                    grouped, (gdt[s:e], gdtu[s:e], gB[s:e], gC[s:e]))
         if A.shape[0] != R:
             gA = gA.sum(0, keepdim=True)
         return gdt, gdtu, gA, gB, gC

@@ -26,7 +26,10 @@ Two implementations with one contract:
     once in natural order (one softplus per token and channel, not K) and gathered instead. With that shared dt
     and a state the fused steps take (``_scan_seq.use_fused``), each full block of tokens is one compiled call of
     :func:`gathered_steps`: gathers, ``dt u``, the recurrence and ``D u`` in one loop, only the index-add outside.
-    With autograd, the gathered rows are materialised and the scan's hand-written backward runs. Per-direction
+    With autograd and that shared dt, :class:`GatheredScan` does the same block by block and keeps for its backward
+    only the natural-order inputs and one state per block (the backward gathers each block again and adds its
+    gradients back into natural order); with dt per direction, the gathered rows are materialised and
+    :class:`SequentialScan`'s hand-written backward runs. Per-direction
     outputs stay fp32 until the group sum is cast to x's dtype. ``torch.compile`` runs it eagerly (a graph
     break).
 """
@@ -39,7 +42,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 from glsmamba.reference import _scan_seq
-from glsmamba.reference._scan_seq import _LOG2E, BLOCK, SequentialScan, Stepper, fused_steps
+from glsmamba.reference._scan_seq import _LOG2E, BLOCK, SequentialScan, Stepper, block_backward, fused_steps
 from glsmamba.reference.checks import OrderedScanDims, _check_ordered_scan  # noqa: F401  (re-exported)
 from glsmamba.reference.selective_scan import _dt, selective_scan_channel_last
 
@@ -204,6 +207,103 @@ def gathered_steps(h: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, B: tuple[
     return y, h
 
 
+def _scatter(grad: torch.Tensor, g: torch.Tensor, per_dir: bool, idx: torch.Tensor, dirs: torch.Tensor, L: int) -> None:
+    """The adjoint of :func:`_gather`: adds ``g (m, S, Bsz, F)`` into ``grad (Bsz, M, F)`` at the rows the gather
+    read (a row read by several (step, row) pairs receives their sum)."""
+    flat = (idx + dirs * L if per_dir else idx).reshape(-1)
+    grad.index_add_(1, flat, g.reshape(flat.numel(), grad.shape[0], -1).transpose(0, 1).to(grad.dtype))
+
+
+class GatheredScan(torch.autograd.Function):
+    """The scan of one row table with its gathers, ``D u`` and group sums, for autograd, when dt is the same for every
+    direction: ``out (G*L, Bsz, C)``, time-major group sums (each row's ``y + D u`` added at ``target``).
+
+    Inputs are the natural-order tensors (x and dt ``(Bsz, L, C)``, B and C rows as :func:`_natural_rows` gives
+    them) and the table ``idx (n, S)``, ``dirs (S,)``; ``A_rows (R, N, C)`` and ``D_rows (S, 1, C)`` (or None) per
+    row. The forward steps the rows block by block as the no-grad path does and keeps only those natural-order
+    inputs and the state at each block start (:class:`SequentialScan` keeps the gathered rows: dt, dt u and, for its
+    caller's product and group sum, u and y, each ``(n, R, C)``, K times the size of the natural tensors). The
+    backward gathers each block's rows again, recomputes its decays and states from the kept state, runs
+    :func:`block_backward` and adds the block's gradients back into natural order (:func:`_scatter`).
+    """
+
+    @staticmethod
+    def forward(ctx, x, dt, Brows, Crows, A_rows, D_rows, idx, dirs, target, G, per_dir_b, per_dir_c):
+        Bsz, L, C = x.shape
+        n, S = idx.shape
+        R, N = S * Bsz, A_rows.shape[1]
+        ct = dt.dtype
+        A2 = A_rows * _LOG2E
+        stepper = Stepper(R, N, C, ct, x.device)
+        states = torch.empty(-(-n // BLOCK), R, N, C, dtype=ct, device=x.device)
+        out = torch.zeros(G * L, Bsz, C, dtype=ct, device=x.device)
+        for i, s in enumerate(range(0, n, BLOCK)):
+            states[i].copy_(stepper.state())
+            ib = idx[s:s + BLOCK]
+            m = ib.shape[0]
+            u = _gather(x, False, ib, dirs, L).to(ct)
+            d = _gather(dt, False, ib, dirs, L)
+            Bg = _gather(Brows, per_dir_b, ib, dirs, L).to(ct).view(m, R, 1, N)
+            Cg = _gather(Crows, per_dir_c, ib, dirs, L).to(ct).view(m, R, 1, N)
+            dtu = d * u
+            y = torch.empty(m, R, C, dtype=ct, device=x.device)
+            for a in range(0, m, stepper.block):
+                e = min(m, a + stepper.block)
+                stepper.step(d.view(m, R, C)[a:e], dtu.view(m, R, C)[a:e], A2, Bg[a:e], Cg[a:e], y[a:e])
+            y = y.view(m, S, Bsz, C)
+            if D_rows is not None:
+                y.addcmul_(D_rows, u)
+            out.index_add_(0, target[s:s + BLOCK].reshape(-1), y.view(m * S, Bsz, C))
+        ctx.save_for_backward(x, dt, Brows, Crows, A_rows, D_rows, idx, dirs, target, states)
+        ctx.flags = (per_dir_b, per_dir_c)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, dt, Brows, Crows, A_rows, D_rows, idx, dirs, target, states = ctx.saved_tensors
+        per_dir_b, per_dir_c = ctx.flags
+        Bsz, L, C = x.shape
+        n, S = idx.shape
+        R, N = S * Bsz, A_rows.shape[1]
+        ct = dt.dtype
+        kw = dict(dtype=ct, device=x.device)
+        A2 = A_rows * _LOG2E
+        gx, gdt = torch.zeros(x.shape, **kw), torch.zeros(dt.shape, **kw)
+        gBr, gCr = torch.zeros(Brows.shape, **kw), torch.zeros(Crows.shape, **kw)
+        gA = torch.zeros(R, N, C, **kw)
+        gD = None if D_rows is None else torch.zeros(D_rows.shape, **kw)
+        gcarry = torch.zeros(R, N, C, **kw)
+        bufs = tuple(torch.empty(BLOCK, R, N, C, **kw) for _ in range(3))
+        bg = torch.empty(4, BLOCK, R, C, **kw)  # the block's gdt, gdtu; gB and gC in their own buffers
+        gBC = torch.empty(2, BLOCK, R, 1, N, **kw)
+        for i in reversed(range(-(-n // BLOCK))):
+            s = i * BLOCK
+            ib = idx[s:s + BLOCK]
+            m = ib.shape[0]
+            u = _gather(x, False, ib, dirs, L).to(ct)  # (m, S, Bsz, C)
+            d = _gather(dt, False, ib, dirs, L)
+            Bg = _gather(Brows, per_dir_b, ib, dirs, L).to(ct).view(m, R, 1, N)
+            Cg = _gather(Crows, per_dir_c, ib, dirs, L).to(ct).view(m, R, 1, N)
+            gy = gout.index_select(0, target[s:s + BLOCK].reshape(-1)).view(m, S, Bsz, C)
+            dtu = d * u
+            gd, gdtu = bg[0, :m], bg[1, :m]
+            gcarry = block_backward(states[i], d.view(m, R, C), dtu.view(m, R, C), A_rows, A2, Bg, Cg,
+                                    gy.view(m, R, C), gcarry, gA, bufs, lambda v: v,
+                                    (gd, gdtu, gBC[0, :m], gBC[1, :m]))
+            gdtu = gdtu.view(m, S, Bsz, C)
+            gu = gdtu * d  # through dt u
+            if D_rows is not None:
+                gu.addcmul_(gy, D_rows)
+                gD.add_((gy * u).sum((0, 2))[:, None])
+            gd = gd.view(m, S, Bsz, C).addcmul_(gdtu, u)
+            _scatter(gx, gu, False, ib, dirs, L)
+            _scatter(gdt, gd, False, ib, dirs, L)
+            _scatter(gBr, gBC[0, :m].view(m, S, Bsz, N), per_dir_b, ib, dirs, L)
+            _scatter(gCr, gBC[1, :m].view(m, S, Bsz, N), per_dir_c, ib, dirs, L)
+        return (gx.to(x.dtype), gdt, gBr.to(Brows.dtype), gCr.to(Crows.dtype), gA.to(A_rows.dtype),
+                None if gD is None else gD.to(D_rows.dtype), None, None, None, None, None, None)
+
+
 @torch.compiler.disable  # a loop over blocks of tokens: torch.compile runs it eagerly (a graph break)
 def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_softplus):
     dims, _ = _check_ordered_scan(x, delta, A, B, C, D, orders, groups, reset, delta_bias)
@@ -224,6 +324,10 @@ def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_so
         bias = None if delta_bias is None else delta_bias.to(ct)[dirs][:, None]  # (S, 1, C)
         D_rows = None if D is None else D.to(ct)[dirs][:, None]
         target = idx + grp[dirs] * L  # (n, S): row of the group sum each step adds to
+        if record_grad and dt_shared is not None:
+            out = out + GatheredScan.apply(x, dt_shared, br[0], cr[0], A_rows, D_rows, idx, dirs, target, G, br[1],
+                                           cr[1])
+            continue
         if record_grad:
             u = _gather(*xr, idx, dirs, L).to(ct)
             if dt_shared is not None:

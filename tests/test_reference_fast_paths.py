@@ -10,6 +10,8 @@ NaN/inf reach and large deltas: ``tests/test_special_values.py``.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -96,22 +98,52 @@ def test_ordered_fast_path_matches_unfused(case):
 
 
 @pytest.mark.usefixtures("stepper_mode")
+@pytest.mark.parametrize("shared", [SHARED, SHARED + ("delta_bias",)], ids=["per-direction-bias", "shared-bias"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=["fp64", "bf16", "fp16"])
-def test_ordered_fast_path_dtypes(dtype):
-    """float64 stays float64; low precision in, fp32 inside, the result in x's dtype."""
+def test_ordered_fast_path_dtypes(dtype, shared):
+    """float64 stays float64; low precision in, fp32 inside, the result in x's dtype ("shared-bias": the autograd
+    path of :class:`GatheredScan`, its gradients in each input's dtype)."""
     shape, orders, reset, groups = _ordered_setup("windows")
     params = ("A", "D", "delta_bias") if dtype != torch.float64 else ()  # float32 parameters with fp16/bf16 tokens
     inp = {k: None if v is None else (v if k in params else v.to(dtype))
            for k, v in test_ordered_scan.make_inputs(2, B=2, shape=shape, C=4, N=2).items()}
-    want, want_g = _ordered_call(ordered_selective_scan_unfused, inp, SHARED, orders, reset, groups, True)
+    want, want_g = _ordered_call(ordered_selective_scan_unfused, inp, shared, orders, reset, groups, True)
     for grads in (True, False):
         with torch.set_grad_enabled(grads):
-            got, got_g = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, grads)
+            got, got_g = _ordered_call(ordered_selective_scan, inp, shared, orders, reset, groups, grads)
         assert got.dtype == dtype
         assert_close("out", want, got, dtype)
         for k in got_g:
             assert got_g[k].dtype == inp[k].dtype
             assert_close(f"d{k}", want_g[k], got_g[k], dtype, "grad")
+
+
+@pytest.mark.parametrize("case", ["sts6d-shared-bias", "windows"])
+def test_ordered_fast_path_autograd_keeps_natural_order_inputs(case):
+    """With autograd and dt the same for every direction (the model's case) the scan keeps for its backward the
+    natural-order inputs and one state per block of tokens (:class:`GatheredScan`), nothing larger than one natural-
+    order input (Bsz * L * C; the gathered rows dt, dt u, u and the per-direction outputs it kept before are K times
+    that); the gradients still match the oracle's."""
+    shape, orders, reset, groups = _ordered_setup(case.removesuffix("-shared-bias"))
+    K, L, C, Bsz = orders.shape[0], math.prod(shape), 6, 2
+    # N = 2: the kept states (one per 16 tokens, K * Bsz * N * C each) stay below Bsz * L * C
+    inp = test_ordered_scan.make_inputs(K, B=Bsz, shape=shape, C=C, N=2)
+    shared = SHARED + (("delta_bias",) if case.endswith("-shared-bias") else ())
+    if case == "windows":
+        inp["delta_bias"] = None
+    kept = []
+
+    def pack(t):
+        kept.append(t.untyped_storage().nbytes() // t.element_size() if t.is_floating_point() else 0)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        got, got_g = _ordered_call(ordered_selective_scan, inp, shared, orders, reset, groups, True)
+    assert kept and max(kept) <= Bsz * L * C, (max(kept), Bsz * L * C)  # the gathered rows: K times that
+    want, want_g = _ordered_call(ordered_selective_scan_unfused, inp, shared, orders, reset, groups, True)
+    assert_close("out", want, got, torch.float32)
+    for k in want_g:
+        assert_close(f"d{k}", want_g[k], got_g[k], torch.float32, "grad")
 
 
 class _LargestFloat32(TorchDispatchMode):
