@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
 from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
@@ -218,6 +219,10 @@ class Modulator(nn.Module):
         offsets, mask = self.offsets_and_mask(ref, y, shape)
         if self.group_channels is None:
             return ops.deformable_aggregate(y, offsets, mask, self.weight.to(y.dtype), self.taps, shape)
+        if torch.is_grad_enabled() and not torch.compiler.is_exporting():
+            # The tap-by-tap sum would keep every tap's (B, L, C) sample for the weight gradient (P of them); the
+            # backward samples them again instead (one more forward of this sum, bitwise the same values).
+            return checkpoint(self._grouped, y, offsets, mask, shape, use_reentrant=False)
         return self._grouped(y, offsets, mask, shape)
 
     def offsets_and_mask(self, ref: torch.Tensor, y: torch.Tensor, shape: Shape) -> tuple[torch.Tensor, torch.Tensor]:

@@ -355,6 +355,34 @@ def test_grouped_modulator_tap_by_tap_matches_the_oracle(which):
         assert_close(f"{which} {i}", want, got, torch.float32, "fwd" if i == 0 else "grad")
 
 
+@pytest.mark.parametrize("which", ["spatial", "temporal"])
+def test_grouped_modulator_keeps_no_tap_samples_for_backward(monkeypatch, which):
+    """With autograd the grouped form keeps none of its P per-tap (B, L, C) samples for the backward (the weight
+    gradient would need them): its tap-by-tap sum runs under activation checkpointing and samples again in the
+    backward (values and gradients: test_grouped_modulator_tap_by_tap_matches_the_oracle)."""
+    from glsmamba.model.blocks import Modulator
+    from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
+
+    mod = Modulator(8, SPATIAL_TAPS if which == "spatial" else TEMPORAL_TAPS, offset_groups=2, group_channels=4)
+    samples, kept = [], set()
+    inner = model.ops.deformable_aggregate
+
+    def recorded(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        samples.append(out)  # kept alive: no storage of a sample is reused by another tensor in this test
+        return out
+
+    monkeypatch.setattr(model.ops, "deformable_aggregate", recorded)
+    ref, y = (torch.randn(2, 60, 8, requires_grad=True) for _ in range(2))
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.add(t.untyped_storage().data_ptr()) or t,
+                                                  lambda t: t), model.use_backend("reference"):
+        out = mod(ref, y, (3, 4, 5))
+    assert len(samples) == len(mod.tap_list)
+    assert not kept & {s.untyped_storage().data_ptr() for s in samples}
+    out.sum().backward()  # the backward samples every tap again
+    assert len(samples) == 2 * len(mod.tap_list) and ref.grad is not None and y.grad is not None
+
+
 def test_low_resolution_variant_shapes_and_parameters():
     # feature_stride 16: the trunk runs on the 1/16 grid, the heatmaps still come out at 1/4
     tiny, lr = GLSMamba("tiny"), GLSMamba("tiny", feature_stride=16)
