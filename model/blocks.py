@@ -19,6 +19,7 @@ from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
 from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
 
 from . import ops
+from .backend import current_backend, use_backend
 from .config import GLSMambaConfig
 
 Shape = tuple[int, int, int]
@@ -221,8 +222,15 @@ class Modulator(nn.Module):
             return ops.deformable_aggregate(y, offsets, mask, self.weight.to(y.dtype), self.taps, shape)
         if torch.is_grad_enabled() and not torch.compiler.is_exporting():
             # The tap-by-tap sum would keep every tap's (B, L, C) sample for the weight gradient (P of them); the
-            # backward samples them again instead (one more forward of this sum, bitwise the same values).
-            return checkpoint(self._grouped, y, offsets, mask, shape, use_reentrant=False)
+            # backward samples them again instead (one more forward of this sum, bitwise the same values), on the
+            # backend in force now (the backward runs outside the model's backend context, maybe on another thread).
+            backend = current_backend()
+
+            def grouped(y: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                with use_backend(backend):
+                    return self._grouped(y, offsets, mask, shape)
+
+            return checkpoint(grouped, y, offsets, mask, use_reentrant=False)
         return self._grouped(y, offsets, mask, shape)
 
     def offsets_and_mask(self, ref: torch.Tensor, y: torch.Tensor, shape: Shape) -> tuple[torch.Tensor, torch.Tensor]:

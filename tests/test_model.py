@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from glsmamba import model
 from glsmamba.model import GLSMamba, get_config
-from glsmamba.model.backend import call_counts, reset_call_counts
+from glsmamba.model.backend import call_counts, current_backend, reset_call_counts
 from glsmamba.model.blocks import GSMBlock, LRMBlock
 from tests.harness import assert_close
 
@@ -359,17 +359,19 @@ def test_grouped_modulator_tap_by_tap_matches_the_oracle(which):
 def test_grouped_modulator_keeps_no_tap_samples_for_backward(monkeypatch, which):
     """With autograd the grouped form keeps none of its P per-tap (B, L, C) samples for the backward (the weight
     gradient would need them): its tap-by-tap sum runs under activation checkpointing and samples again in the
-    backward (values and gradients: test_grouped_modulator_tap_by_tap_matches_the_oracle)."""
+    backward (values and gradients: test_grouped_modulator_tap_by_tap_matches_the_oracle), on the backend the
+    forward ran on (the backward is outside its ``use_backend`` context)."""
     from glsmamba.model.blocks import Modulator
     from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
 
     mod = Modulator(8, SPATIAL_TAPS if which == "spatial" else TEMPORAL_TAPS, offset_groups=2, group_channels=4)
-    samples, kept = [], set()
+    samples, kept, backends = [], set(), []
     inner = model.ops.deformable_aggregate
 
     def recorded(*args, **kwargs):
         out = inner(*args, **kwargs)
         samples.append(out)  # kept alive: no storage of a sample is reused by another tensor in this test
+        backends.append(current_backend())
         return out
 
     monkeypatch.setattr(model.ops, "deformable_aggregate", recorded)
@@ -379,8 +381,9 @@ def test_grouped_modulator_keeps_no_tap_samples_for_backward(monkeypatch, which)
         out = mod(ref, y, (3, 4, 5))
     assert len(samples) == len(mod.tap_list)
     assert not kept & {s.untyped_storage().data_ptr() for s in samples}
-    out.sum().backward()  # the backward samples every tap again
+    out.sum().backward()  # the backward samples every tap again, on the forward's backend
     assert len(samples) == 2 * len(mod.tap_list) and ref.grad is not None and y.grad is not None
+    assert backends == ["reference"] * len(samples)
 
 
 def test_low_resolution_variant_shapes_and_parameters():
