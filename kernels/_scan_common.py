@@ -401,6 +401,17 @@ def acc_pos(t, T: tl.constexpr, VEC: tl.constexpr):
 
 
 @triton.jit
+def zero_acc_rows(dB_ptr, dC_ptr, acc_rows, NS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Zeroes the dB and dC accumulator rows a backward program owns (:func:`acc_add` adds into them): state n of
+    a chunk at ``acc_rows + n * BLOCK_T`` (``acc_rows`` ``[BLOCK_R, 1]``), BLOCK_T steps each."""
+    zt = tl.zeros([BLOCK_R, BLOCK_T], dtype=tl.float32)
+    o_t = tl.arange(0, BLOCK_T)[None, :]
+    for n in tl.static_range(NS):
+        tl.store(dB_ptr + (acc_rows + n * BLOCK_T + o_t), zt)
+        tl.store(dC_ptr + (acc_rows + n * BLOCK_T + o_t), zt)
+
+
+@triton.jit
 def acc_add(ptr, rows, v, lim, MASKED: tl.constexpr, VEC: tl.constexpr, PERM: tl.constexpr = True):
     """``ptr[rows + acc_pos(t)] += v[:, t]`` for an fp32 ``[R, T]`` tile in the layout of :func:`join_steps` (rows
     ``[R, 1]``, zeroed by the caller; MASKED: steps ``>= lim`` untouched): each run of 4 steps per thread is one

@@ -47,6 +47,7 @@ from glsmamba.kernels._scan_common import (
     sum_leading,
     summary_tile,
     vec_of,
+    zero_acc_rows,
 )
 from glsmamba.kernels._utils import (
     busiest_sm,
@@ -243,10 +244,7 @@ def _os_bwd_kernel(x_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ord_ptr,
     gb = dout_ptr + (b * G + tl.load(grp_ptr + k)) * L * CH
     dxb = dx_ptr + bk * L * CH
     ddb = ddl_ptr + bk * L * CH
-    zt = tl.zeros([BLOCK_R, BLOCK_T], dtype=tl.float32)
-    for n in tl.static_range(NS):  # the dB/dC accumulator rows this program owns start at zero (acc_add)
-        tl.store(dB_ptr + (acc_rows + n * BLOCK_T + o_t[None, :]), zt)
-        tl.store(dC_ptr + (acc_rows + n * BLOCK_T + o_t[None, :]), zt)
+    zero_acc_rows(dB_ptr, dC_ptr, acc_rows, NS, BLOCK_R, BLOCK_T)
     c_lo = i_s * CPS
     for dd in range(tl.minimum(CPS, CH - c_lo)):
         c = c_lo + dd

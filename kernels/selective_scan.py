@@ -43,6 +43,7 @@ from glsmamba.kernels._scan_common import (
     sum_leading,
     summary_tile,
     vec_of,
+    zero_acc_rows,
 )
 from glsmamba.kernels._utils import (
     busiest_sm,
@@ -232,10 +233,7 @@ def _ss_bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, d
     bc_rows = (i_b * s_Bb + i_g * s_Bg + ch * (NS * BLOCK_T))[:, None]
     acc_rows = ((((i_s * (tl.num_programs(1) // NSPLIT) + i_b * GROUPS + i_g) * NCK).to(IDX) + ch) *
                 (NS * BLOCK_T))[:, None]
-    zt = tl.zeros([BLOCK_R, BLOCK_T], dtype=tl.float32)
-    for n in tl.static_range(NS):  # the dB/dC accumulator rows this program owns start at zero
-        tl.store(dB_ptr + (acc_rows + n * BLOCK_T + o_t[None, :]), zt)
-        tl.store(dC_ptr + (acc_rows + n * BLOCK_T + o_t[None, :]), zt)
+    zero_acc_rows(dB_ptr, dC_ptr, acc_rows, NS, BLOCK_R, BLOCK_T)
     c_lo = i_s * CPS
     nch = tl.minimum(CPS, GROUP_SIZE - c_lo)
     for dd in range(nch):
