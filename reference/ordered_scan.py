@@ -214,6 +214,15 @@ def _scatter(grad: torch.Tensor, g: torch.Tensor, per_dir: bool, idx: torch.Tens
     grad.index_add_(1, flat, g.reshape(flat.numel(), grad.shape[0], -1).transpose(0, 1).to(grad.dtype))
 
 
+def _block_rows(x, dt, Brows, Crows, per_dir, ib, dirs):
+    """One block's rows for :class:`GatheredScan`, in dt's dtype: u and dt ``(m, S, Bsz, C)``, B and C
+    ``(m, R, 1, N)`` (``per_dir``: the flags of B and C from :func:`_natural_rows`)."""
+    L, ct = x.shape[1], dt.dtype
+    m, R = ib.shape[0], ib.shape[1] * x.shape[0]
+    B, C = (_gather(t, p, ib, dirs, L).to(ct).view(m, R, 1, -1) for t, p in zip((Brows, Crows), per_dir, strict=True))
+    return _gather(x, False, ib, dirs, L).to(ct), _gather(dt, False, ib, dirs, L), B, C
+
+
 class GatheredScan(torch.autograd.Function):
     """The scan of one row table with its gathers, ``D u`` and group sums, for autograd, when dt is the same for every
     direction: ``out (G*L, Bsz, C)``, time-major group sums (each row's ``y + D u`` added at ``target``).
@@ -241,10 +250,7 @@ class GatheredScan(torch.autograd.Function):
             states[i].copy_(stepper.state())
             ib = idx[s:s + BLOCK]
             m = ib.shape[0]
-            u = _gather(x, False, ib, dirs, L).to(ct)
-            d = _gather(dt, False, ib, dirs, L)
-            Bg = _gather(Brows, per_dir_b, ib, dirs, L).to(ct).view(m, R, 1, N)
-            Cg = _gather(Crows, per_dir_c, ib, dirs, L).to(ct).view(m, R, 1, N)
+            u, d, Bg, Cg = _block_rows(x, dt, Brows, Crows, (per_dir_b, per_dir_c), ib, dirs)
             dtu = d * u
             y = torch.empty(m, R, C, dtype=ct, device=x.device)
             for a in range(0, m, stepper.block):
@@ -274,16 +280,13 @@ class GatheredScan(torch.autograd.Function):
         gD = None if D_rows is None else torch.zeros(D_rows.shape, **kw)
         gcarry = torch.zeros(R, N, C, **kw)
         bufs = tuple(torch.empty(BLOCK, R, N, C, **kw) for _ in range(3))
-        bg = torch.empty(4, BLOCK, R, C, **kw)  # the block's gdt, gdtu; gB and gC in their own buffers
+        bg = torch.empty(2, BLOCK, R, C, **kw)  # the block's gdt and gdtu
         gBC = torch.empty(2, BLOCK, R, 1, N, **kw)
         for i in reversed(range(-(-n // BLOCK))):
             s = i * BLOCK
             ib = idx[s:s + BLOCK]
             m = ib.shape[0]
-            u = _gather(x, False, ib, dirs, L).to(ct)  # (m, S, Bsz, C)
-            d = _gather(dt, False, ib, dirs, L)
-            Bg = _gather(Brows, per_dir_b, ib, dirs, L).to(ct).view(m, R, 1, N)
-            Cg = _gather(Crows, per_dir_c, ib, dirs, L).to(ct).view(m, R, 1, N)
+            u, d, Bg, Cg = _block_rows(x, dt, Brows, Crows, (per_dir_b, per_dir_c), ib, dirs)
             gy = gout.index_select(0, target[s:s + BLOCK].reshape(-1)).view(m, S, Bsz, C)
             dtu = d * u
             gd, gdtu = bg[0, :m], bg[1, :m]
@@ -329,12 +332,9 @@ def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_so
                                            cr[1])
             continue
         if record_grad:
-            u = _gather(*xr, idx, dirs, L).to(ct)
-            if dt_shared is not None:
-                dt = _gather(dt_shared, False, idx, dirs, L)
-            else:
-                dt = _gather(*dr, idx, dirs, L).to(ct)
-                dt = _dt(dt if bias is None else dt + bias, None, delta_softplus, ct, 3)
+            u = _gather(*xr, idx, dirs, L).to(ct)  # dt per direction (a shared dt took GatheredScan above)
+            dt = _gather(*dr, idx, dirs, L).to(ct)
+            dt = _dt(dt if bias is None else dt + bias, None, delta_softplus, ct, 3)
             dtu = dt * u
             n = idx.shape[0]
             y, _ = SequentialScan.apply(dt.view(n, R, Cch), dtu.view(n, R, Cch), A_rows,
