@@ -214,6 +214,25 @@ def _scatter(grad: torch.Tensor, g: torch.Tensor, per_dir: bool, idx: torch.Tens
     grad.index_add_(1, flat, g.reshape(flat.numel(), grad.shape[0], -1).transpose(0, 1).to(grad.dtype))
 
 
+def _step_block(stepper: Stepper, u: torch.Tensor, dt: torch.Tensor, Bg: torch.Tensor, Cg: torch.Tensor,
+                A2: torch.Tensor, D_rows: torch.Tensor | None, out: torch.Tensor, target: torch.Tensor,
+                dtu: torch.Tensor | None = None, y: torch.Tensor | None = None) -> None:
+    """Steps one block of m gathered tokens (no autograd) and adds them into the group sums: u and dt
+    ``(m, S, Bsz, C)``, Bg and Cg ``(m, R, 1, N)``; ``y + D u`` is index-added into ``out (G*L, Bsz, C)`` at
+    ``target (m, S)``. The stepper steps ``stepper.block`` tokens at a time; dtu and y are buffers of at least m
+    ``(S, Bsz, C)`` rows (fresh tensors when None)."""
+    m, S, Bsz, C = u.shape
+    dtu = torch.mul(dt, u) if dtu is None else torch.mul(dt, u, out=dtu[:m])
+    y = torch.empty_like(dtu) if y is None else y[:m]
+    rows = (dt.view(m, S * Bsz, C), dtu.view(m, S * Bsz, C), y.view(m, S * Bsz, C))
+    for a in range(0, m, stepper.block):
+        e = min(m, a + stepper.block)
+        stepper.step(rows[0][a:e], rows[1][a:e], A2, Bg[a:e], Cg[a:e], rows[2][a:e])
+    if D_rows is not None:
+        y.addcmul_(D_rows, u)
+    out.index_add_(0, target.reshape(-1), y.view(m * S, Bsz, C))
+
+
 def _block_rows(x, dt, Brows, Crows, per_dir, ib, dirs):
     """One block's rows for :class:`GatheredScan`, in dt's dtype: u and dt ``(m, S, Bsz, C)``, B and C
     ``(m, R, 1, N)`` (``per_dir``: the flags of B and C from :func:`_natural_rows`)."""
@@ -248,18 +267,8 @@ class GatheredScan(torch.autograd.Function):
         out = torch.zeros(G * L, Bsz, C, dtype=ct, device=x.device)
         for i, s in enumerate(range(0, n, BLOCK)):
             states[i].copy_(stepper.state())
-            ib = idx[s:s + BLOCK]
-            m = ib.shape[0]
-            u, d, Bg, Cg = _block_rows(x, dt, Brows, Crows, (per_dir_b, per_dir_c), ib, dirs)
-            dtu = d * u
-            y = torch.empty(m, R, C, dtype=ct, device=x.device)
-            for a in range(0, m, stepper.block):
-                e = min(m, a + stepper.block)
-                stepper.step(d.view(m, R, C)[a:e], dtu.view(m, R, C)[a:e], A2, Bg[a:e], Cg[a:e], y[a:e])
-            y = y.view(m, S, Bsz, C)
-            if D_rows is not None:
-                y.addcmul_(D_rows, u)
-            out.index_add_(0, target[s:s + BLOCK].reshape(-1), y.view(m * S, Bsz, C))
+            rows = _block_rows(x, dt, Brows, Crows, (per_dir_b, per_dir_c), idx[s:s + BLOCK], dirs)
+            _step_block(stepper, *rows, A2, D_rows, out, target[s:s + BLOCK])
         ctx.save_for_backward(x, dt, Brows, Crows, A_rows, D_rows, idx, dirs, target, states)
         ctx.flags = (per_dir_b, per_dir_c)
         return out
@@ -372,12 +381,7 @@ def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_so
                     if bias is not None:
                         dt.add_(bias)
                     _dt(dt, None, delta_softplus, ct, 3, inplace=True)
-                dtu = torch.mul(dt, u, out=dtu_b[:m])
-                y = stepper.step(dt.view(m, R, Cch), dtu.view(m, R, Cch), A2,
-                                 _gather(*br, ib, dirs, L, B_b).view(m, R, 1, N),
-                                 _gather(*cr, ib, dirs, L, C_b).view(m, R, 1, N), y_b[:m].view(m, R, Cch))
-                y = y.view(m, S, Bsz, Cch)
-                if D_rows is not None:
-                    y.addcmul_(D_rows, u)
-                out.index_add_(0, target[s:s + q].reshape(-1), y.view(m * S, Bsz, Cch))
+                _step_block(stepper, u, dt, _gather(*br, ib, dirs, L, B_b).view(m, R, 1, N),
+                            _gather(*cr, ib, dirs, L, C_b).view(m, R, 1, N), A2, D_rows, out, target[s:s + q],
+                            dtu_b, y_b)
     return out.view(G, L, Bsz, Cch).permute(2, 0, 1, 3).to(x.dtype).contiguous()
