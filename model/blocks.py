@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +65,21 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
-def frame_conv(conv: nn.Conv2d, x: torch.Tensor, shape: Shape) -> torch.Tensor:
-    """Apply a 2-D conv to every frame of channel-last tokens: ``(B, L, C) -> (B, L, C')``."""
+def _shift_frames(y: torch.Tensor, dt: int, t: int) -> torch.Tensor:
+    """``y (B, L, C)`` of a ``t``-frame clip shifted by ``dt`` frames: ``x[frame i] = y[frame i + dt]``, zeros where
+    ``i + dt`` is outside the clip (one ``(B, L, C)`` buffer: the frames of ``y`` that stay, and zero frames)."""
+    b, l, c = y.shape
+    frames, x = y.reshape(b, t, l // t, c), y.new_empty(b, t, l // t, c)
+    a = min(abs(dt), t)
+    src, dst = (slice(a, t), slice(0, t - a)) if dt > 0 else (slice(0, t - a), slice(a, t))
+    x[:, dst] = frames[:, src]
+    x[:, slice(t - a, t) if dt > 0 else slice(0, a)] = 0
+    return x.reshape(b, l, c)
+
+
+def frame_conv(conv: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, shape: Shape) -> torch.Tensor:
+    """Apply a 2-D conv (a module or a function of the ``(N, C, H, W)`` input) to every frame of channel-last
+    tokens: ``(B, L, C) -> (B, L, C')``."""
     t, h, w = shape
     b, _, c = x.shape
     y = conv(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2))
@@ -235,24 +249,31 @@ class Modulator(nn.Module):
 
     def offsets_and_mask(self, ref: torch.Tensor, y: torch.Tensor, shape: Shape) -> tuple[torch.Tensor, torch.Tensor]:
         """The predicted ``offsets (B, L, Goff, P, 2)`` and ``mask (B, L, Goff, P)`` (for tests of the forms)."""
-        b, l, _ = y.shape
-        f = frame_conv(self.offset_dw, torch.cat([ref, y], dim=-1), shape)
-        o = self.offset_pw(f).reshape(b, l, self.groups, self.taps.shape[0], 3)
+        b, l, c = y.shape
+        # offset_pw(offset_dw([ref, y])) without the (B, L, 2C) concatenation and its conv: the depthwise conv
+        # is per channel, so it runs on ref and on y with its two weight halves, and the projection is the sum of
+        # its two column blocks applied to them (values as before up to the order of the projection's sum)
+        o = None
+        for i, part in enumerate((ref, y)):
+            half = slice(i * c, (i + 1) * c)
+            dw = functools.partial(F.conv2d, weight=self.offset_dw.weight[half], bias=self.offset_dw.bias[half],
+                                   padding=1, groups=c)
+            f = F.linear(frame_conv(dw, part, shape), self.offset_pw.weight[:, half])
+            o = f if o is None else o.add_(f)
+            del f
+        o = (o + self.offset_pw.bias).reshape(b, l, self.groups, self.taps.shape[0], 3)
         return o[..., :2].contiguous(), torch.sigmoid(o[..., 2]).contiguous()
 
     def _grouped(self, y: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, shape: Shape) -> torch.Tensor:
         """The grouped form tap by tap (see the class docstring); ``(B, L, C)``."""
-        t, hw = shape[0], shape[1] * shape[2]
+        t = shape[0]
         b, l, c = y.shape
         g, cg = c // self.group_channels, self.group_channels
         centre, unit = self.taps.new_zeros(1, 3), y.new_ones(1, c)
         weight = self.weight.to(y.dtype).transpose(2, 3)  # (P, G, I, O)
         acc = None  # (G, B*L, O)
         for p, (dt, dh, dw) in enumerate(self.tap_list):
-            x = y
-            if dt:  # x[t] = y[t + dt], zero where t + dt is outside the clip
-                a = abs(dt)
-                x = F.pad(y.reshape(b, t, hw, c), (0, 0, 0, 0, a, a))[:, dt + a:dt + a + t].reshape(b, l, c)
+            x = y if not dt else _shift_frames(y, dt, t)
             off = offsets[:, :, :, p:p + 1]
             if dh or dw:
                 off = off + off.new_tensor([dh, dw])
@@ -260,6 +281,7 @@ class Modulator(nn.Module):
                                               shape)
             rows = sample.reshape(b * l, g, cg).transpose(0, 1)  # (G, B*L, I), read in place
             acc = torch.bmm(rows, weight[p]) if acc is None else acc.baddbmm_(rows, weight[p])
+            del x, sample, rows  # not alive beside the next tap's
         return acc.transpose(0, 1).reshape(b, l, c)
 
     def grouped_oracle(self, ref: torch.Tensor, y: torch.Tensor, shape: Shape) -> torch.Tensor:
@@ -343,17 +365,34 @@ class _SSMBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d)) if hidden else None
         self.drop_path = DropPath(drop_path)
 
-    def scan_and_merge(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:  # pragma: no cover - abstract
+    def scan(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:  # pragma: no cover - abstract
+        """``x (B, L, Di)`` -> the per-group scan sums ``(B, G, L, Di)``."""
         raise NotImplementedError
 
+    def merge_scans(self, ys: torch.Tensor, shape: Shape) -> torch.Tensor:
+        """``ys (B, G, L, Di)`` -> ``F (B, L, Di)``: the group sums merged (the plain sum: group 0 holds them all)."""
+        return ys[:, 0]
+
     def forward(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
-        """``x (B, L, D)`` -> ``(B, L, D)`` for the clip ``shape = (T, H, W)``."""
+        """``x (B, L, D)`` -> ``(B, L, D)`` for the clip ``shape = (T, H, W)``.
+
+        Every ``(B, L, Di)`` intermediate is dropped as soon as it is used, so the scan and the merge (the peak of
+        the no-grad forward) hold only the block input, ``h`` (``D`` channels) and the group sums: ``in_proj`` runs
+        as its x and z halves (two separate outputs, not views of one ``(B, L, 2 Di)``), the scan's input is
+        released before the merge, and z and the gate are computed from ``h`` after the merge. The values are the
+        same (``in_proj``'s two row blocks of its one weight).
+        """
         h = self.norm1(x)
         if self.channel_attn is not None:
             h = self.channel_attn(h, shape)
-        xs, z = self.in_proj(h).chunk(2, dim=-1)
-        gate = self.gate(z, shape)
-        f = self.scan_and_merge(F.silu(xs), shape)
+        di = self.ssm.d_inner
+        xs = F.silu(F.linear(h, self.in_proj.weight[:di]), inplace=not torch.is_grad_enabled())
+        ys = self.scan(xs, shape)
+        del xs
+        f = self.merge_scans(ys, shape)
+        del ys
+        gate = self.gate(F.linear(h, self.in_proj.weight[di:]), shape)
+        del h
         x = x + self.drop_path(self.out_proj(self.out_norm(f) * gate))
         if self.ffn is None:
             return x
@@ -371,9 +410,11 @@ class GSMBlock(_SSMBlock):
         group_channels = cfg.stmm_channels_per_group if cfg.stmm_form == "grouped" else None
         self.merge = STMM(cfg.d_inner, cfg.directions, cfg.stmm_groups, group_channels) if use_stmm else None
 
-    def scan_and_merge(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
+    def scan(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
         orders = _global_orders(tuple(shape), self.scan_names, _order_device(x.device))
-        ys = self.ssm(x, orders, self.scan_groups)
+        return self.ssm(x, orders, self.scan_groups)
+
+    def merge_scans(self, ys: torch.Tensor, shape: Shape) -> torch.Tensor:
         return self.merge(ys, shape) if self.merge is not None else ys[:, 0]
 
 
@@ -385,9 +426,9 @@ class LRMBlock(_SSMBlock):
         super().__init__(cfg, 2, channel_attention=False, drop_path=drop_path)
         self.window = tuple(cfg.window)
 
-    def scan_and_merge(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
+    def scan(self, x: torch.Tensor, shape: Shape) -> torch.Tensor:
         orders, reset = window_orders(tuple(shape), self.window, _order_device(x.device))  # cached
-        return self.ssm(x, orders, (0, 0), reset=reset)[:, 0]
+        return self.ssm(x, orders, (0, 0), reset=reset)
 
 
 class HeatmapHead(nn.Module):

@@ -142,8 +142,12 @@ class GLSMamba(nn.Module):
             raise ValueError(f"feats must be (B, T={self.config.num_frames}, C={c}, h, w) encoder features, got "
                              f"shape {tuple(feats.shape)}")
         ctx = use_backend(self._backend) if self._backend != "auto" else contextlib.nullcontext()
+        b, t, _, h, w = feats.shape
         with ctx:
-            x, (t, h, w) = self._trunk(feats)
+            x = self.embed(feats.flatten(0, 1), b)
+            del feats  # the caller's temporary (forward's encoder output) is not kept through the blocks
+            for blk in self.blocks:  # each block's input is released when the next block starts
+                x = blk(x, (t, h, w))
         key = x.reshape(x.shape[0], t, h, w, x.shape[-1])[:, self.config.key_frame]
         heatmaps = self.head(key)
         up = self.config.feature_stride // 4
@@ -155,11 +159,14 @@ class GLSMamba(nn.Module):
         b, t = feats.shape[:2]
         shape = (t, feats.shape[-2], feats.shape[-1])
         x = self.embed(feats.flatten(0, 1), b)
-        for blk in self.gsm:
-            x = blk(x, shape)
-        for blk in self.lrm:
+        for blk in self.blocks:
             x = blk(x, shape)
         return x, shape
+
+    @property
+    def blocks(self) -> tuple[nn.Module, ...]:
+        """The token-mixing blocks in the order they run: the GSM blocks, then the LRM blocks."""
+        return (*self.gsm, *self.lrm)
 
     def tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Trunk output ``(B, L, D)`` (all frames) and the clip shape ``(T, H/s, W/s)``, s = ``feature_stride``."""

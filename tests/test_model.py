@@ -4,6 +4,7 @@ backend switching, whole-network equivalence of the backends, and overfitting on
 from __future__ import annotations
 
 import itertools
+import weakref
 
 import pytest
 import torch
@@ -384,6 +385,50 @@ def test_grouped_modulator_keeps_no_tap_samples_for_backward(monkeypatch, which)
     out.sum().backward()  # the backward samples every tap again, on the forward's backend
     assert len(samples) == 2 * len(mod.tap_list) and ref.grad is not None and y.grad is not None
     assert backends == ["reference"] * len(samples)
+
+
+def test_offsets_without_the_concatenation_match_the_concatenated_form():
+    """The modulator's offsets and masks come from the depthwise conv and the projection applied to ref and y apart
+    (no (B, L, 2C) concatenation): the same values as the two layers over the concatenation."""
+    from glsmamba.model.blocks import Modulator, frame_conv
+    from glsmamba.reference.deformable import TEMPORAL_TAPS
+
+    torch.manual_seed(0)
+    mod = Modulator(8, TEMPORAL_TAPS, offset_groups=2, group_channels=4).double()
+    for p in mod.parameters():  # the initialisation zeroes the projection
+        torch.nn.init.normal_(p)
+    ref, y = (torch.randn(2, 60, 8, dtype=torch.float64) for _ in range(2))
+    shape = (3, 4, 5)
+    o = mod.offset_pw(frame_conv(mod.offset_dw, torch.cat([ref, y], dim=-1), shape))
+    o = o.reshape(2, 60, 2, mod.taps.shape[0], 3)
+    offsets, mask = mod.offsets_and_mask(ref, y, shape)
+    assert_close("offsets", o[..., :2], offsets, torch.float64)
+    assert_close("mask", torch.sigmoid(o[..., 2]), mask, torch.float64)
+
+
+def test_no_grad_forward_releases_what_it_no_longer_needs():
+    """Memory of the no-grad forward: the encoder's features are gone once the blocks run, and a block's scan input
+    is gone when its merge runs (the merge is the forward's peak)."""
+    net = GLSMamba("tiny").eval()
+    probes, alive = {}, []
+    net.encoder.register_forward_hook(lambda m, i, o: probes.__setitem__("feats", weakref.ref(o)))
+    net.gsm[0].register_forward_pre_hook(lambda m, i: alive.append(("feats", probes["feats"]() is not None)))
+    for blk in net.blocks:
+        scan, merge = blk.scan, blk.merge_scans
+
+        def probed_scan(x, shape, scan=scan):
+            probes["scan input"] = weakref.ref(x)
+            return scan(x, shape)
+
+        def probed_merge(ys, shape, merge=merge):
+            alive.append(("scan input", probes["scan input"]() is not None))
+            return merge(ys, shape)
+
+        blk.scan, blk.merge_scans = probed_scan, probed_merge
+    with torch.no_grad():
+        out = net(_frames(1, 5, 64, 48))
+    assert torch.isfinite(out).all()
+    assert alive == [("feats", False)] + [("scan input", False)] * len(net.blocks)
 
 
 def test_low_resolution_variant_shapes_and_parameters():
