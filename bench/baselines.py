@@ -4,10 +4,10 @@
   pick its kernel (flash / memory-efficient: O(L) memory, O(L^2) time); ``impl="sdpa_math"`` forces the math
   kernel, which materialises the (L, L) score matrix like the paper's attention baseline (TransHR, OOM at
   15,360 tokens): O(L^2) time and memory.
-- :class:`AttentionNet`: the quadratic network the paper compares with, at a given width: a 4x4 patchify
-  stem (image at 4x the token grid -> one token per 4x4 pixels, the same token grid as GLSMamba's 1/4
-  features), ``depth`` pre-norm transformer blocks over all T*H*W tokens of the clip, and a linear head to
-  joint heatmaps on the centre frame.
+- :class:`AttentionNet`: the quadratic network the paper compares with, at a given width: a stem to the
+  token grid of GLSMamba's 1/4 features (a 4x4 patchify conv, or, as the paper's TransLR/TransNR/TransHR,
+  the GLSMamba preset's own encoder and a linear projection to the width), ``depth`` pre-norm transformer
+  blocks over all T*H*W tokens of the clip, and a linear head to joint heatmaps on the centre frame.
 - :func:`mambapy_selective_scan`: the selective-scan contract (channel-first) computed with ``mambapy``'s
   Blelloch parallel scan (``mambapy.pscan.pscan``), fp32, materialising (B, L, D, N) tensors.
 """
@@ -85,15 +85,32 @@ class AttentionNet(nn.Module):
         depth: transformer blocks (GLSMamba has 4 GSM + 2 LRM = 6 token-mixing blocks).
         joints: heatmap channels.
         impl: attention kernel, see :func:`attention`.
+        encoder: None (a 4x4 patchify stem), or a module ``(N, 3, 4H, 4W) -> (N, encoder_channels, H, W)`` (e.g.
+            the GLSMamba preset's :func:`glsmamba.model.encoder.build_encoder`) followed by a linear projection to
+            ``width``: the paper's attention baselines (the same frozen ViT-B encoder as GLSMamba).
+        encoder_channels: the encoder's output channels (required with ``encoder``).
+        freeze_encoder: the encoder's parameters get no gradient and it runs without autograd (as GLSMamba's
+            frozen encoder does).
 
     Input (Bsz, T, 3, 4H, 4W) images; output (Bsz, joints, H, W) heatmaps of the centre frame.
     """
 
-    def __init__(self, width: int, depth: int = 6, joints: int = 17, mlp_ratio: float = 4.0, impl: str = "sdpa"):
+    def __init__(self, width: int, depth: int = 6, joints: int = 17, mlp_ratio: float = 4.0, impl: str = "sdpa",
+                 encoder: nn.Module | None = None, encoder_channels: int | None = None, freeze_encoder: bool = True):
         super().__init__()
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
-        self.stem = nn.Conv2d(3, width, kernel_size=4, stride=4)
+        if (encoder is None) != (encoder_channels is None):
+            raise ValueError(f"encoder and encoder_channels go together, got encoder={type(encoder).__name__}, "
+                             f"encoder_channels={encoder_channels!r}")
+        self.encoder = encoder
+        self.freeze_encoder = bool(freeze_encoder) and encoder is not None
+        if encoder is None:
+            self.stem = nn.Conv2d(3, width, kernel_size=4, stride=4)
+        else:
+            self.stem = nn.Conv2d(int(encoder_channels), width, kernel_size=1)
+            if self.freeze_encoder:
+                encoder.requires_grad_(False)
         heads = attention_heads(width)
         self.blocks = nn.ModuleList(_Block(width, heads, mlp_ratio, impl) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
@@ -103,7 +120,11 @@ class AttentionNet(nn.Module):
         if x.dim() != 5 or x.shape[2] != 3:
             raise ValueError(f"x must be (Bsz, T, 3, height, width) images, got {tuple(x.shape)}")
         b, t = x.shape[:2]
-        f = self.stem(x.flatten(0, 1))  # (Bsz*T, C, H, W)
+        f = x.flatten(0, 1)
+        if self.encoder is not None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+                f = self.encoder(f)
+        f = self.stem(f)  # (Bsz*T, C, H, W)
         c, h, w = f.shape[1:]
         tokens = f.view(b, t, c, h * w).permute(0, 1, 3, 2).reshape(b, t * h * w, c)  # natural (t, h, w) order
         for blk in self.blocks:

@@ -357,16 +357,51 @@ def model_depth(preset: str) -> int | None:
         return None
 
 
-def build_attention_net(depth: int):
-    """The full-attention network with ``depth`` blocks, at the sweep's network width (the GLSMamba preset's)."""
+@functools.cache
+def attention_encoder(preset: str) -> str:
+    """The encoder of a GLSMamba preset (``vit``, ``conv``), which the attention network shares; ``stem`` (the 4x4
+    patchify stem) when the network is not importable."""
+    try:
+        from glsmamba.model import get_config
+
+        return str(get_config(preset).encoder)
+    except Exception:
+        return "stem"
+
+
+def build_attention_net(depth: int, preset: str | None = None):
+    """The full-attention network with ``depth`` blocks, at the sweep's network width (the GLSMamba preset's).
+
+    With a GLSMamba ``preset`` its stem is that preset's encoder (frozen as the preset's is), as in the paper's
+    attention baselines: the two networks then differ only after the encoder. Without one, a 4x4 patchify stem.
+    """
 
     def build(shape: Shape, dtype: torch.dtype, device: torch.device, backend: str) -> Case:
         if backend not in ATTENTION_IMPLS:
             raise Skip(f"attention_net runs with {ATTENTION_IMPLS}, not {backend!r}")
-        net = AttentionNet(shape.C, depth=depth, impl=backend).to(device).eval()
+        net = attention_network(shape, depth, preset, backend).to(device).eval()
         return _net_case(net, _images(shape, device), dtype)
 
     return build
+
+
+def attention_network(shape: Shape, depth: int, preset: str | None, impl: str) -> AttentionNet:
+    """:func:`build_attention_net`'s network for one resolution point (width ``shape.C``)."""
+    enc = {}
+    if preset is not None:
+        from glsmamba.model import get_config
+        from glsmamba.model.encoder import build_encoder
+
+        cfg = get_config(preset, image_size=(4 * shape.H, 4 * shape.W), num_frames=shape.T)
+        enc = dict(encoder=build_encoder(cfg), encoder_channels=cfg.encoder_channels,
+                   freeze_encoder=cfg.freeze_encoder)
+    return AttentionNet(shape.C, depth=depth, impl=impl, **enc)
+
+
+def attention_net_depth(variant: str) -> int:
+    """The depth in an ``attention_net`` variant name (``depth6``, ``vit-depth6``); 6 when it names none."""
+    digits = variant.rpartition("depth")[2]
+    return int(digits) if digits.isdigit() else 6
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -378,6 +413,7 @@ def targets(model_preset: str) -> list[Target]:
     """Every benchmark target, in the order the sweep runs them at each resolution."""
     rb = REGISTRY_BACKENDS
     depth = model_depth(model_preset) or 6  # the attention network as deep as the preset's GSM + LRM blocks
+    encoder = attention_encoder(model_preset)  # and on the preset's encoder
     return [
         Target("selective_scan", "", (*rb, "mambapy"), build_op("selective_scan", "plain")),
         Target("selective_scan_channel_last", "", rb, build_op("selective_scan_channel_last", "plain")),
@@ -388,8 +424,8 @@ def targets(model_preset: str) -> list[Target]:
         Target("deformable_aggregate", "spatial", rb, build_op("deformable_aggregate", "spatial")),
         Target("attention", "", ATTENTION_IMPLS, build_attention, exponent=2.0),
         Target("glsmamba", model_preset, rb, build_glsmamba(model_preset), kind="net"),
-        Target("attention_net", f"depth{depth}", ATTENTION_IMPLS, build_attention_net(depth), kind="net",
-               exponent=2.0),
+        Target("attention_net", f"{encoder}-depth{depth}", ATTENTION_IMPLS,
+               build_attention_net(depth, None if encoder == "stem" else model_preset), kind="net", exponent=2.0),
     ]  # fmt: skip
 
 
@@ -398,7 +434,7 @@ def estimate_bytes(target: Target, shape: Shape, dtype: torch.dtype, mode: str, 
     if target.op == "attention":
         return est_attention_bytes(shape, dtype, mode, backend)
     if target.op == "attention_net":
-        return est_attention_bytes(shape, dtype, mode, backend, depth=int(target.variant.removeprefix("depth") or 6))
+        return est_attention_bytes(shape, dtype, mode, backend, depth=attention_net_depth(target.variant))
     if target.op == "selective_scan" and backend == "mambapy":
         return est_mambapy_bytes(shape, dtype, mode)
     return None

@@ -2,10 +2,11 @@
 
 For each preset (default ``tiny`` and ``base``) the resolution sweep of :mod:`glsmamba.bench.sweep` runs the
 GLSMamba network (backends ``reference`` and, with ``--compile``, ``compile``: ``torch.compile`` of the whole
-network, its compile time in ``compile_ms``) and the attention network of the same width and depth (``sdpa``:
-PyTorch's fused CPU kernel, O(L) memory; ``sdpa_math``: the materialised score matrix of the paper's attention
-baseline, O(L^2) memory), forward without grad and forward+backward, from 5 x 16 x 12 = 960 to 5 x 64 x 48 =
-15,360 tokens, each preset into ``OUT/<preset>/results.csv``. Then ``OUT/crossover.png`` (time, time per token and
+network, its compile time in ``compile_ms``) and the attention network of the same width and depth on the same
+encoder (the paper's TransLR/TransHR baselines: the preset's encoder, then full attention over every token of the
+clip; ``sdpa``: PyTorch's fused CPU kernel, O(L) memory; ``sdpa_math``: the materialised score matrix, O(L^2)
+memory), forward without grad and forward+backward, from 5 x 16 x 12 = 960 to 5 x 64 x 48 = 15,360 tokens, each
+preset into ``OUT/<preset>/results.csv``. Then ``OUT/crossover.png`` (time, time per token and
 peak memory vs tokens, one row per preset) and ``OUT/summary.md`` (the table and issue 14's checks).
 
     python -m glsmamba.bench.network_sweep [--presets tiny base] [--compile] [--threads 2] [--out DIR]
@@ -126,8 +127,12 @@ def summary(out: Path, presets: list[str]) -> Path:
             if r["backend"] not in b:
                 b.append(r["backend"])
         where = "; ".join(f"commit {c}, {d}: {', '.join(b)}" for (c, d), b in runs.items())
+        variants = sorted({r["variant"] for r in ok if r["op"] == "attention_net"})
+        attn = (f"The attention network (`{', '.join(variants)}`): the preset's encoder, then full-attention blocks "
+                "as many as GLSMamba's GSM + LRM blocks, at its width." if variants else "")
         lines += [f"## {preset} (width {next((r['C'] for r in rows if r['op'] == 'glsmamba'), '?')})", "",
                   f"{r0['device']}, {r0['threads']} threads, torch {r0['torch']}; {where}.", "",
+                  *([attn, ""] if attn else []),
                   "| mode | tokens | GLSMamba reference ms | GLSMamba compile ms | attention sdpa ms | "
                   "attention sdpa_math ms | peak RSS MiB: GLSMamba / sdpa / sdpa_math |",
                   "|---|---|---|---|---|---|---|"]

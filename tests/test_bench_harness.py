@@ -119,6 +119,36 @@ def test_attention_net_shapes():
         net(torch.randn(2, 3, 24, 20))
 
 
+def test_attention_net_on_the_presets_encoder():
+    """The sweep's attention network is the paper's attention baseline: the GLSMamba preset's own encoder (frozen as
+    the preset's is), then attention blocks as deep as the preset's GSM + LRM blocks."""
+    from glsmamba.model import get_config
+    from glsmamba.model.encoder import build_encoder
+
+    (target,) = [t for t in cases.targets("tiny") if t.op == "attention_net"]
+    cfg = get_config("tiny")
+    assert target.variant == f"{cfg.encoder}-depth{cfg.num_gsm + cfg.num_lrm}"
+    assert cases.attention_net_depth(target.variant) == 3 and cases.attention_net_depth("depth6") == 6
+    shape = Shape(B=1, T=5, H=4, W=3, C=cfg.dim, N=4)
+    net = cases.attention_network(shape, 3, "tiny", "sdpa")
+    case = target.build(shape, torch.float32, torch.device("cpu"), "sdpa")  # tiny trains its encoder: all params
+    assert len(case.grad_inputs) == len(list(net.parameters())) > len(list(net.encoder.parameters()))
+    assert type(net.encoder).__name__ == type(build_encoder(cfg)).__name__
+    x = torch.randn(1, 5, 3, 16, 12)
+    y = net(x)
+    assert y.shape == (1, 17, 4, 3)
+    with torch.no_grad():  # the encoder feeds the tokens
+        next(net.encoder.parameters()).add_(1.0)
+    assert not torch.equal(net(x), y)
+    # tiny trains its encoder; a frozen encoder gets no gradient and runs without autograd
+    frozen = baselines.AttentionNet(cfg.dim, depth=1, encoder=build_encoder(cfg), encoder_channels=cfg.encoder_channels)
+    frozen(x).sum().backward()
+    assert all(p.grad is None and not p.requires_grad for p in frozen.encoder.parameters())
+    assert frozen.stem.weight.grad is not None
+    with pytest.raises(ValueError, match="encoder_channels"):
+        baselines.AttentionNet(32, encoder=build_encoder(cfg))
+
+
 def test_mambapy_baseline_matches_recurrent_oracle():
     pytest.importorskip("mambapy", reason="optional baseline: pip install --no-deps mambapy")
     import glsmamba.reference.selective_scan as rs
