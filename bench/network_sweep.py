@@ -110,6 +110,13 @@ def _cell(rows, op, backend, mode, tokens, col="ms_p50") -> str:
     return f"{v:,.0f}{extra}" if v is not None else "-"
 
 
+def _attention_stem(variant: str) -> str:
+    """What an ``attention_net`` variant (``<encoder>-depth<N>``; ``depth<N>`` before the encoder was shared) starts
+    with."""
+    encoder = variant.rpartition("-depth")[0] if "-depth" in variant else "stem"
+    return "a 4x4 patchify conv stem" if encoder == "stem" else f"the preset's own `{encoder}` encoder"
+
+
 def summary(out: Path, presets: list[str]) -> Path:
     lines = ["# CPU network sweep: GLSMamba (reference backend) vs full-attention networks", ""]
     for preset in presets:
@@ -128,8 +135,8 @@ def summary(out: Path, presets: list[str]) -> Path:
                 b.append(r["backend"])
         where = "; ".join(f"commit {c}, {d}: {', '.join(b)}" for (c, d), b in runs.items())
         variants = sorted({r["variant"] for r in ok if r["op"] == "attention_net"})
-        attn = (f"The attention network (`{', '.join(variants)}`): the preset's encoder, then full-attention blocks "
-                "as many as GLSMamba's GSM + LRM blocks, at its width." if variants else "")
+        attn = " ".join(f"The attention network `{v}`: {_attention_stem(v)}, then full-attention blocks as many as "
+                        "GLSMamba's GSM + LRM blocks, at its width." for v in variants)
         lines += [f"## {preset} (width {next((r['C'] for r in rows if r['op'] == 'glsmamba'), '?')})", "",
                   f"{r0['device']}, {r0['threads']} threads, torch {r0['torch']}; {where}.", "",
                   *([attn, ""] if attn else []),

@@ -77,6 +77,26 @@ def _shift_frames(y: torch.Tensor, dt: int, t: int) -> torch.Tensor:
     return x.reshape(b, l, c)
 
 
+class SplitLinear(nn.Linear):
+    """``nn.Linear`` that can apply one block of its weight: output rows ``rows`` and/or input columns ``cols``
+    (bias only with ``bias=True`` and the rows' part of it). One weight in the checkpoint, and module-hook counters
+    still see a Linear; the blocks are separate outputs instead of views of one wide one."""
+
+    def forward(self, x: torch.Tensor, rows: slice = slice(None), cols: slice = slice(None),
+                bias: bool = True) -> torch.Tensor:
+        b = self.bias[rows] if bias and self.bias is not None else None
+        return F.linear(x, self.weight[rows, cols], b)
+
+
+class SplitDepthwiseConv2d(nn.Conv2d):
+    """A depthwise ``nn.Conv2d`` that can run on the input channels ``channels`` alone (with their filters)."""
+
+    def forward(self, x: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+        w = self.weight[channels]
+        b = None if self.bias is None else self.bias[channels]
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, groups=w.shape[0])
+
+
 def frame_conv(conv: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, shape: Shape) -> torch.Tensor:
     """Apply a 2-D conv (a module or a function of the ``(N, C, H, W)`` input) to every frame of channel-last
     tokens: ``(B, L, C) -> (B, L, C')``."""
@@ -215,8 +235,8 @@ class Modulator(nn.Module):
         self.groups = offset_groups
         self.group_channels = group_channels
         p = taps.shape[0]
-        self.offset_dw = nn.Conv2d(2 * channels, 2 * channels, 3, padding=1, groups=2 * channels)
-        self.offset_pw = nn.Linear(2 * channels, offset_groups * p * 3)
+        self.offset_dw = SplitDepthwiseConv2d(2 * channels, 2 * channels, 3, padding=1, groups=2 * channels)
+        self.offset_pw = SplitLinear(2 * channels, offset_groups * p * 3)
         nn.init.zeros_(self.offset_pw.weight)
         nn.init.zeros_(self.offset_pw.bias)
         centre = [i for i, tap in enumerate(taps.tolist()) if tap == [0, 0, 0]]
@@ -256,12 +276,11 @@ class Modulator(nn.Module):
         o = None
         for i, part in enumerate((ref, y)):
             half = slice(i * c, (i + 1) * c)
-            dw = functools.partial(F.conv2d, weight=self.offset_dw.weight[half], bias=self.offset_dw.bias[half],
-                                   padding=1, groups=c)
-            f = F.linear(frame_conv(dw, part, shape), self.offset_pw.weight[:, half])
+            f = frame_conv(functools.partial(self.offset_dw, channels=half), part, shape)
+            f = self.offset_pw(f, cols=half, bias=i == 0)
             o = f if o is None else o.add_(f)
             del f
-        o = (o + self.offset_pw.bias).reshape(b, l, self.groups, self.taps.shape[0], 3)
+        o = o.reshape(b, l, self.groups, self.taps.shape[0], 3)
         return o[..., :2].contiguous(), torch.sigmoid(o[..., 2]).contiguous()
 
     def _grouped(self, y: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, shape: Shape) -> torch.Tensor:
@@ -355,7 +374,7 @@ class _SSMBlock(nn.Module):
         self.norm1 = nn.LayerNorm(d)
         self.channel_attn = (ChannelAttention(cfg.num_frames, d, cfg.ca_reduction, cfg.ca_form)
                              if channel_attention else None)
-        self.in_proj = nn.Linear(d, 2 * di, bias=False)
+        self.in_proj = SplitLinear(d, 2 * di, bias=False)
         self.gate = GateStream(di)
         self.ssm = SpaceTimeS6(di, cfg.d_state, cfg.dt_rank_, self.num_dirs, cfg.ssm_sharing)
         self.out_norm = nn.LayerNorm(di)
@@ -386,12 +405,12 @@ class _SSMBlock(nn.Module):
         if self.channel_attn is not None:
             h = self.channel_attn(h, shape)
         di = self.ssm.d_inner
-        xs = F.silu(F.linear(h, self.in_proj.weight[:di]), inplace=not torch.is_grad_enabled())
+        xs = F.silu(self.in_proj(h, rows=slice(0, di)), inplace=not torch.is_grad_enabled())
         ys = self.scan(xs, shape)
         del xs
         f = self.merge_scans(ys, shape)
         del ys
-        gate = self.gate(F.linear(h, self.in_proj.weight[di:]), shape)
+        gate = self.gate(self.in_proj(h, rows=slice(di, None)), shape)
         del h
         x = x + self.drop_path(self.out_proj(self.out_norm(f) * gate))
         if self.ffn is None:

@@ -314,3 +314,12 @@ def test_summary_of_a_cpu_sweep_says_why_targets_are_na(tmp_path):
     # slope of 16x the time over 20x the tokens: log(16) / log(20)
     assert f"| selective_scan | reference | fwd | 2 | 192-3840 | {math.log(16) / math.log(20):.2f} |" in md
     assert "all ok points: no op has two sizes >= 2,000 tokens" in md
+
+
+def test_network_sweep_names_the_attention_networks_stem():
+    from glsmamba.bench.network_sweep import _attention_stem
+
+    assert _attention_stem("vit-depth6") == "the preset's own `vit` encoder"
+    assert _attention_stem("conv-depth3") == "the preset's own `conv` encoder"
+    for old in ("depth6", "stem-depth6"):  # rows from before the encoder was shared, and the fallback stem
+        assert _attention_stem(old) == "a 4x4 patchify conv stem"

@@ -45,8 +45,8 @@ def test_quick_sweep_writes_csv_and_plots(tmp_path, capsys):
             assert float(r["ms_p50"]) > 0 and r["mem_kind"].startswith("cpu_peak_rss") and r["commit"]
             assert r["device_kind"] == "cpu" and r["torch"] and r["triton"] and r["timestamp"]
 
-    for name in ("time_attention_fwd.png", "memory_attention_fwd.png", "time_attention_net_depth3_fwd_bwd.png",
-                 "memory_attention_net_depth3_fwd_bwd.png", "crossover.png"):  # fmt: skip  (tiny: 2 GSM + 1 LRM)
+    for name in ("time_attention_fwd.png", "memory_attention_fwd.png", "time_attention_net_conv-depth3_fwd_bwd.png",
+                 "memory_attention_net_conv-depth3_fwd_bwd.png", "crossover.png"):  # fmt: skip  (tiny: conv, 2 + 1)
         png = out / name
         assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     md = (out / "summary.md").read_text()
