@@ -346,27 +346,24 @@ def build_glsmamba(preset: str):
 
 
 @functools.cache
-def model_depth(preset: str) -> int | None:
-    """Token-mixing blocks of a GLSMamba preset (GSM + LRM), or None when the network is not importable."""
+def attention_variant(preset: str) -> str:
+    """The ``attention_net`` variant that matches a GLSMamba preset: ``<encoder>-depth<N>``, on the preset's encoder
+    (``vit``, ``conv``) with as many blocks as its GSM + LRM blocks; ``stem-depth6`` (the 4x4 patchify stem) when
+    the network is not importable."""
     try:
         from glsmamba.model import get_config
 
         cfg = get_config(preset)
-        return int(cfg.num_gsm) + int(cfg.num_lrm)
+        return f"{cfg.encoder}-depth{int(cfg.num_gsm) + int(cfg.num_lrm)}"
     except Exception:
-        return None
+        return "stem-depth6"
 
 
-@functools.cache
-def attention_encoder(preset: str) -> str:
-    """The encoder of a GLSMamba preset (``vit``, ``conv``), which the attention network shares; ``stem`` (the 4x4
-    patchify stem) when the network is not importable."""
-    try:
-        from glsmamba.model import get_config
-
-        return str(get_config(preset).encoder)
-    except Exception:
-        return "stem"
+def parse_attention_variant(variant: str) -> tuple[str, int]:
+    """``(encoder, depth)`` of an ``attention_net`` variant name; ``depth<N>`` (rows from before the encoder was
+    shared) is ``("stem", N)``, and a name without a depth has 6."""
+    encoder, sep, digits = variant.rpartition("depth")
+    return (encoder.removesuffix("-") or "stem") if sep else "stem", int(digits) if digits.isdigit() else 6
 
 
 def build_attention_net(depth: int, preset: str | None = None):
@@ -398,12 +395,6 @@ def attention_network(shape: Shape, depth: int, preset: str | None, impl: str) -
     return AttentionNet(shape.C, depth=depth, impl=impl, **enc)
 
 
-def attention_net_depth(variant: str) -> int:
-    """The depth in an ``attention_net`` variant name (``depth6``, ``vit-depth6``); 6 when it names none."""
-    digits = variant.rpartition("depth")[2]
-    return int(digits) if digits.isdigit() else 6
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The target table
 # --------------------------------------------------------------------------------------------------------------
@@ -412,8 +403,8 @@ def attention_net_depth(variant: str) -> int:
 def targets(model_preset: str) -> list[Target]:
     """Every benchmark target, in the order the sweep runs them at each resolution."""
     rb = REGISTRY_BACKENDS
-    depth = model_depth(model_preset) or 6  # the attention network as deep as the preset's GSM + LRM blocks
-    encoder = attention_encoder(model_preset)  # and on the preset's encoder
+    attention = attention_variant(model_preset)  # as deep as the preset's GSM + LRM blocks, on its encoder
+    encoder, depth = parse_attention_variant(attention)
     return [
         Target("selective_scan", "", (*rb, "mambapy"), build_op("selective_scan", "plain")),
         Target("selective_scan_channel_last", "", rb, build_op("selective_scan_channel_last", "plain")),
@@ -424,7 +415,7 @@ def targets(model_preset: str) -> list[Target]:
         Target("deformable_aggregate", "spatial", rb, build_op("deformable_aggregate", "spatial")),
         Target("attention", "", ATTENTION_IMPLS, build_attention, exponent=2.0),
         Target("glsmamba", model_preset, rb, build_glsmamba(model_preset), kind="net"),
-        Target("attention_net", f"{encoder}-depth{depth}", ATTENTION_IMPLS,
+        Target("attention_net", attention, ATTENTION_IMPLS,
                build_attention_net(depth, None if encoder == "stem" else model_preset), kind="net", exponent=2.0),
     ]  # fmt: skip
 
@@ -434,7 +425,7 @@ def estimate_bytes(target: Target, shape: Shape, dtype: torch.dtype, mode: str, 
     if target.op == "attention":
         return est_attention_bytes(shape, dtype, mode, backend)
     if target.op == "attention_net":
-        return est_attention_bytes(shape, dtype, mode, backend, depth=attention_net_depth(target.variant))
+        return est_attention_bytes(shape, dtype, mode, backend, depth=parse_attention_variant(target.variant)[1])
     if target.op == "selective_scan" and backend == "mambapy":
         return est_mambapy_bytes(shape, dtype, mode)
     return None

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from glsmamba.bench.cases import parse_attention_variant
 from glsmamba.bench.harness import read_rows
 from glsmamba.bench.plot import _draw_oom, _draw_series, _f, _finish, _ok, _plt
 
@@ -111,9 +112,8 @@ def _cell(rows, op, backend, mode, tokens, col="ms_p50") -> str:
 
 
 def _attention_stem(variant: str) -> str:
-    """What an ``attention_net`` variant (``<encoder>-depth<N>``; ``depth<N>`` before the encoder was shared) starts
-    with."""
-    encoder = variant.rpartition("-depth")[0] if "-depth" in variant else "stem"
+    """What an ``attention_net`` variant starts with (:func:`glsmamba.bench.cases.parse_attention_variant`)."""
+    encoder = parse_attention_variant(variant)[0]
     return "a 4x4 patchify conv stem" if encoder == "stem" else f"the preset's own `{encoder}` encoder"
 
 

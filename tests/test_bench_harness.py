@@ -128,7 +128,8 @@ def test_attention_net_on_the_presets_encoder():
     (target,) = [t for t in cases.targets("tiny") if t.op == "attention_net"]
     cfg = get_config("tiny")
     assert target.variant == f"{cfg.encoder}-depth{cfg.num_gsm + cfg.num_lrm}"
-    assert cases.attention_net_depth(target.variant) == 3 and cases.attention_net_depth("depth6") == 6
+    assert cases.parse_attention_variant(target.variant) == ("conv", 3)
+    assert cases.parse_attention_variant("depth6") == ("stem", 6)
     shape = Shape(B=1, T=5, H=4, W=3, C=cfg.dim, N=4)
     net = cases.attention_network(shape, 3, "tiny", "sdpa")
     case = target.build(shape, torch.float32, torch.device("cpu"), "sdpa")  # tiny trains its encoder: all params
