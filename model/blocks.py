@@ -201,10 +201,25 @@ class SpaceTimeS6(nn.Module):
         bm = bm.contiguous().expand(b, k, l, n)
         cm = cm.contiguous().expand(b, k, l, n)
         a = (-torch.exp(self.A_log.float())).expand(k, di, n).contiguous()
+        bias, softplus = self.dt_bias.float().expand(k, di), True
+        if self._dt_in_place(delta):
+            # softplus(delta + bias) applied here, in place on our delta, as the reference op would apply it (the
+            # same aten ops): the op then reads it as it is, where it would copy it to apply them (one (B, L, Di)
+            # buffer less at the scan, the peak of the no-grad forward beside the merge)
+            d = delta[:, 0]
+            delta = torch.ops.aten.softplus.out(d.add_(bias[0]), 1, 20, out=d)[:, None].expand(b, k, l, di)
+            bias, softplus = None, False
         return ops.ordered_selective_scan(
             x, delta, a, bm, cm, self.D.float().expand(k, di).contiguous(), orders, groups,
-            reset=reset, delta_bias=self.dt_bias.float().expand(k, di), delta_softplus=True,
+            reset=reset, delta_bias=bias, delta_softplus=softplus,
         )
+
+    def _dt_in_place(self, delta: torch.Tensor) -> bool:
+        """Whether the forward applies the delta bias and softplus itself: no autograd, a CPU fp32 delta computed
+        once for all directions (one delta bias), outside torch.compile / export (which see the op's own form)."""
+        return (self.dt_bias.shape[0] == 1 and self.share_proj and not torch.is_grad_enabled()
+                and delta.device.type == "cpu" and delta.dtype == torch.float32
+                and not torch.compiler.is_compiling() and not torch.compiler.is_exporting())
 
 
 # ----------------------------------------------------------------------------------------------- STMM
@@ -283,25 +298,82 @@ class Modulator(nn.Module):
         o = o.reshape(b, l, self.groups, self.taps.shape[0], 3)
         return o[..., :2].contiguous(), torch.sigmoid(o[..., 2]).contiguous()
 
+    def add_to(self, out: torch.Tensor, y: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor,
+               shape: Shape, by_frame: bool | None = None) -> torch.Tensor:
+        """``out += M(y)`` in place (no autograd), with the offsets and mask :meth:`offsets_and_mask` gave: the
+        same values as ``out + forward(ref, y)``, without a ``(B, L, C)`` result beside ``out``. The grouped form
+        samples frame by frame (see :meth:`_grouped_acc`) when ``by_frame``; None: on CPU tensors (a GPU would
+        launch B x T times as many sampling kernels, not measured here)."""
+        if self.group_channels is None:
+            return out.add_(ops.deformable_aggregate(y, offsets, mask, self.weight.to(y.dtype), self.taps, shape))
+        b, l, c = y.shape
+        by_frame = y.device.type == "cpu" if by_frame is None else by_frame
+        acc = self._grouped_acc(y, offsets, mask, shape, by_frame=by_frame)  # (G, B*L, O)
+        out.view(b, l, acc.shape[0], acc.shape[2]).add_(acc.transpose(0, 1).view(b, l, acc.shape[0], acc.shape[2]))
+        return out
+
     def _grouped(self, y: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, shape: Shape) -> torch.Tensor:
         """The grouped form tap by tap (see the class docstring); ``(B, L, C)``."""
+        b, l, c = y.shape
+        return self._grouped_acc(y, offsets, mask, shape).transpose(0, 1).reshape(b, l, c)
+
+    def _grouped_acc(self, y: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, shape: Shape,
+                     by_frame: bool = False) -> torch.Tensor:
+        """:meth:`_grouped` in the layout of its sum, ``(G, B*L, O)`` (group, token, output channel of the group).
+
+        ``by_frame`` (no autograd): each tap is sampled one output frame at a time, from the one frame it reads
+        (frame ``f + dt`` of ``y``, or a zero frame past the clip's ends) -- a centre-tap sample never leaves its
+        frame, so the values are the same -- and mixed into that frame's rows of the sum: no shifted clip and only a
+        frame's ``(H*W, C)`` sample at a time instead of the clip's ``(L, C)``.
+        """
         t = shape[0]
         b, l, c = y.shape
         g, cg = c // self.group_channels, self.group_channels
         centre, unit = self.taps.new_zeros(1, 3), y.new_ones(1, c)
         weight = self.weight.to(y.dtype).transpose(2, 3)  # (P, G, I, O)
-        acc = None  # (G, B*L, O)
+        acc = y.new_empty(g, b * l, cg) if by_frame else None  # (G, B*L, O)
         for p, (dt, dh, dw) in enumerate(self.tap_list):
-            x = y if not dt else _shift_frames(y, dt, t)
             off = offsets[:, :, :, p:p + 1]
             if dh or dw:
                 off = off + off.new_tensor([dh, dw])
+            if by_frame:
+                self._tap_by_frame(acc, y, off, mask[..., p:p + 1], dt, shape, weight[p], first=p == 0)
+                continue
+            x = y if not dt else _shift_frames(y, dt, t)
             sample = ops.deformable_aggregate(x, off.contiguous(), mask[..., p:p + 1].contiguous(), unit, centre,
                                               shape)
             rows = sample.reshape(b * l, g, cg).transpose(0, 1)  # (G, B*L, I), read in place
             acc = torch.bmm(rows, weight[p]) if acc is None else acc.baddbmm_(rows, weight[p])
             del x, sample, rows  # not alive beside the next tap's
-        return acc.transpose(0, 1).reshape(b, l, c)
+        return acc
+
+    def _tap_by_frame(self, acc: torch.Tensor, y: torch.Tensor, off: torch.Tensor, mask: torch.Tensor, dt: int,
+                      shape: Shape, weight: torch.Tensor, first: bool) -> None:
+        """One tap of :meth:`_grouped_acc` ``by_frame``: ``acc (G, B*L, O)`` gets (``first``: is set to) the mixed
+        samples; ``off (B, L, Goff, 1, 2)`` and ``mask (B, L, Goff, 1)`` the tap's."""
+        t, h, w = shape
+        b, l, c = y.shape
+        hw, g = h * w, acc.shape[0]
+        centre, unit = self.taps.new_zeros(1, 3), y.new_ones(1, c)
+        zero = None
+        for i in range(b):
+            for f in range(t):
+                src = f + dt
+                if 0 <= src < t:
+                    frame = y[i:i + 1, src * hw:(src + 1) * hw]
+                else:
+                    zero = y.new_zeros(1, hw, c) if zero is None else zero
+                    frame = zero
+                rows = slice(f * hw, (f + 1) * hw)
+                sample = ops.deformable_aggregate(frame, off[i:i + 1, rows].contiguous(),
+                                                  mask[i:i + 1, rows].contiguous(), unit, centre, (1, h, w))
+                x = sample.reshape(hw, g, -1).transpose(0, 1)  # (G, H*W, I)
+                out = acc[:, i * l + f * hw:i * l + (f + 1) * hw]
+                if first:
+                    torch.bmm(x, weight, out=out)
+                else:
+                    out.baddbmm_(x, weight)
+                del sample, x
 
     def grouped_oracle(self, ref: torch.Tensor, y: torch.Tensor, shape: Shape) -> torch.Tensor:
         """The grouped form's first implementation (all taps in one call over P copies, one einsum): the oracle
@@ -347,15 +419,27 @@ class STMM(nn.Module):
         self.spatial = Modulator(channels, SPATIAL_TAPS, offset_groups, gs) if directions >= 4 else None
         self.temporal = Modulator(channels, TEMPORAL_TAPS, offset_groups, gt) if directions >= 6 else None
 
-    def forward(self, ys: torch.Tensor, shape: Shape) -> torch.Tensor:
-        """``ys (B, G, L, Di)`` = (y_u, y_s, y_t)[:G] -> ``(B, L, Di)``."""
+    def forward(self, ys: torch.Tensor, shape: Shape, inplace: bool = False) -> torch.Tensor:
+        """``ys (B, G, L, Di)`` = (y_u, y_s, y_t)[:G] -> ``(B, L, Di)``.
+
+        ``inplace`` (no autograd): F is summed into ``ys[:, 0]`` and returned as that view (``ys`` is consumed),
+        every modulator's offsets computed first (they read y_u), so that neither a running sum nor a modulator's
+        ``(B, L, Di)`` result is allocated beside the scan's sums; the same values in the same order.
+        """
         y_u = ys[:, 0]
-        out = y_u
-        if self.spatial is not None:
-            out = out + self.spatial(y_u, ys[:, 1], shape)
-        if self.temporal is not None:
-            out = out + self.temporal(y_u, ys[:, 2], shape)
-        return out
+        mods = [(m, ys[:, i]) for i, m in enumerate((self.spatial, self.temporal), 1) if m is not None]
+        if not inplace:
+            out = y_u
+            for m, y in mods:
+                out = out + m(y_u, y, shape)
+            return out
+        if torch.is_grad_enabled():
+            raise RuntimeError("STMM(inplace=True) runs without autograd only (torch.no_grad)")
+        offsets = [m.offsets_and_mask(y_u, y, shape) for m, y in mods]
+        for (m, y), (off, mask) in zip(mods, offsets, strict=True):
+            m.add_to(y_u, y, off, mask, shape)
+            del off, mask
+        return y_u
 
 
 # ----------------------------------------------------------------------------------------------- blocks
@@ -398,7 +482,8 @@ class _SSMBlock(nn.Module):
         Every ``(B, L, Di)`` intermediate is dropped as soon as it is used, so the scan and the merge (the peak of
         the no-grad forward) hold only the block input, ``h`` (``D`` channels) and the group sums: ``in_proj`` runs
         as its x and z halves (two separate outputs, not views of one ``(B, L, 2 Di)``), the scan's input is
-        released before the merge, and z and the gate are computed from ``h`` after the merge. The values are the
+        released before the merge, the merge sums into the scan's output in place (STMM) and ``ys`` is released
+        once ``out_norm`` has read it, and z and the gate are computed from ``h`` after that. The values are the
         same (``in_proj``'s two row blocks of its one weight).
         """
         h = self.norm1(x)
@@ -408,11 +493,11 @@ class _SSMBlock(nn.Module):
         xs = F.silu(self.in_proj(h, rows=slice(0, di)), inplace=not torch.is_grad_enabled())
         ys = self.scan(xs, shape)
         del xs
-        f = self.merge_scans(ys, shape)
+        f = self.out_norm(self.merge_scans(ys, shape))  # the merge may be a view of ys (its sums in place)
         del ys
         gate = self.gate(self.in_proj(h, rows=slice(di, None)), shape)
         del h
-        x = x + self.drop_path(self.out_proj(self.out_norm(f) * gate))
+        x = x + self.drop_path(self.out_proj(f * gate))
         if self.ffn is None:
             return x
         return x + self.drop_path(self.ffn(self.norm2(x)))
@@ -434,7 +519,10 @@ class GSMBlock(_SSMBlock):
         return self.ssm(x, orders, self.scan_groups)
 
     def merge_scans(self, ys: torch.Tensor, shape: Shape) -> torch.Tensor:
-        return self.merge(ys, shape) if self.merge is not None else ys[:, 0]
+        """As :meth:`_SSMBlock.merge_scans`; without autograd STMM sums into ``ys[:, 0]`` in place."""
+        if self.merge is None:
+            return ys[:, 0]
+        return self.merge(ys, shape, inplace=not torch.is_grad_enabled() and not torch.compiler.is_compiling())
 
 
 class LRMBlock(_SSMBlock):

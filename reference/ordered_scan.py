@@ -130,6 +130,8 @@ def _shared_dt(delta: torch.Tensor, delta_bias: torch.Tensor | None, per_dir: bo
     bias = None if delta_bias is None else delta_bias[0]
     if record_grad:
         return _dt(delta[:, 0], bias, softplus, ct, 2)
+    if bias is None and not softplus and delta.dtype == ct:
+        return delta[:, 0]  # dt is delta itself: read in place, never written
     dt = delta[:, 0].to(ct, copy=True)  # our buffer: bias and softplus in place
     return _dt(dt, bias, softplus, ct, 2, inplace=True)
 

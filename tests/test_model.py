@@ -4,6 +4,7 @@ backend switching, whole-network equivalence of the backends, and overfitting on
 from __future__ import annotations
 
 import itertools
+import math
 import weakref
 
 import pytest
@@ -406,6 +407,68 @@ def test_offsets_without_the_concatenation_match_the_concatenated_form():
     assert_close("mask", torch.sigmoid(o[..., 2]), mask, torch.float64)
 
 
+def test_no_grad_scan_applies_the_delta_softplus_in_place(monkeypatch):
+    """Without autograd on a CPU the S6 applies softplus(delta + bias) itself, in place, and hands the op dt with no
+    bias and no softplus: the op's output is bitwise the one it gives with the bias and softplus to apply."""
+    from glsmamba.model import blocks
+
+    blk = GSMBlock(get_config("tiny", num_frames=SHAPE[0], dim=16)).eval()
+    with torch.no_grad():
+        blk.ssm.dt_bias.normal_()
+    x = torch.randn(2, 60, blk.ssm.d_inner)
+    orders = blocks._global_orders(SHAPE, blk.scan_names, x.device)
+    seen, op = [], blocks.ops.ordered_selective_scan
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["delta_bias"] is None, kwargs["delta_softplus"]))
+        return op(*args, **kwargs)
+
+    monkeypatch.setattr(blocks.ops, "ordered_selective_scan", spy)
+    with model.use_backend("reference"):
+        want = blk.ssm(x, orders, blk.scan_groups)
+        with torch.no_grad():
+            got = blk.ssm(x, orders, blk.scan_groups)
+    assert seen == [(False, True), (True, False)]
+    assert torch.equal(want, got)
+
+
+@pytest.mark.parametrize("form", ["grouped", "depthwise"])
+def test_stmm_in_place_matches_the_summed_form(form):
+    """STMM's no-grad in-place merge (every modulator's offsets first, F summed into ys[:, 0], the grouped taps
+    sampled frame by frame) against its autograd form: same values (fp64, random parameters, offsets that leave the
+    frame), NaN and inf in a clip's first and last frames reaching the same outputs; the STMM block's no-grad
+    forward takes the in-place form."""
+    from glsmamba.model.blocks import STMM
+
+    gen = torch.Generator().manual_seed(2)
+    shape, b, c = (3, 4, 5), 2, 16
+    stmm = STMM(c, 6, offset_groups=2, group_channels=(4, 8) if form == "grouped" else None).double()
+    with torch.no_grad():
+        for prm in stmm.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=gen, dtype=torch.float64))
+    ys = torch.randn(b, 3, 60, c, generator=gen, dtype=torch.float64)
+    for special in (None, math.nan, math.inf):
+        y = ys.clone()
+        if special is not None:
+            y[0, 2, 3, 1] = special  # y_t in frame 0: reached through the temporal taps of frame 1 only
+            y[1, 1, 59, 5] = -special  # y_s in the last frame
+        with torch.no_grad(), model.use_backend("reference"):
+            want = stmm(y.clone(), shape)
+            buf = y.clone()
+            got = stmm(buf, shape, inplace=True)
+            # the grouped form's in-place sum without the frame-by-frame sampling (its GPU form)
+            whole = y[:, 0].clone()
+            for i, m in ((1, stmm.spatial), (2, stmm.temporal)):
+                m.add_to(whole, y[:, i], *m.offsets_and_mask(y[:, 0], y[:, i], shape), shape, by_frame=False)
+        assert got.data_ptr() == buf.data_ptr()  # F is ys[:, 0]
+        for name, out in (("in place", got), ("in place, whole clip", whole)):
+            assert torch.equal(torch.isnan(want), torch.isnan(out)), (name, special)
+            assert_close(f"stmm {name}, {special}", want.nan_to_num(0.0, 1.0, -1.0), out.nan_to_num(0.0, 1.0, -1.0),
+                         torch.float64)
+    with pytest.raises(RuntimeError, match="without autograd"):
+        stmm(ys.clone(), shape, inplace=True)
+
+
 def test_no_grad_forward_releases_what_it_no_longer_needs():
     """Memory of the no-grad forward: the encoder's features are gone once the blocks run, and a block's scan input
     is gone when its merge runs (the merge is the forward's peak)."""
@@ -470,20 +533,22 @@ def _op_calls(backend: str) -> dict[str, int]:
     return {op: n for (op, b), n in call_counts().items() if b == backend}
 
 
-def _expected_calls(num_gsm: int, num_lrm: int) -> dict[str, int]:
+def _expected_calls(num_gsm: int, num_lrm: int, frames: int = 1) -> dict[str, int]:
     """Registry calls of one forward of a grouped-STMM network (6 directions), derived from its structure: every
     block (GSM or LRM) runs one ``ordered_selective_scan`` over all its directions; only a GSM block merges with
     STMM, whose spatial modulator samples its 9 taps (3x3, ``SPATIAL_TAPS``) and temporal modulator its 3 taps
     (dt = -1, 0, 1, ``TEMPORAL_TAPS``) one ``deformable_aggregate`` call per tap (the grouped form tap by tap): 12
-    calls per GSM block, none per LRM block (2 directions, no merge)."""
-    return {"ordered_selective_scan": num_gsm + num_lrm, "deformable_aggregate": num_gsm * (9 + 3)}
+    calls per GSM block, none per LRM block (2 directions, no merge). ``frames``: clips x frames of a no-grad
+    forward on CPU tensors, where each tap is sampled one frame at a time."""
+    return {"ordered_selective_scan": num_gsm + num_lrm, "deformable_aggregate": num_gsm * (9 + 3) * frames}
 
 
 def test_backend_switch_changes_what_a_built_model_runs(device):
     # 2 GSM (6 directions, STMM) + 1 LRM; narrow and small so the forwards under the interpreter stay short
     net = GLSMamba("tiny", num_frames=3, dim=8).eval().to(device)
     frames = _frames(1, 3, 8, 8).to(device)
-    expected = _expected_calls(num_gsm=2, num_lrm=1)  # 3 scans, 24 deformable calls
+    # 3 scans, 24 deformable calls (x 3 frames on CPU: the no-grad merge samples frame by frame)
+    expected = _expected_calls(num_gsm=2, num_lrm=1, frames=3 if frames.device.type == "cpu" else 1)
     try:
         for name in ("reference", "triton"):
             model.set_backend(name)
@@ -517,7 +582,7 @@ def test_auto_backend_on_cpu_runs_reference():
     reset_call_counts()
     with model.use_backend("auto"), torch.no_grad():
         net(_frames(1, 5, 16, 12))
-    assert _op_calls("reference") == _expected_calls(num_gsm=2, num_lrm=1)  # tiny: 2 GSM + 1 LRM
+    assert _op_calls("reference") == _expected_calls(num_gsm=2, num_lrm=1, frames=5)  # tiny: 2 GSM + 1 LRM, T = 5
     with pytest.raises(ValueError, match="backend"):
         net.backend = "cuda"
 
