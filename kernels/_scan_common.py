@@ -182,17 +182,6 @@ def shift_next(x, VEC: tl.constexpr):
 
 
 @triton.jit
-def shift_prev(x, first, VEC: tl.constexpr):
-    """``y[:, t] = x[:, t - 1]`` along the steps of an ``[R, T]`` tile, ``y[:, 0] = first`` (``[R]``): the mirror
-    of :func:`shift_next` (VEC - 1 steps register renaming, one single-register warp gather)."""
-    vals = split_steps(x, VEC)
-    J: tl.constexpr = x.shape[1] // VEC
-    j = tl.arange(0, J)[None, :] + tl.zeros([x.shape[0], 1], dtype=tl.int32)
-    prv = tl.where(j == 0, first[:, None], tl.gather(vals[VEC - 1], tl.maximum(j - 1, 0), 1))
-    return join_steps((prv,) + vals[:VEC - 1])
-
-
-@triton.jit
 def adjoint_scan(a, c, VEC: tl.constexpr):
     """``lam_t = c_t + a_{t+1} lam_{t+1}`` (``lam_{T-1} = c_{T-1}``) on an ``[R, T]`` tile of VEC steps per thread
     (:func:`join_steps`), without reversing the tile across the lanes (3 x VEC shuffles per reverse scan): each
@@ -494,16 +483,17 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
         if HAS_RESET:
             a = tl.where(rst, 0.0, a)
         b = dtu * Bn
-        hin = tl.load(h_ptr + (st_off + n))
-        _, h = tl.associative_scan((a, tl.where(first, b + a * hin[:, None], b)), 1, affine_combine)
+        _, h = tl.associative_scan((a, tl.where(first, b + a * tl.load(h_ptr + (st_off + n))[:, None], b)), 1,
+                                   affine_combine)
         if HAS_Z:
             y += h * Cn
         acc_add(dC_ptr, acc_rows + n * s_dn, dy * h, lim, MASKED, VEC, ACC_PERM)
-        # a_t h_{t-1} as the oracle forms it: h - b would be inf - inf = NaN where b is infinite (delta = +inf: a = 0,
-        # h = inf) and the oracle's product is finite; a reset step's is 0 (the oracle's segment starts from zero)
-        ah = a * shift_prev(h, hin, VEC)
-        if HAS_RESET:
-            ah = tl.where(rst, 0.0, ah)
+        # a_t h_{t-1} = h_t - b_t, except where a_t = 0 and h_t = b_t: there the oracle's product is 0 (h_{t-1}
+        # finite) even when b_t is infinite (delta = +inf), where h - b is inf - inf = NaN; a non-finite h_{t-1} makes
+        # h_t NaN, != b_t, and the difference stays NaN as the product is. No shifted copy of h: a and h stay the
+        # only tiles live (a shift of h by one step cost 2 MUFU ops per element-state and 28 registers in the static
+        # report: ptxas recomputed the decays)
+        ah = tl.where((a == 0.0) & (h == b), 0.0, h - b)
         dyC = dy * Cn
         if HAS_NU:
             dyC = tl.where(last, dyC + tl.load(nu_ptr + (st_off + n))[:, None], dyC)

@@ -104,12 +104,16 @@ def test_triton_scan_nan_locality(channel_last):
     _check_scan_paths(x, channel_last, ("autograd",), backend="triton")
 
 
+@pytest.mark.parametrize("nan_before", [False, True], ids=["alone", "after-a-nan"])
 @pytest.mark.parametrize("pos", [0, 4, 31, 39])
-def test_triton_scan_inf_delta_gradient_locality(pos):
-    """delta = +inf at token p: a_p = 0 and h_p = inf, so the backward's a_p h_{p-1} must be the product (finite),
-    not h_p - dt_p u_p B_p (inf - inf); at a tile's first step, inside one and at the sequence's end."""
+def test_triton_scan_inf_delta_gradient_locality(pos, nan_before):
+    """delta = +inf at token p: a_p = 0 and h_p = inf, so the backward's a_p h_{p-1} must be the oracle's product
+    (0), not h_p - dt_p u_p B_p (inf - inf); at a tile's first step, inside one and at the sequence's end. After a
+    NaN in u two steps earlier h_{p-1} is NaN, and so is the product."""
     x = make_inputs(batch=1, length=40, dim=3, dstate=2)
     x["delta"][0, 1, pos] = math.inf
+    if nan_before and pos >= 2:
+        x["u"][0, 1, pos - 2] = math.nan
     _check_scan_paths(x, False, ("autograd",), backend="triton")
 
 
