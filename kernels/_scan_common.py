@@ -488,12 +488,14 @@ def bwd_tile(u_ptr, dl_ptr, z_ptr, g_ptr, du_ptr, ddl_ptr, dz_ptr, off, B_ptr, C
         if HAS_Z:
             y += h * Cn
         acc_add(dC_ptr, acc_rows + n * s_dn, dy * h, lim, MASKED, VEC, ACC_PERM)
-        # a_t h_{t-1} = h_t - b_t, except where a_t = 0 and h_t = b_t: there the oracle's product is 0 (h_{t-1}
-        # finite) even when b_t is infinite (delta = +inf), where h - b is inf - inf = NaN; a non-finite h_{t-1} makes
-        # h_t NaN, != b_t, and the difference stays NaN as the product is. No shifted copy of h: a and h stay the
-        # only tiles live (a shift of h by one step cost 2 MUFU ops per element-state and 28 registers in the static
-        # report: ptxas recomputed the decays)
-        ah = tl.where((a == 0.0) & (h == b), 0.0, h - b)
+        # a_t h_{t-1} = h_t - b_t, but 0 where h_t = b_t: the same where both are finite, and the oracle's product
+        # where delta = +inf (a_t = 0, h_t = b_t = inf: h - b would be inf - inf = NaN); a non-finite h_{t-1} makes
+        # h_t NaN (!= b_t) and the difference NaN, as the product is. Also 0 where b_t = h_t = +-inf with a_t > 0
+        # (an inf in u or B), where the oracle's product is finite: only dA differs then, and only if that token is
+        # the last of its sequence or reset segment (a later step of it adds an infinite term). Only h and b are
+        # read, which h - b keeps live anyway: testing a_t = 0 as well kept a live and spilled the backward at the
+        # headline shapes (static report).
+        ah = tl.where(h == b, 0.0, h - b)
         dyC = dy * Cn
         if HAS_NU:
             dyC = tl.where(last, dyC + tl.load(nu_ptr + (st_off + n))[:, None], dyC)

@@ -276,7 +276,7 @@ def _unchunk_kernel(src_ptr, dst_ptr, S, NS, L, M, NCK, CK: tl.constexpr, BLOCK:
 # launchers
 #
 # No maxnreg on any launch: capped at 128 registers, ptxas spilled (8-12 bytes in the forward, 12 in the
-# backward, at the headline shapes of the sm_90 report), where uncapped it allocates 85-96 and 115 without a spill.
+# backward, at the headline shapes of the sm_90 report), where uncapped it allocates 85-96 and 144 without a spill.
 
 class _Geo:
     """Launch geometry of one call. CK steps (256 on the GPU) are one backward chunk and the forward's
