@@ -265,8 +265,17 @@ class Modulator(nn.Module):
             weight[centre[0]] = 2.0 * torch.eye(group_channels)
         self.weight = nn.Parameter(weight)
 
-    def forward(self, ref: torch.Tensor, y: torch.Tensor, shape: Shape) -> torch.Tensor:
-        offsets, mask = self.offsets_and_mask(ref, y, shape)
+    def forward(self, ref: torch.Tensor | None, y: torch.Tensor, shape: Shape, out: torch.Tensor | None = None,
+                offsets: tuple[torch.Tensor, torch.Tensor] | None = None, predict: bool = False):
+        """``M(y)``, offsets and masks predicted from ``[ref, y]``. The in-place merge's steps (no autograd; through
+        this call, so that module hooks such as the FLOP counter's see them as this module's): ``predict`` returns
+        ``(offsets, mask)`` (:meth:`offsets_and_mask`); with those as ``offsets`` (``ref`` not read) and ``out``,
+        ``out += M(y)`` in place is returned (:meth:`add_to`)."""
+        if predict:
+            return self.offsets_and_mask(ref, y, shape)
+        offsets, mask = self.offsets_and_mask(ref, y, shape) if offsets is None else offsets
+        if out is not None:
+            return self.add_to(out, y, offsets, mask, shape)
         if self.group_channels is None:
             return ops.deformable_aggregate(y, offsets, mask, self.weight.to(y.dtype), self.taps, shape)
         if torch.is_grad_enabled() and not torch.compiler.is_exporting():
@@ -435,10 +444,9 @@ class STMM(nn.Module):
             return out
         if torch.is_grad_enabled():
             raise RuntimeError("STMM(inplace=True) runs without autograd only (torch.no_grad)")
-        offsets = [m.offsets_and_mask(y_u, y, shape) for m, y in mods]
-        for (m, y), (off, mask) in zip(mods, offsets, strict=True):
-            m.add_to(y_u, y, off, mask, shape)
-            del off, mask
+        offsets = [m(y_u, y, shape, predict=True) for m, y in mods]
+        for (m, y), om in zip(mods, offsets, strict=True):
+            m(None, y, shape, out=y_u, offsets=om)
         return y_u
 
 
