@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
+from glsmamba.reference.selective_scan import _dt as softplus_dt
 from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
 
 from . import ops
@@ -203,11 +204,11 @@ class SpaceTimeS6(nn.Module):
         a = (-torch.exp(self.A_log.float())).expand(k, di, n).contiguous()
         bias, softplus = self.dt_bias.float().expand(k, di), True
         if self._dt_in_place(delta):
-            # softplus(delta + bias) applied here, in place on our delta, as the reference op would apply it (the
-            # same aten ops): the op then reads it as it is, where it would copy it to apply them (one (B, L, Di)
-            # buffer less at the scan, the peak of the no-grad forward beside the merge)
+            # softplus(delta + bias) applied here, in place on our delta, by the reference op's own function: the
+            # op then reads it as it is, where it would copy it to apply them (one (B, L, Di) buffer less at the
+            # scan, the peak of the no-grad forward beside the merge)
             d = delta[:, 0]
-            delta = torch.ops.aten.softplus.out(d.add_(bias[0]), 1, 20, out=d)[:, None].expand(b, k, l, di)
+            delta = softplus_dt(d, bias[0], True, d.dtype, 2, inplace=True)[:, None].expand(b, k, l, di)
             bias, softplus = None, False
         return ops.ordered_selective_scan(
             x, delta, a, bm, cm, self.D.float().expand(k, di).contiguous(), orders, groups,
@@ -217,7 +218,7 @@ class SpaceTimeS6(nn.Module):
     def _dt_in_place(self, delta: torch.Tensor) -> bool:
         """Whether the forward applies the delta bias and softplus itself: no autograd, a CPU fp32 delta computed
         once for all directions (one delta bias), outside torch.compile / export (which see the op's own form)."""
-        return (self.dt_bias.shape[0] == 1 and self.share_proj and not torch.is_grad_enabled()
+        return (self.sharing == "all" and not torch.is_grad_enabled()
                 and delta.device.type == "cpu" and delta.dtype == torch.float32
                 and not torch.compiler.is_compiling() and not torch.compiler.is_exporting())
 
@@ -445,8 +446,8 @@ class STMM(nn.Module):
         if torch.is_grad_enabled():
             raise RuntimeError("STMM(inplace=True) runs without autograd only (torch.no_grad)")
         offsets = [m(y_u, y, shape, predict=True) for m, y in mods]
-        for (m, y), om in zip(mods, offsets, strict=True):
-            m(None, y, shape, out=y_u, offsets=om)
+        for m, y in mods:
+            m(None, y, shape, out=y_u, offsets=offsets.pop(0))  # each pair released once its sum is added
         return y_u
 
 
