@@ -25,7 +25,7 @@ from glsmamba.reference.deformable import (
 from glsmamba.reference.ordered_scan import ordered_selective_scan, ordered_selective_scan_unfused
 from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
 from tests import test_deformable, test_ordered_scan
-from tests.harness import assert_close, assert_same_special_values
+from tests.harness import EXP2_MAX_ULP, assert_close, assert_same_special_values
 from tests.test_special_values import stepper_mode  # noqa: F401  (fixture: both ways the scan steps)
 
 SHARED = ("delta", "B", "C")
@@ -385,3 +385,36 @@ def test_fused_steps_compile_switch(monkeypatch):
         got, _ = _ordered_call(ordered_selective_scan, inp, SHARED, orders, reset, groups, False)
     assert_close("out", want, got, torch.float32)
     assert _scan_seq._COMPILE_FAILED[0] and not _scan_seq.use_fused(_scan_seq._FUSED_ELEMS, 1, cpu)
+
+
+def test_polynomial_exp2_matches_the_exact_power_of_two():
+    """The fused steps' ``exp2`` (fp32, eager and compiled, bitwise the same): within ``EXP2_MAX_ULP`` of the exact
+    ``2^x`` (fp64) over the normal range, within 2^-149 below it, and exact where the exact value is a special value
+    or a power of two: NaN at NaN, inf at inf and from 128 on, 0 at -inf and from -151 down, 2^n at integers n
+    (down to the subnormal 2^-149). Other dtypes go to ``torch.exp2``."""
+    from glsmamba.reference import _scan_seq
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.linspace(-155.0, 130.0, 400_001, dtype=torch.float64).float(),
+                   -20 * torch.rand(200_000, generator=g), torch.rand(50_000, generator=g) - 0.5,
+                   torch.arange(-160, 131, dtype=torch.float32)])
+    exact = torch.exp2(x.double())
+    eager = _scan_seq.exp2(x)
+    compiled = torch.compile(_scan_seq.exp2, fullgraph=True)(x)
+    assert torch.equal(eager, compiled)
+    normal = (exact >= 2.0**-126) & (exact < 2.0**128)
+    ref = exact.float()  # the exact value rounded; one ulp of it is the step to the next float
+    ulp = (torch.nextafter(ref, torch.tensor(math.inf)) - ref).double()
+    err = ((eager.double() - exact).abs() / ulp)[normal]
+    assert err.max() <= EXP2_MAX_ULP, f"exp2: {err.max().item():.3f} ulp"
+    below = exact < 2.0**-126
+    assert (eager.double() - exact)[below].abs().max() <= 2.0**-149
+    ints = x == x.round()
+    assert torch.equal(eager[ints], ref[ints])  # 2^n exact, 0 and inf beyond the range
+    special = torch.tensor([math.nan, math.inf, -math.inf, 128.0, 1e30, -151.0, -1e30, 0.0, -0.0])
+    for f in (_scan_seq.exp2, torch.compile(_scan_seq.exp2, fullgraph=True)):
+        got = f(special)
+        assert torch.isnan(got[0]) and got[1:5].tolist() == [math.inf, 0.0, math.inf, math.inf]
+        assert got[5:].tolist() == [0.0, 0.0, 1.0, 1.0]
+    x64 = torch.linspace(-200.0, 200.0, 1001, dtype=torch.float64)
+    assert torch.equal(_scan_seq.exp2(x64), torch.exp2(x64))
