@@ -17,16 +17,14 @@ network 6x slower); say which was used.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from glsmamba.bench.harness import environment, measure_memory, now_iso
+from glsmamba.bench.harness import append_record, environment, measure_memory, now_iso
 
 
 class _Clock:
@@ -128,12 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trunk / encoder = {trunk / enc:.2f} (target <= 3); in process CPU time (all threads): encoder "
           f"{cpu_enc:.3f} s, trunk {cpu_trunk:.3f} s, ratio {cpu_trunk / cpu_enc:.2f}")
     print(f"peak RSS {peak_mb:.0f} MiB ({delta_mb:.0f} MiB above the start)")
-    if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
-        print(f"-> {path}")
+    append_record(args.out, rec)
     return 0
 
 

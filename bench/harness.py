@@ -24,6 +24,7 @@ import ctypes
 import datetime as _dt
 import functools
 import gc
+import json
 import math
 import os
 import platform
@@ -152,6 +153,18 @@ def environment(device: torch.device) -> dict[str, Any]:
         "commit": git_commit(),
         "_peaks": peaks,
     }
+
+
+def append_record(path: str | Path | None, rec: dict[str, Any]) -> None:
+    """Appends ``rec`` as one JSON line to ``path`` (its folder made if missing) and says where; nothing when
+    ``path`` is None (the bench scripts' ``--out``)."""
+    if not path:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+    print(f"-> {path}")
 
 
 def device_slug(name: str) -> str:
