@@ -106,6 +106,38 @@ def inputs(shape: tuple[int, int, int], channels: int, dstate: int, seed: int = 
                 Dsk=torch.randn(6, channels, generator=g))
 
 
+def patch_reference(lib: ctypes.CDLL, threads: int) -> None:
+    """Makes the reference's no-grad ordered scan step its full blocks through the prototype (a measurement for
+    ``bench_network_cpu --simd-gsm-scan``; process-wide, not undone): ``gathered_steps`` is replaced by a function
+    of the same contract that calls the prototype on the block's 16 tokens (the state transposed to its layout and
+    back per call), and ``run_compiled`` runs it directly. Only one batch row, with x, dt, B and C shared by the
+    directions and fp32 (the base network's GSM scans); anything else raises."""
+    from glsmamba.reference import _scan_seq, ordered_scan
+
+    compiled_run = _scan_seq.run_compiled
+
+    def steps(h, x, dt, B, C, ix, dirs, A2, D_rows):
+        ts = (x, dt, B[0], C[0])
+        if x.shape[0] != 1 or B[1] or C[1] or any(t.dtype != torch.float32 or not t.is_contiguous() for t in ts):
+            raise ValueError("the prototype takes one contiguous fp32 batch row, B and C shared by the directions")
+        m, S = ix.shape
+        Cch, N = x.shape[2], h.shape[2]
+        # every tensor whose pointer is passed stays bound here through the call
+        state, idx, a2 = h.transpose(1, 2).contiguous(), ix.contiguous(), A2[0].t().contiguous()  # (R, N, C), (N, C)
+        dsk = None if D_rows is None else D_rows.reshape(S, Cch).contiguous()
+        y = torch.empty(m, S, Cch)
+        lib.gathered_steps(x.data_ptr(), dt.data_ptr(), B[0].data_ptr(), C[0].data_ptr(), idx.data_ptr(),
+                           a2.data_ptr(), None if dsk is None else dsk.data_ptr(), state.data_ptr(), y.data_ptr(),
+                           m, S, N, Cch, threads)
+        return y.view(m, S, 1, Cch), state.transpose(1, 2).contiguous()
+
+    def run(fn, *args):
+        return steps(*args) if fn is steps else compiled_run(fn, *args)
+
+    ordered_scan.gathered_steps = steps
+    _scan_seq.run_compiled = run
+
+
 def _best(fn, reps: int) -> float:
     best = float("inf")
     for _ in range(reps):

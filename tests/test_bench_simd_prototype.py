@@ -69,3 +69,43 @@ def test_bench_script_writes_its_record(tmp_path, capsys):
     assert rec["tokens"] == 32 and rec["directions"] == 6 and rec["max_rel_diff"] < 1e-4
     assert rec["simd_s"] > 0 and rec["reference_s"] > 0 and rec["commit"] and rec["torch"]
     assert "AVX2 prototype" in capsys.readouterr().out
+
+
+class _Counting:
+    """A prototype library that counts its calls."""
+
+    def __init__(self, lib):
+        self.lib, self.calls = lib, 0
+
+    def gathered_steps(self, *args):
+        self.calls += 1
+        return self.lib.gathered_steps(*args)
+
+
+def test_patched_reference_steps_through_the_prototype(tmp_path, monkeypatch):
+    """``patch_reference`` (``bench_network_cpu --simd-gsm-scan``): the no-grad ordered scan with dt, B and C shared
+    by the directions runs its full blocks through the prototype, with the same outputs as without it (the patch is
+    undone after the test)."""
+    from glsmamba.reference import _scan_seq, ordered_scan
+    from glsmamba.reference.space_time import STS6D, STS6D_GROUPS, scan_orders
+
+    monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", "1")  # the fused (gathered) steps at this small size
+    monkeypatch.setattr(ordered_scan, "gathered_steps", ordered_scan.gathered_steps)
+    monkeypatch.setattr(_scan_seq, "run_compiled", _scan_seq.run_compiled)
+    g = torch.Generator().manual_seed(1)
+    shape, C, N = (2, 4, 6), 16, 8
+    L = math.prod(shape)
+    x = torch.randn(1, L, C, generator=g)
+    delta = torch.randn(1, 1, L, C, generator=g).expand(1, 6, L, C)
+    A = (-torch.rand(1, C, N, generator=g) - 0.5).expand(6, C, N)
+    B, Cm = (torch.randn(1, 1, L, N, generator=g).expand(1, 6, L, N) for _ in range(2))
+    D = torch.randn(1, C, generator=g).expand(6, C)
+    bias = torch.randn(1, C, generator=g).expand(6, C)
+    args = (x, delta, A, B, Cm, D, scan_orders(shape, STS6D), STS6D_GROUPS)
+    with torch.no_grad():
+        want = ordered_scan.ordered_selective_scan(*args, delta_bias=bias)
+        lib = _Counting(simd.build(out_dir=str(tmp_path)))
+        simd.patch_reference(lib, threads=2)
+        got = ordered_scan.ordered_selective_scan(*args, delta_bias=bias)
+    assert lib.calls == L // _scan_seq.BLOCK  # every block of 16 tokens (48 tokens: 3)
+    assert_close("ordered scan through the prototype", want, got, torch.float32)
