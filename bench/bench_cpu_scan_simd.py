@@ -52,20 +52,20 @@ def build(no_exp: bool = False, out_dir: str | None = None) -> ctypes.CDLL:
     return lib
 
 
-def simd_scan(lib: ctypes.CDLL, x, dt, Bn, Cn, idx, A2, Dsk, threads: int):
-    """The prototype over the whole sequence: x, dt ``(L, D)``, Bn, Cn ``(L, N)``, idx ``(L, R)``, A2 ``(N, D)``,
-    Dsk ``(R, D)``; fp32 contiguous. Returns ``(y (L, R, D), h (R, N, D))``."""
-    L, D = x.shape
-    R, N = idx.shape[1], Bn.shape[1]
+def simd_scan(lib: ctypes.CDLL, x, dt, Bn, Cn, idx, A2, Dsk, threads: int, h: torch.Tensor | None = None):
+    """The prototype over the steps of ``idx``: x, dt ``(M, D)``, Bn, Cn ``(M, N)`` natural order, idx ``(L, R)``
+    (the natural token of each step and row), A2 ``(N, D)``, Dsk ``(R, D)`` or None; fp32 contiguous. ``h``: the
+    state entering the steps, ``(R, N, D)``, updated in place (zeros when None). Returns ``(y (L, R, D), h)``."""
+    D, (L, R), N = x.shape[1], idx.shape, Bn.shape[1]
     if D % 8 or N % 8:
         raise ValueError(f"the prototype takes channels and states in multiples of 8, got D={D}, N={N}")
-    ts = (x, dt, Bn, Cn, idx, A2, Dsk)
+    h = torch.zeros(R, N, D) if h is None else h
+    ts = [t for t in (x, dt, Bn, Cn, idx, A2, Dsk, h) if t is not None]
     if any(not t.is_contiguous() for t in ts) or any(t.dtype != torch.float32 for t in ts if t is not idx):
         raise TypeError("simd_scan takes contiguous fp32 tensors (idx int64)")
-    h = torch.zeros(R, N, D)
     y = torch.empty(L, R, D)
     lib.gathered_steps(x.data_ptr(), dt.data_ptr(), Bn.data_ptr(), Cn.data_ptr(), idx.data_ptr(), A2.data_ptr(),
-                       Dsk.data_ptr(), h.data_ptr(), y.data_ptr(), L, R, N, D, threads)
+                       None if Dsk is None else Dsk.data_ptr(), h.data_ptr(), y.data_ptr(), L, R, N, D, threads)
     return y, h
 
 
@@ -95,6 +95,7 @@ def reference_scan(x, dt, Bn, Cn, idx, A2, Dsk, compiled: bool = True):
 def inputs(shape: tuple[int, int, int], channels: int, dstate: int, seed: int = 0):
     """Random inputs of the base GSM scan's kind on a ``(T, H, W)`` grid: softplus-like dt, A2 = A log2(e) of an
     S4D-real A, the six space-time orders (sts6d) as ``idx (L, 6)``."""
+    from glsmamba.reference import _scan_seq
     from glsmamba.reference.space_time import STS6D, scan_orders
 
     g = torch.Generator().manual_seed(seed)
@@ -102,7 +103,7 @@ def inputs(shape: tuple[int, int, int], channels: int, dstate: int, seed: int = 
     A = -torch.arange(1, dstate + 1, dtype=torch.float32)[:, None].expand(dstate, channels).contiguous()
     return dict(x=torch.randn(L, channels, generator=g), dt=torch.rand(L, channels, generator=g) * 0.2,
                 Bn=torch.randn(L, dstate, generator=g), Cn=torch.randn(L, dstate, generator=g),
-                idx=scan_orders(shape, STS6D).t().contiguous(), A2=A * 1.4426950408889634,
+                idx=scan_orders(shape, STS6D).t().contiguous(), A2=A * _scan_seq._LOG2E,
                 Dsk=torch.randn(6, channels, generator=g))
 
 
@@ -117,18 +118,13 @@ def patch_reference(lib: ctypes.CDLL, threads: int) -> None:
     compiled_run = _scan_seq.run_compiled
 
     def steps(h, x, dt, B, C, ix, dirs, A2, D_rows):
-        ts = (x, dt, B[0], C[0])
-        if x.shape[0] != 1 or B[1] or C[1] or any(t.dtype != torch.float32 or not t.is_contiguous() for t in ts):
-            raise ValueError("the prototype takes one contiguous fp32 batch row, B and C shared by the directions")
+        if x.shape[0] != 1 or B[1] or C[1]:
+            raise ValueError("the prototype takes one batch row, B and C shared by the directions")
         m, S = ix.shape
-        Cch, N = x.shape[2], h.shape[2]
-        # every tensor whose pointer is passed stays bound here through the call
-        state, idx, a2 = h.transpose(1, 2).contiguous(), ix.contiguous(), A2[0].t().contiguous()  # (R, N, C), (N, C)
+        Cch = x.shape[2]
         dsk = None if D_rows is None else D_rows.reshape(S, Cch).contiguous()
-        y = torch.empty(m, S, Cch)
-        lib.gathered_steps(x.data_ptr(), dt.data_ptr(), B[0].data_ptr(), C[0].data_ptr(), idx.data_ptr(),
-                           a2.data_ptr(), None if dsk is None else dsk.data_ptr(), state.data_ptr(), y.data_ptr(),
-                           m, S, N, Cch, threads)
+        y, state = simd_scan(lib, x[0], dt[0], B[0][0], C[0][0], ix.contiguous(), A2[0].t().contiguous(), dsk,
+                             threads, h=h.transpose(1, 2).contiguous())  # the state as (R, N, C)
         return y.view(m, S, 1, Cch), state.transpose(1, 2).contiguous()
 
     def run(fn, *args):

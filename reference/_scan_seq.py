@@ -21,9 +21,9 @@ Fused steps: with ``_FUSED_ELEMS`` to ``_STEP_ELEMS`` state elements (on a CPU, 
 ``BLOCK`` tokens as one ``torch.compile``d function (:func:`fused_steps`, Inductor's C++ backend): every
 (row, channel) keeps its N states in registers through the block -- one exponential (:func:`exp2`, a polynomial
 Inductor vectorises), two multiply-adds and the contraction with C per (token, state, channel), nothing written but
-y and the last state. Its state is
-channel-major ``(R, D, N)``, as in the oracle. The same function runs eagerly for the tokens after the last full
-block (and where compiling is switched off), so both are the one formula, in the oracle's order of operations.
+y and the last state. Its state is channel-major ``(R, D, N)``, as in the oracle. The same function runs eagerly for
+the tokens after the last full block (and where compiling is switched off), so both are the one formula, in the
+oracle's order of operations.
 ``GLSMAMBA_SCAN_COMPILE``: ``auto`` (the default: fused in that range of state sizes; if compiling
 fails, a warning and the unfused steps from then on), ``1`` (fused at every size; a compile failure raises), ``0``
 (never).
