@@ -70,16 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--reps", type=int, default=3, help="timed forward passes after one warm-up pass")
     p.add_argument("--out", default=None, help="append one JSON line with the results to this file")
-    p.add_argument("--simd-gsm-scan", action="store_true",
-                   help="a measurement: the GSM scans' no-grad steps by the hand-written AVX2 prototype of "
-                        "bench/cpu_scan_simd.cpp instead of the reference's compiled ones (needs g++); with "
-                        "GLSMAMBA_SCAN_COMPILE=1 the LRM scans' too (they take the fused steps then)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.simd_gsm_scan:
-        from glsmamba.bench import bench_cpu_scan_simd
+    from glsmamba.reference import _scan_cpu
 
-        bench_cpu_scan_simd.patch_reference(bench_cpu_scan_simd.build(), args.threads)
+    kernel = _scan_cpu.mode() != "0" and _scan_cpu.unavailable_reason() is None
     net = build(args.preset, args.height, args.width)
     cfg = net.config
     if args.frames != cfg.num_frames:
@@ -119,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     rec = {
         "timestamp": now_iso(), "preset": args.preset, "clip": [1, t, 3, args.height, args.width],
         "tokens": t * h * w, "threads": torch.get_num_threads(), "reps": args.reps, "load_1min": load,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "simd_gsm_scan": args.simd_gsm_scan,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "glsmamba_scan_compile": os.environ.get("GLSMAMBA_SCAN_COMPILE", "auto"),
+        "glsmamba_cpu_kernel": _scan_cpu.mode(), "cpu_scan_kernel": kernel,
         "forward_s": total, "encoder_s": enc, "trunk_s": trunk, "trunk_over_encoder": trunk / enc,
         "trunk_scans_s": scans, "trunk_stmm_s": stmm, "trunk_other_s": trunk - scans - stmm,
         "cpu_encoder_s": cpu_enc, "cpu_trunk_s": cpu_trunk, "cpu_trunk_over_encoder": cpu_trunk / cpu_enc,
@@ -130,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.preset}: 1 x {t} x 3 x {args.height} x {args.width} ({t * h * w} trunk tokens), reference backend, "
           f"no grad, {rec['threads']} threads, {env['device']}, torch {env['torch']}, load {load:.2f}, "
           f"OMP_WAIT_POLICY={rec['omp_wait_policy'] or 'unset'}"
-          + (", GSM scan steps by the AVX2 prototype (a measurement)" if args.simd_gsm_scan else "")
-          + f", GLSMAMBA_SCAN_COMPILE={rec['glsmamba_scan_compile']}")
+          + f", GLSMAMBA_SCAN_COMPILE={rec['glsmamba_scan_compile']}, no-grad scan steps by the "
+          + ("C++ kernel" if kernel else "PyTorch steps") + f" (GLSMAMBA_CPU_KERNEL={rec['glsmamba_cpu_kernel']})")
     print(f"forward {total:.3f} s = encoder {enc:.3f} s + trunk {trunk:.3f} s "
           f"(scans {scans:.3f} s, STMM {stmm:.3f} s, rest {trunk - scans - stmm:.3f} s); medians of {args.reps}")
     print(f"trunk / encoder = {trunk / enc:.2f} (target <= 3); in process CPU time (all threads): encoder "

@@ -7,12 +7,14 @@ compared tensor the failure message gives the max-abs error, the relative RMS er
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from glsmamba.verify.tolerances import FWD, GRAD_FACTOR, Tol, compare, error_stats, tol
 
-__all__ = ["EXP2_MAX_ULP", "FWD", "GRAD_FACTOR", "Tol", "assert_close", "assert_same_special_values", "error_stats",
-           "tol"]
+__all__ = ["EXP2_MAX_ULP", "FWD", "GRAD_FACTOR", "Tol", "assert_close", "assert_exp2", "assert_same_special_values",
+           "error_stats", "tol"]
 
 
 def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, dtype: torch.dtype | None = None,
@@ -57,3 +59,24 @@ STREAMING_ATOL = 1e-5
 # The reference scan's polynomial exp2 (reference/_scan_seq.py: exp2) against the exact 2^x, in fp32 ulps of the
 # exact value over the normal range (torch.exp2, Sleef's, is within 1 ulp; the degree-6 polynomial measured 1.24).
 EXP2_MAX_ULP = 1.5
+
+
+def assert_exp2(name: str, x: torch.Tensor, got: torch.Tensor) -> None:
+    """``got`` as fp32 ``2^x``: within :data:`EXP2_MAX_ULP` of the exact value over the normal range, within one
+    step (2^-149) below it, exact where the exact value is a power of two or past the range (integers x: 2^x, 0,
+    inf), NaN exactly where x is NaN."""
+    exact = torch.exp2(x.double())
+    if not torch.equal(torch.isnan(got), torch.isnan(x)):
+        raise AssertionError(f"{name}: NaN at {int(torch.isnan(got).sum())} entries, x at {int(torch.isnan(x).sum())}")
+    normal = (exact >= 2.0**-126) & (exact < 2.0**128)
+    ref = exact.float()  # the exact value rounded; one ulp of it is the step to the next float
+    ulp = (torch.nextafter(ref, torch.tensor(math.inf)) - ref).double()
+    err = ((got.double() - exact).abs() / ulp)[normal]
+    if err.numel() and err.max() > EXP2_MAX_ULP:
+        raise AssertionError(f"{name}: {err.max().item():.3f} ulp > {EXP2_MAX_ULP} at x = {x[normal][err.argmax()]}")
+    below = exact < 2.0**-126
+    if below.any() and (got.double() - exact)[below].abs().max() > 2.0**-149:
+        raise AssertionError(f"{name}: more than 2^-149 off below the normal range")
+    ints = x == x.round()
+    if not torch.equal(got[ints], ref[ints]):
+        raise AssertionError(f"{name}: not exact at integer x (powers of two, 0 and inf past the range)")

@@ -25,7 +25,7 @@ from glsmamba.reference.deformable import (
 from glsmamba.reference.ordered_scan import ordered_selective_scan, ordered_selective_scan_unfused
 from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
 from tests import test_deformable, test_ordered_scan
-from tests.harness import EXP2_MAX_ULP, assert_close, assert_same_special_values
+from tests.harness import assert_close, assert_exp2, assert_same_special_values
 from tests.test_special_values import stepper_mode  # noqa: F401  (fixture: both ways the scan steps)
 
 SHARED = ("delta", "B", "C")
@@ -318,6 +318,7 @@ def test_compiled_fused_steps_match_the_oracle_and_keep_nan_reach(monkeypatch, s
     from glsmamba.reference import _scan_seq
 
     monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", "1")
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "0")  # the PyTorch steps, not the C++ kernel (tests/test_scan_cpu.py)
     compiled = _CompiledCalls(_scan_seq.run_compiled)
     monkeypatch.setattr(_scan_seq, "run_compiled", compiled)
     shape = (2, 4, 5)  # 40 tokens
@@ -353,6 +354,7 @@ def test_fused_steps_compile_switch(monkeypatch):
     and the steps run eagerly, then and in later scans (same values)."""
     from glsmamba.reference import _scan_seq
 
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "0")  # the PyTorch steps, not the C++ kernel (tests/test_scan_cpu.py)
     cpu = torch.device("cpu")
     for mode, elems, groups, want in (("auto", _scan_seq._FUSED_ELEMS, 1, True), ("auto", 1000, 1, False),
                                       ("auto", _scan_seq._STEP_ELEMS - 1, 1, True),
@@ -398,19 +400,10 @@ def test_polynomial_exp2_matches_the_exact_power_of_two():
     x = torch.cat([torch.linspace(-155.0, 130.0, 400_001, dtype=torch.float64).float(),
                    -20 * torch.rand(200_000, generator=g), torch.rand(50_000, generator=g) - 0.5,
                    torch.arange(-160, 131, dtype=torch.float32)])
-    exact = torch.exp2(x.double())
     eager = _scan_seq.exp2(x)
     compiled = torch.compile(_scan_seq.exp2, fullgraph=True)(x)
     assert torch.equal(eager, compiled)
-    normal = (exact >= 2.0**-126) & (exact < 2.0**128)
-    ref = exact.float()  # the exact value rounded; one ulp of it is the step to the next float
-    ulp = (torch.nextafter(ref, torch.tensor(math.inf)) - ref).double()
-    err = ((eager.double() - exact).abs() / ulp)[normal]
-    assert err.max() <= EXP2_MAX_ULP, f"exp2: {err.max().item():.3f} ulp"
-    below = exact < 2.0**-126
-    assert (eager.double() - exact)[below].abs().max() <= 2.0**-149
-    ints = x == x.round()
-    assert torch.equal(eager[ints], ref[ints])  # 2^n exact, 0 and inf beyond the range
+    assert_exp2("exp2", x, eager)
     special = torch.tensor([math.nan, math.inf, -math.inf, 128.0, 1e30, -151.0, -1e30, 0.0, -0.0])
     for f in (_scan_seq.exp2, torch.compile(_scan_seq.exp2, fullgraph=True)):
         got = f(special)

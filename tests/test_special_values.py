@@ -37,12 +37,22 @@ from tests.test_selective_scan import NAMES, make_inputs, oracle
 SPECIAL = (math.nan, math.inf, -math.inf)
 
 
-@pytest.fixture(params=["blocked", "per-token", "fused"])
+@pytest.fixture(params=["blocked", "per-token", "fused", "cpu-kernel"])
 def stepper_mode(request, monkeypatch):
     """Every way the sequential scan steps its forward (``_scan_seq.Stepper``), whatever the size. Per token, the
     steps also go 5 tokens at a time (as with large states): not aligned with the backward's 16-token checkpoints.
     "fused": the fused steps on the channel-major state, run eagerly here (the same function the large states
-    compile; tests/test_reference_fast_paths.py holds the compiled one to it)."""
+    compile; tests/test_reference_fast_paths.py holds the compiled one to it). "cpu-kernel": the ordered scan's
+    no-grad steps with dt shared by the directions through the C++ kernel (``_scan_cpu``; the other modes switch it
+    off), the rest blocked."""
+    kernel = request.param == "cpu-kernel"
+    if kernel:
+        from glsmamba.reference import _scan_cpu
+
+        reason = _scan_cpu.unavailable_reason()
+        if reason is not None:
+            pytest.skip(reason)
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "1" if kernel else "0")
     monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", "auto")
     monkeypatch.setattr(scan_seq, "_FUSED_ELEMS", 1 if request.param == "fused" else 1 << 62)
     monkeypatch.setattr(scan_seq, "run_compiled", lambda fn, *args: fn(*args))

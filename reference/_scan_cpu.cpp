@@ -1,0 +1,147 @@
+// The no-grad ordered scan's steps on an x86-64 CPU with AVX2 + FMA: the fast path of reference/ordered_scan.py
+// when dt is shared by the directions (reference/_scan_cpu.py builds and calls it; docs/design.md section 3.5).
+// Per row s (a direction, or a reset segment of one), batch row b, step t, state n, channel d:
+//
+//     tok = idx[t, s]                           the natural token row s reads at step t
+//     a   = 2^(dt[b, tok, d] * A2[s, n, d])     A2 = A log2(e); 2^x: the polynomial of _scan_seq.exp2
+//     h   = a * h + (dt * x)[b, tok, d] * B[b, boff[s] + tok, n]         h = 0 before step 0
+//     y   = sum_n C[b, coff[s] + tok, n] * h  +  Dsk[s, d] * x[b, tok, d]
+//     out[target[t, s], b, d] += y              the group sums, time-major (G*L, Bsz, D)
+//
+// Layout: channels innermost, 8 per vector (the last vector masked when D is not a multiple of 8), the state of
+// a (row, batch row, vector) in registers for up to 8 states at a time, blocks of TB steps outermost so that a
+// block's gathered rows stay in cache across the vectors. Each thread owns a fixed set of (batch row, vector)
+// pairs for the whole call, so no two threads touch the same output element: no atomics, and the sums are
+// added in the same order (rows in order s = 0, 1, ...) whatever the thread count.
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+namespace {
+
+constexpr int64_t TB = 64;  // steps per block
+
+inline __m256 poly(__m256 r) {  // 2^r on [-1/2, 1/2]: the reference's coefficients (Horner)
+    __m256 p = _mm256_set1_ps(COEF6);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(COEF5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(COEF4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(COEF3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(COEF2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(COEF1));
+    return _mm256_fmadd_ps(p, r, _mm256_set1_ps(COEF0));
+}
+
+// reference/_scan_seq.py: exp2, step for step (its Horner steps as fused multiply-adds here, so the last bit may
+// differ). x clamped to [-151, 128] (max/min return their second operand when the first is NaN: NaN is kept),
+// n = round(x), 2^(x - n) by the polynomial, times 2^n built as two powers of two 2^half 2^(n - half), so that a
+// subnormal result rounds once.
+inline __m256 exp2_small(__m256 x) {
+    x = _mm256_min_ps(_mm256_set1_ps(128.f), _mm256_max_ps(_mm256_set1_ps(-151.f), x));
+    const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 p = poly(_mm256_sub_ps(x, n));
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i half = _mm256_srai_epi32(ni, 1);
+    const __m256i e1 = _mm256_slli_epi32(_mm256_add_epi32(half, _mm256_set1_epi32(127)), 23);
+    const __m256i e2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, half), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e1)), _mm256_castsi256_ps(e2));
+}
+
+// The same bits as exp2_small, 8 % faster on the base GSM scan where every lane has n >= -125 (a decay above 2^-125):
+// p 2^n is normal then (p in [0.7, 1.42]; at n = 128 only p <= 1 occurs, inf for p = 1), so the scaling by 2^n is
+// exact and is the sum of n and p's exponent field. The lower clamp matters only below -125 (the other branch).
+// NaN: n is NaN, not below -125; its conversion (INT_MIN) shifts out to 0 and p, NaN, stays NaN.
+inline __m256 exp2_poly(__m256 x) {
+    const __m256 xc = _mm256_min_ps(_mm256_set1_ps(128.f), x);
+    const __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(n, _mm256_set1_ps(-125.f), _CMP_LT_OQ))) return exp2_small(x);
+    const __m256 p = poly(_mm256_sub_ps(xc, n));
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
+}
+
+struct Args {
+    const float *x, *dt, *B, *C, *A2, *Dsk;
+    const int64_t *idx, *boff, *coff, *target;
+    float* out;
+    int64_t Bsz, L, S, steps, N, D, b_rows, c_rows;
+};
+
+// One (row s, batch row b, channel vector at d0) over the steps [t0, t1), states [n0, n0 + NH): h (NH x 8 floats,
+// the state in and out), ys (the block's y, set by the first chunk of states, added to by the others).
+template <int NH>
+inline void chunk(const Args& a, int64_t s, int64_t b, int64_t d0, __m256i mask, int64_t t0, int64_t t1, int64_t n0,
+                  float* h, __m256* ys) {
+    __m256 hs[NH], as[NH];
+    for (int k = 0; k < NH; ++k) {
+        hs[k] = _mm256_loadu_ps(h + 8 * k);
+        as[k] = _mm256_maskload_ps(a.A2 + (s * a.N + n0 + k) * a.D + d0, mask);
+    }
+    const float* xb = a.x + b * a.L * a.D + d0;
+    const float* db = a.dt + b * a.L * a.D + d0;
+    const float* Bb = a.B + (b * a.b_rows + a.boff[s]) * a.N + n0;
+    const float* Cb = a.C + (b * a.c_rows + a.coff[s]) * a.N + n0;
+    const __m256 dsk = a.Dsk ? _mm256_maskload_ps(a.Dsk + s * a.D + d0, mask) : _mm256_setzero_ps();
+    for (int64_t t = t0; t < t1; ++t) {
+        const int64_t tok = a.idx[t * a.S + s];
+        const __m256 d = _mm256_maskload_ps(db + tok * a.D, mask);
+        const __m256 u = _mm256_maskload_ps(xb + tok * a.D, mask);
+        const __m256 du = _mm256_mul_ps(d, u);
+        const float* bn = Bb + tok * a.N;
+        const float* cn = Cb + tok * a.N;
+        __m256 acc = n0 ? ys[t - t0] : (a.Dsk ? _mm256_mul_ps(dsk, u) : _mm256_setzero_ps());
+        for (int k = 0; k < NH; ++k) {
+            const __m256 decay = exp2_poly(_mm256_mul_ps(d, as[k]));
+            hs[k] = _mm256_fmadd_ps(decay, hs[k], _mm256_mul_ps(du, _mm256_set1_ps(bn[k])));
+            acc = _mm256_fmadd_ps(hs[k], _mm256_set1_ps(cn[k]), acc);
+        }
+        ys[t - t0] = acc;
+    }
+    for (int k = 0; k < NH; ++k) _mm256_storeu_ps(h + 8 * k, hs[k]);
+}
+
+typedef void (*ChunkFn)(const Args&, int64_t, int64_t, int64_t, __m256i, int64_t, int64_t, int64_t, float*, __m256*);
+const ChunkFn CHUNKS[9] = {nullptr, chunk<1>, chunk<2>, chunk<3>, chunk<4>, chunk<5>, chunk<6>, chunk<7>, chunk<8>};
+
+}  // namespace
+
+// Returns 0, or -1 when the scratch state could not be allocated (nothing written then).
+extern "C" int glsm_gathered_scan(const float* x, const float* dt, const float* B, int64_t b_rows, const float* C,
+                                  int64_t c_rows, const int64_t* idx, const int64_t* boff, const int64_t* coff,
+                                  const float* A2, const float* Dsk, const int64_t* target, float* out, int64_t Bsz,
+                                  int64_t L, int64_t S, int64_t steps, int64_t N, int64_t D, int64_t threads) {
+    const Args a{x, dt, B, C, A2, Dsk, idx, boff, coff, target, out, Bsz, L, S, steps, N, D, b_rows, c_rows};
+    const int64_t vecs = (D + 7) / 8, items = Bsz * vecs, nchunks = (N + 7) / 8;
+    // the state of every (row, item, chunk of states): 8 x 8 floats each, zero before the first step
+    float* state = static_cast<float*>(calloc(static_cast<size_t>(S * items * nchunks) * 64, sizeof(float)));
+    if (!state) return -1;
+    if (threads < 1) threads = 1;
+    if (threads > items) threads = items;
+    #pragma omp parallel num_threads(threads)
+    {
+        const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
+        const int64_t i0 = items * me / nt, i1 = items * (me + 1) / nt;
+        __m256 ys[TB];
+        for (int64_t t0 = 0; t0 < steps; t0 += TB) {
+            const int64_t t1 = t0 + TB < steps ? t0 + TB : steps;
+            for (int64_t s = 0; s < S; ++s) {
+                for (int64_t it = i0; it < i1; ++it) {
+                    const int64_t b = it / vecs, d0 = (it % vecs) * 8;
+                    const int64_t left = D - d0 < 8 ? D - d0 : 8;
+                    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)),
+                                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                    for (int64_t c = 0; c < nchunks; ++c) {
+                        const int64_t n0 = 8 * c, nh = N - n0 < 8 ? N - n0 : 8;
+                        float* h = state + ((s * items + it) * nchunks + c) * 64;
+                        CHUNKS[nh](a, s, b, d0, mask, t0, t1, n0, h, ys);
+                    }
+                    for (int64_t t = t0; t < t1; ++t) {
+                        float* o = out + (target[t * S + s] * Bsz + b) * D + d0;
+                        _mm256_maskstore_ps(o, mask, _mm256_add_ps(_mm256_maskload_ps(o, mask), ys[t - t0]));
+                    }
+                }
+            }
+        }
+    }
+    free(state);
+    return 0;
+}

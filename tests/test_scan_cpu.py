@@ -1,0 +1,219 @@
+"""The reference's C++ CPU kernel for the no-grad ordered scan (``reference/_scan_cpu.py``): the same values as the
+oracle, the reference's exponential bit for bit, its switch, and a missing or failing build.
+
+NaN / inf reach through the kernel is in tests/test_special_values.py (the ``cpu-kernel`` mode of ``stepper_mode``)
+and the fast-path comparisons of tests/test_reference_fast_paths.py run through it in that mode as well.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from glsmamba.reference import _scan_cpu, _scan_seq
+from glsmamba.reference.ordered_scan import ordered_selective_scan, ordered_selective_scan_unfused
+from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
+from tests import test_ordered_scan
+from tests.harness import assert_close, assert_exp2
+
+REASON = _scan_cpu.unavailable_reason()
+needs_kernel = pytest.mark.skipif(REASON is not None, reason=str(REASON))
+
+
+class _Calls:
+    """Wraps ``_scan_cpu.gathered_scan``, counting its calls."""
+
+    def __init__(self, fn):
+        self.fn, self.count = fn, 0
+
+    def __call__(self, *args):
+        self.count += 1
+        return self.fn(*args)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    calls = _Calls(_scan_cpu.gathered_scan)
+    monkeypatch.setattr(_scan_cpu, "gathered_scan", calls)
+    return calls
+
+
+def _shared(inp: dict, K: int, per_dir_bc: bool = False) -> dict:
+    """delta and delta_bias (and B, C unless ``per_dir_bc``) as zero-stride views over the K directions, the way
+    the model passes them with ``ssm_sharing="all"``: dt is then the same for every direction (the kernel's case)."""
+    out = dict(inp)
+    out["delta"] = inp["delta"][:, :1].expand_as(inp["delta"])
+    out["delta_bias"] = inp["delta_bias"][:1].expand_as(inp["delta_bias"])
+    if not per_dir_bc:
+        for k in ("B", "C"):
+            out[k] = inp[k][:, :1].expand_as(inp[k])
+    return out
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", ["sts6d", "windows", "per-direction-bc", "no-D", "bf16"])
+@pytest.mark.parametrize("dims", [(13, 5), (16, 16), (37, 11), (8, 17)], ids=["C13N5", "C16N16", "C37N11", "C8N17"])
+def test_kernel_matches_the_oracle(monkeypatch, kernel_calls, case, dims):
+    """Channel counts with a masked last vector (13, 37) or none (8, 16), state counts in one chunk of 8 or with a
+    partial last chunk (5, 11, 17), 1-3 batch rows, windowed orders with resets (segments of several lengths, one
+    kernel call per length), B and C per direction, no D, bf16 tokens: the kernel's group sums equal the unfused
+    oracle's to the fp32 tolerance (bf16: to bf16's), and the kernel ran."""
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "1")
+    C, N = dims
+    shape = (2, 3, 5)
+    if case == "windows":
+        orders, reset = window_orders((2, 7, 5), (3, 2))
+        shape, groups = (2, 7, 5), (0, 0)
+    else:
+        orders, reset, groups = scan_orders(shape, STS6D), None, (0, 1, 2, 0, 1, 2)
+    K = orders.shape[0]
+    batch = {"sts6d": 1, "windows": 2}.get(case, 3)
+    inp = test_ordered_scan.make_inputs(K, B=batch, shape=shape, C=C, N=N, has_D=case != "no-D")
+    dtype = torch.bfloat16 if case == "bf16" else torch.float32
+    if dtype != torch.float32:
+        inp = {k: v if v is None or k in ("A", "D", "delta_bias") else v.to(dtype) for k, v in inp.items()}
+    inp = _shared(inp, K, per_dir_bc=case == "per-direction-bc")
+    want = ordered_selective_scan_unfused(**inp, orders=orders, groups=groups, reset=reset)
+    with torch.no_grad():
+        got = ordered_selective_scan(**inp, orders=orders, groups=groups, reset=reset)
+    assert kernel_calls.count == (1 if reset is None else len(set(int(n) for n in _segment_lengths(reset))))
+    assert got.dtype == dtype
+    assert_close("out", want, got, dtype)
+
+
+def _segment_lengths(reset: torch.Tensor) -> list[int]:
+    lengths = []
+    for row in reset:
+        starts = torch.nonzero(row).flatten().tolist() + [row.numel()]
+        lengths += [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    return lengths
+
+
+@needs_kernel
+@pytest.mark.parametrize("N", [1, 9], ids=["one-state", "partial-chunk"])
+def test_kernel_decays_are_held_to_the_exact_power_of_two(monkeypatch, N):
+    """Two tokens, one direction: the first sets the state to dt u B = 2^-100 2^100 1 = 1 (its own decay, of a
+    tiny argument, multiplies the zero state), the second has dt = 1 and B = 0, and C = e_0 reads state 0: its
+    output is the decay 2^(A log2 e) times 1, so it shows the kernel's exponential. Over 1,500 channels (the last
+    vector masked) the arguments cover the fast branch, the branch for results below 2^-125 (subnormals; a vector
+    with one such lane takes it whole), both clamps and NaN: held to the exact 2^x as the PyTorch steps' ``exp2``
+    is (``tests.harness.assert_exp2``; the kernel evaluates the same polynomial with fused multiply-adds, so the
+    last bit may differ from it). +-inf arguments would need an infinite A, whose decay at the first token is NaN."""
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "1")
+    g = torch.Generator().manual_seed(0)
+    arg = torch.cat([torch.linspace(-160.0, 135.0, 1000), -30 * torch.rand(480, generator=g),
+                     torch.tensor([-125.4, -125.6, -126.0, -149.0, -150.5, 127.6, 128.0,
+                                   math.nan, 0.0, -0.0, 1e-30, -1e30, 1e30, -0.5, 0.5, 3.0,
+                                   -7.25, -126.5])])
+    D = arg.numel()
+    A = torch.zeros(1, D, N)
+    A[0, :, 0] = arg / _scan_seq._LOG2E
+    A[0, :, 1:] = -1.0  # other states: finite decays, multiplied by C = 0
+    x = torch.ones(1, 2, D)
+    x[0, 0] = 2.0**100
+    delta = torch.ones(1, 1, 2, D)
+    delta[0, 0, 0] = 2.0**-100
+    B = torch.zeros(1, 1, 2, N)
+    B[0, 0, 0] = 1.0
+    C = torch.zeros(1, 1, 2, N)
+    C[0, 0, 1, 0] = 1.0
+    with torch.no_grad():
+        out = ordered_selective_scan(x, delta, A, B, C, None, torch.arange(2)[None], (0,), delta_bias=torch.zeros(1, D),
+                                     delta_softplus=False)
+    arg = A[0, :, 0] * _scan_seq._LOG2E  # the argument as the op computes it
+    assert_exp2("kernel decays", arg, out[0, 0, 1])
+    want = _scan_seq.exp2(arg)
+    assert (want == 0).any() and (want == math.inf).any() and ((want > 0) & (want < 2.0**-126)).any()
+
+
+@needs_kernel
+def test_kernel_result_does_not_depend_on_the_thread_count(monkeypatch):
+    """Each thread owns its (batch row, channel vector) pairs and adds the rows in order: 1 and 2 threads give the
+    same bits."""
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "1")
+    shape = (2, 4, 5)
+    orders = scan_orders(shape, STS6D)
+    inp = _shared(test_ordered_scan.make_inputs(6, B=2, shape=shape, C=40, N=16), 6)
+    outs = []
+    prev = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                outs.append(ordered_selective_scan(**inp, orders=orders, groups=(0, 1, 2, 0, 1, 2)))
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_kernel_switch(monkeypatch, kernel_calls):
+    """``GLSMAMBA_CPU_KERNEL``: ``0`` never calls the kernel; ``auto`` calls it where it can run and otherwise runs the
+    PyTorch steps (same values); ``1`` raises naming why it cannot run; another value is refused, naming the
+    variable. Only fp32 computations (float64 inputs keep the PyTorch steps) and only without autograd."""
+    shape = (2, 3, 5)
+    orders, groups = scan_orders(shape, STS6D), (0, 1, 2, 0, 1, 2)
+    inp = _shared(test_ordered_scan.make_inputs(6, B=1, shape=shape, C=6, N=3), 6)
+    want = ordered_selective_scan_unfused(**inp, orders=orders, groups=groups)
+
+    def run(**kw):
+        with torch.no_grad():
+            return ordered_selective_scan(**dict(inp, **kw), orders=orders, groups=groups)
+
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "0")
+    assert_close("out (0)", want, run(), torch.float32)
+    assert kernel_calls.count == 0
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "on")
+    with pytest.raises(ValueError, match="GLSMAMBA_CPU_KERNEL must be 'auto', '0' or '1', got 'on'"):
+        run()
+    monkeypatch.setattr(_scan_cpu, "_LIB", {"reason": "the reference's CPU scan kernel is unavailable: no g++"})
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "1")
+    with pytest.raises(RuntimeError, match="GLSMAMBA_CPU_KERNEL=1: the reference's CPU scan kernel is unavailable"):
+        run()
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "auto")
+    assert_close("out (auto, unavailable)", want, run(), torch.float32)
+    assert kernel_calls.count == 0
+    monkeypatch.undo()
+    monkeypatch.setattr(_scan_cpu, "gathered_scan", kernel_calls)
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "auto")
+    if REASON is None:
+        assert_close("out (auto)", want, run(), torch.float32)
+        assert kernel_calls.count == 1
+    f64 = {k: None if v is None else v.double() for k, v in inp.items()}
+    with torch.no_grad():
+        ordered_selective_scan(**f64, orders=orders, groups=groups)
+    leaves = {k: v.detach().requires_grad_() if k == "x" else v for k, v in inp.items()}
+    ordered_selective_scan(**leaves, orders=orders, groups=groups).sum().backward()
+    assert kernel_calls.count == (1 if REASON is None else 0)
+
+
+def test_failed_build_says_why(monkeypatch, tmp_path):
+    """A compiler that fails (``CXX=false``) or is missing: :func:`unavailable_reason` names it and the build
+    command; nothing is left in the cache directory."""
+    monkeypatch.setattr(_scan_cpu, "_cpu_reason", lambda: None)
+    monkeypatch.setenv("GLSMAMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_scan_cpu, "_LIB", {})
+    monkeypatch.setenv("CXX", "false")
+    reason = _scan_cpu.unavailable_reason()
+    assert reason.startswith("the reference's CPU scan kernel is unavailable: building _scan_cpu.cpp failed (false ")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(_scan_cpu, "_LIB", {})
+    monkeypatch.delenv("CXX")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert _scan_cpu.unavailable_reason().endswith("no C++ compiler: g++ is not on PATH and CXX is not set")
+
+
+@needs_kernel
+def test_build_is_cached_by_source_and_flags(monkeypatch, tmp_path):
+    """The library is built once into the cache directory, under a name keyed by the source and flags, and loaded
+    from there by a later process (here: a fresh module state)."""
+    monkeypatch.setenv("GLSMAMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_scan_cpu, "_LIB", {})
+    assert _scan_cpu.unavailable_reason() is None
+    built = list(tmp_path.glob("glsm_scan_cpu_*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(_scan_cpu, "_LIB", {})
+    assert _scan_cpu.unavailable_reason() is None
+    assert list(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == stamp
