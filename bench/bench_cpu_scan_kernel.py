@@ -3,7 +3,7 @@
 The base network's GSM scan (no grad; x, dt, B and C shared by the directions as the model passes them: K = 6
 space-time orders of a 5 x 64 x 48 grid, 512 channels, N = 16) through
 :func:`glsmamba.reference.ordered_scan.ordered_selective_scan`, once with ``GLSMAMBA_CPU_KERNEL=1`` (the steps by
-``reference/_scan_cpu.cpp``) and once with ``0`` (the PyTorch steps: under ``GLSMAMBA_SCAN_COMPILE=auto``, the
+``reference/_cpu_kernels.cpp``) and once with ``0`` (the PyTorch steps: under ``GLSMAMBA_SCAN_COMPILE=auto``, the
 Inductor-compiled ``gathered_steps``, 16 tokens per call), alternated, best of ``--reps`` each. Prints the time per
 (token, direction, state, channel) of both and of the kernel alone, the ratio, and how far the two outputs are
 apart (they must pass the fp32 tolerance of the test table); one JSON line per run to ``--out``.
@@ -61,7 +61,7 @@ def _run(inp: dict, kernel: str) -> torch.Tensor:
 def _kernel_alone(inp: dict):
     """A function running only the kernel's call on the op's prepared inputs (softplus, zeros and the output's cast
     left out), for the share of the op it takes."""
-    from glsmamba.reference import _scan_cpu, _scan_seq, ordered_scan
+    from glsmamba.reference import _cpu_kernels, _scan_seq, ordered_scan
 
     x, L = inp["x"], inp["x"].shape[1]
     dt = torch.nn.functional.softplus(inp["delta"][:, 0] + inp["delta_bias"][0])
@@ -71,7 +71,7 @@ def _kernel_alone(inp: dict):
     A2 = inp["A"][dirs].transpose(1, 2) * _scan_seq._LOG2E
     B, C = ordered_scan._natural_rows(inp["B"]), ordered_scan._natural_rows(inp["C"])
     out = torch.zeros((max(inp["groups"]) + 1) * L, 1, x.shape[2])
-    return lambda: _scan_cpu.gathered_scan(out.zero_(), x, dt, B, C, idx, dirs, A2, inp["D"][:, None], target)
+    return lambda: _cpu_kernels.gathered_scan(out.zero_(), x, dt, B, C, idx, dirs, A2, inp["D"][:, None], target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="append one JSON line with the results to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from glsmamba.reference import _scan_cpu
+    from glsmamba.reference import _cpu_kernels
 
-    reason = _scan_cpu.unavailable_reason()
+    reason = _cpu_kernels.unavailable_reason()
     if reason is not None:
         raise SystemExit(reason)
     shape = (args.frames, args.height, args.width)

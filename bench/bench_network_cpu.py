@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="append one JSON line with the results to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from glsmamba.reference import _scan_cpu
+    from glsmamba.reference import _cpu_kernels
 
-    kernel = _scan_cpu.mode() != "0" and _scan_cpu.unavailable_reason() is None
+    kernel = _cpu_kernels.mode() != "0" and _cpu_kernels.unavailable_reason() is None
     net = build(args.preset, args.height, args.width)
     cfg = net.config
     if args.frames != cfg.num_frames:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": t * h * w, "threads": torch.get_num_threads(), "reps": args.reps, "load_1min": load,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "glsmamba_scan_compile": os.environ.get("GLSMAMBA_SCAN_COMPILE", "auto"),
-        "glsmamba_cpu_kernel": _scan_cpu.mode(), "cpu_scan_kernel": kernel,
+        "glsmamba_cpu_kernel": _cpu_kernels.mode(), "cpu_scan_kernel": kernel,
         "forward_s": total, "encoder_s": enc, "trunk_s": trunk, "trunk_over_encoder": trunk / enc,
         "trunk_scans_s": scans, "trunk_stmm_s": stmm, "trunk_other_s": trunk - scans - stmm,
         "cpu_encoder_s": cpu_enc, "cpu_trunk_s": cpu_trunk, "cpu_trunk_over_encoder": cpu_trunk / cpu_enc,

@@ -1,4 +1,4 @@
-"""STMM modulation: bilinear space-time deformable aggregation with per-token offsets and masks (pure PyTorch).
+"""STMM modulation: bilinear space-time deformable aggregation with per-token offsets and masks (PyTorch reference).
 
 For every token ``l = (t, h, w)`` and tap ``p = (dt, dh, dw)``::
 
@@ -18,7 +18,9 @@ Two implementations, fp32 (float64 for float64 inputs), autograd by PyTorch:
     corner rows summed in one fused gather, with the mask folded into the corner weights) and one ``addcmul`` with
     the tap weights (the first tap's weighted sample is the sum's start: no zero-filled buffer). The same corners
     are read with the same weights (an outside corner reads the same clamped row with weight 0), so a NaN or inf
-    reaches the same outputs as in the oracle; only the rounding of the products differs.
+    reaches the same outputs as in the oracle; only the rounding of the products differs. Without autograd in
+    fp32 on an x86-64 CPU with AVX2 it runs as one call of a C++ kernel (``_cpu_kernels.py``: the same positions,
+    corners and coefficients per token, ``GLSMAMBA_CPU_KERNEL``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from glsmamba.reference import _cpu_kernels
 from glsmamba.reference.checks import SPATIAL_TAPS, TEMPORAL_TAPS, _check_deformable  # noqa: F401  (re-exported)
 
 
@@ -98,6 +101,9 @@ def deformable_aggregate(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Ten
     P = taps.shape[0]
     acc = torch.float64 if torch.float64 in (x.dtype, offsets.dtype, mask.dtype, weight.dtype) else torch.float32
     dev = x.device
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, offsets, mask, weight))
+    if dev.type == "cpu" and not grad and Bsz * L > 0 and _cpu_kernels.use_kernel(acc):
+        return _cpu_kernels.deformable(x, offsets, mask, weight, taps, (T, H, W)).to(x.dtype)
     off, msk = offsets.to(acc), mask.to(acc)
     wgt = weight.to(acc).reshape(P, Goff, cpg)
     tp = taps.to(dev)
@@ -107,26 +113,35 @@ def deformable_aggregate(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Ten
     t_ok = ((tt >= 0) & (tt < T))[None, :, None]  # (1, L, 1, P)
     hh = (h[:, None] + tp[:, 1]).to(acc)[None, :, None] + off[..., 0]  # (Bsz, L, Goff, P) sample row
     ww = (w[:, None] + tp[:, 2]).to(acc)[None, :, None] + off[..., 1]
-    h0, w0 = torch.floor(hh), torch.floor(ww)
-    lh, lw = hh - h0, ww - w0
-    frame = (tt.clamp(0, T - 1) * H)[None, :, None]
+    # The four corners as (two rows) x (two columns): per axis the two corner coordinates, whether each is inside
+    # and its linear weight (last dim 2), combined by broadcasting into (..., 2, 2) = corners (0,0), (0,1), (1,0),
+    # (1,1). coef = ((1-lh) ok_h) ((1-lw) ok_w) (t_ok mask): the oracle's (bil ok) mask with ok in {0, 1}, so the
+    # same products in the same order.
+    lin = []
+    for pos, size in ((hh, H), (ww, W)):
+        p0 = torch.floor(pos)
+        frac = pos - p0
+        pc = torch.stack((p0, p0 + 1), -1)  # (Bsz, L, Goff, P, 2)
+        lin.append((_index(pc, size), torch.stack((1 - frac, frac), -1) * ((pc >= 0) & (pc <= size - 1))))
+    (ih, wh), (iw, wv) = lin
+    frame = (tt.clamp(0, T - 1) * H)[None, :, None, :, None]  # (1, L, 1, P, 1)
     base = (torch.arange(Bsz, device=dev)[:, None, None, None] * L) * Goff + torch.arange(Goff, device=dev)[:, None]
-    idx, coef = [], []
-    for ch, cw, bil in ((0, 0, (1 - lh) * (1 - lw)), (0, 1, (1 - lh) * lw),
-                        (1, 0, lh * (1 - lw)), (1, 1, lh * lw)):
-        hc, wc = h0 + ch, w0 + cw
-        ok = t_ok & (hc >= 0) & (hc <= H - 1) & (wc >= 0) & (wc <= W - 1)
-        idx.append(base + ((frame + _index(hc, H)) * W + _index(wc, W)) * Goff)  # table row of (b, row, g)
-        coef.append(bil * ok * msk)
-    idx = torch.stack(idx, -1).permute(3, 0, 1, 2, 4).reshape(P, -1, 4)  # (P, Bsz*L*Goff bags, 4 corners)
-    coef = torch.stack(coef, -1).permute(3, 0, 1, 2, 4).reshape(P, -1, 4)
+    row = ((frame + ih) * W)[..., :, None] + iw[..., None, :]  # (Bsz, L, Goff, P, 2, 2) natural row of each corner
+    idx = row * Goff + base[..., None, None]  # table row of (b, row, g)
+    coef = wh[..., :, None] * wv[..., None, :] * (t_ok * msk)[..., None, None]
+    idx, coef = idx.view(Bsz, L, Goff, P, 4), coef.view(Bsz, L, Goff, P, 4)
+    if P > 1:
+        idx, coef = idx.permute(3, 0, 1, 2, 4), coef.permute(3, 0, 1, 2, 4)
+    idx, coef = idx.reshape(P, -1, 4), coef.reshape(P, -1, 4)  # (P, Bsz*L*Goff bags, 4 corners)
     table = x.to(acc).reshape(Bsz * L * Goff, cpg)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, offsets, mask, weight))
+    # without autograd, unit tap weights (the grouped STMM samples tap by tap with them) are not multiplied by:
+    # v * 1 is v, NaN and inf included
+    unit = not grad and bool((wgt == 1).all())
     out = None  # the first tap's weighted sample starts the sum (no zero-filled buffer to add it to)
     for p in range(P):
         val = F.embedding_bag(idx[p], table, per_sample_weights=coef[p], mode="sum").view(Bsz, L, Goff, cpg)
         if out is None:
-            out = val * wgt[p] if grad else val.mul_(wgt[p])
+            out = val * wgt[p] if grad else val if unit else val.mul_(wgt[p])
         else:
-            out = torch.addcmul(out, val, wgt[p]) if grad else out.addcmul_(val, wgt[p])
+            out = torch.addcmul(out, val, wgt[p]) if grad else out.add_(val) if unit else out.addcmul_(val, wgt[p])
     return out.reshape(Bsz, L, C).to(x.dtype)

@@ -25,7 +25,7 @@ Two implementations with one contract:
     for every direction (zero-stride views, as the model passes them with ``ssm_sharing="all"``), dt is computed
     once in natural order (one softplus per token and channel, not K) and gathered instead. With that shared dt
     and no autograd, on an x86-64 CPU with AVX2 and FMA the steps of each table of rows are one call of the C++
-    kernel of ``_scan_cpu.py`` (``GLSMAMBA_CPU_KERNEL``), the group sums added in it. Otherwise, with a state the
+    kernel of ``_cpu_kernels.py`` (``GLSMAMBA_CPU_KERNEL``), the group sums added in it. Otherwise, with a state the
     fused steps take (``_scan_seq.use_fused``), each full block of tokens is one compiled call of
     :func:`gathered_steps`: gathers, ``dt u``, the recurrence and ``D u`` in one loop, only the index-add outside.
     With autograd and that shared dt, :class:`GatheredScan` does the same block by block and keeps for its backward
@@ -43,7 +43,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-from glsmamba.reference import _scan_cpu, _scan_seq
+from glsmamba.reference import _cpu_kernels, _scan_seq
 from glsmamba.reference._scan_seq import _LOG2E, BLOCK, SequentialScan, Stepper, block_backward, fused_steps
 from glsmamba.reference.checks import OrderedScanDims, _check_ordered_scan  # noqa: F401  (re-exported)
 from glsmamba.reference.selective_scan import _dt, selective_scan_channel_last
@@ -358,10 +358,10 @@ def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_so
                 y = torch.addcmul(y, D_rows, u)
             out = out.index_add(0, target.reshape(-1), y.reshape(n * S, Bsz, Cch))
             continue
-        if dt_shared is not None and _scan_cpu.use_kernel(ct):  # the hand-written steps, index-add fused in
+        if dt_shared is not None and _cpu_kernels.use_kernel(ct):  # the hand-written steps, index-add fused in
             with torch.no_grad():
-                _scan_cpu.gathered_scan(out, x, dt_shared, br, cr, idx, dirs, A.to(ct)[dirs].transpose(1, 2) * _LOG2E,
-                                        D_rows, target)
+                A2 = A.to(ct)[dirs].transpose(1, 2) * _LOG2E
+                _cpu_kernels.gathered_scan(out, x, dt_shared, br, cr, idx, dirs, A2, D_rows, target)
             continue
         A2 = A_rows.contiguous() * _LOG2E
         stepper = Stepper(R, N, Cch, ct, x.device)

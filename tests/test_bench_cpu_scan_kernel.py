@@ -8,9 +8,9 @@ import json
 import pytest
 
 from glsmamba.bench import bench_cpu_scan_kernel as bench
-from glsmamba.reference import _scan_cpu
+from glsmamba.reference import _cpu_kernels
 
-REASON = _scan_cpu.unavailable_reason()
+REASON = _cpu_kernels.unavailable_reason()
 
 
 @pytest.mark.skipif(REASON is not None, reason=str(REASON))
@@ -27,6 +27,6 @@ def test_bench_script_writes_its_record(tmp_path, capsys, monkeypatch):
 
 
 def test_bench_script_says_why_without_the_kernel(monkeypatch):
-    monkeypatch.setattr(_scan_cpu, "_LIB", {"reason": "the reference's CPU scan kernel is unavailable: no g++"})
+    monkeypatch.setattr(_cpu_kernels, "_LIB", {"reason": "the reference's CPU scan kernel is unavailable: no g++"})
     with pytest.raises(SystemExit, match="no g\\+\\+"):
         bench.main(["--frames", "1", "--height", "2", "--width", "2", "--reps", "1"])

@@ -51,7 +51,7 @@ def test_wheel_installs_only_the_glsmamba_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"glsmamba"}
-    for sub in ("kernels/selective_scan.py", "reference/selective_scan.py", "reference/_scan_cpu.cpp",
+    for sub in ("kernels/selective_scan.py", "reference/selective_scan.py", "reference/_cpu_kernels.cpp",
                 "model/glsmamba.py", "vhpe/codec.py", "bench/harness.py", "cli.py", "__main__.py"):
         assert f"glsmamba/{sub}" in names, sub
 

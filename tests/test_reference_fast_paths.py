@@ -192,7 +192,10 @@ def test_ordered_fast_path_no_grad_forms_no_bklc_temporary(case):
 
 @pytest.mark.parametrize("taps", [SPATIAL_TAPS, TEMPORAL_TAPS], ids=["spatial", "temporal"])
 @pytest.mark.parametrize("kind", ["fractional", "integer", "far", "G1", "G3"])
-def test_deformable_fast_path_matches_gathers(taps, kind):
+def test_deformable_fast_path_matches_gathers(taps, kind, monkeypatch):
+    """Values and gradients against the explicit gathers; without autograd on both no-grad paths (PyTorch, and the
+    C++ kernel where it runs), with the inputs' tap weights and with unit ones (which the PyTorch path does not
+    multiply by)."""
     shape = (3, 4, 5)
     G = {"G1": 1, "G3": 3}.get(kind, 2)
     inp = test_deformable.make_inputs(B=2, shape=shape, C=6, G=G, taps=taps, off_scale=4.0 if kind == "far" else 1.5)
@@ -206,8 +209,15 @@ def test_deformable_fast_path_matches_gathers(taps, kind):
         res.update(zip(leaves, torch.autograd.grad(res["out"], list(leaves.values()), dy), strict=True))
     for k in want:
         assert_close(k, want[k], got[k], torch.float32, "fwd" if k == "out" else "grad")
-    with torch.no_grad():
-        assert_close("out (no grad)", want["out"], deformable_aggregate(**inp, taps=taps, shape=shape), torch.float32)
+    unit = dict(inp, weight=torch.ones_like(inp["weight"]))
+    want_unit = deformable_aggregate_gathers(**unit, taps=taps, shape=shape)
+    for kernel in ("0", "auto"):
+        monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", kernel)
+        with torch.no_grad():
+            assert_close(f"out (no grad, GLSMAMBA_CPU_KERNEL={kernel})", want["out"],
+                         deformable_aggregate(**inp, taps=taps, shape=shape), torch.float32)
+            assert_close(f"out (no grad, unit weights, GLSMAMBA_CPU_KERNEL={kernel})", want_unit,
+                         deformable_aggregate(**unit, taps=taps, shape=shape), torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
@@ -318,7 +328,7 @@ def test_compiled_fused_steps_match_the_oracle_and_keep_nan_reach(monkeypatch, s
     from glsmamba.reference import _scan_seq
 
     monkeypatch.setenv("GLSMAMBA_SCAN_COMPILE", "1")
-    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "0")  # the PyTorch steps, not the C++ kernel (tests/test_scan_cpu.py)
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "0")  # the PyTorch steps, not the C++ kernel (tests/test_cpu_kernels.py)
     compiled = _CompiledCalls(_scan_seq.run_compiled)
     monkeypatch.setattr(_scan_seq, "run_compiled", compiled)
     shape = (2, 4, 5)  # 40 tokens
@@ -354,7 +364,7 @@ def test_fused_steps_compile_switch(monkeypatch):
     and the steps run eagerly, then and in later scans (same values)."""
     from glsmamba.reference import _scan_seq
 
-    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "0")  # the PyTorch steps, not the C++ kernel (tests/test_scan_cpu.py)
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "0")  # the PyTorch steps, not the C++ kernel (tests/test_cpu_kernels.py)
     cpu = torch.device("cpu")
     for mode, elems, groups, want in (("auto", _scan_seq._FUSED_ELEMS, 1, True), ("auto", 1000, 1, False),
                                       ("auto", _scan_seq._STEP_ELEMS - 1, 1, True),

@@ -43,13 +43,13 @@ def stepper_mode(request, monkeypatch):
     steps also go 5 tokens at a time (as with large states): not aligned with the backward's 16-token checkpoints.
     "fused": the fused steps on the channel-major state, run eagerly here (the same function the large states
     compile; tests/test_reference_fast_paths.py holds the compiled one to it). "cpu-kernel": the ordered scan's
-    no-grad steps with dt shared by the directions through the C++ kernel (``_scan_cpu``; the other modes switch it
+    no-grad steps with dt shared by the directions through the C++ kernel (``_cpu_kernels``; the other modes switch it
     off), the rest blocked."""
     kernel = request.param == "cpu-kernel"
     if kernel:
-        from glsmamba.reference import _scan_cpu
+        from glsmamba.reference import _cpu_kernels
 
-        reason = _scan_cpu.unavailable_reason()
+        reason = _cpu_kernels.unavailable_reason()
         if reason is not None:
             pytest.skip(reason)
     monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "1" if kernel else "0")

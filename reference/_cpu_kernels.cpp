@@ -1,5 +1,5 @@
 // The no-grad ordered scan's steps on an x86-64 CPU with AVX2 + FMA: the fast path of reference/ordered_scan.py
-// when dt is shared by the directions (reference/_scan_cpu.py builds and calls it; docs/design.md section 3.5).
+// when dt is shared by the directions (reference/_cpu_kernels.py builds and calls it; docs/design.md section 3.5).
 // Per row s (a direction, or a reset segment of one), batch row b, step t, state n, channel d:
 //
 //     tok = idx[t, s]                           the natural token row s reads at step t
@@ -14,6 +14,7 @@
 // pairs for the whole call, so no two threads touch the same output element: no atomics, and the sums are
 // added in the same order (rows in order s = 0, 1, ...) whatever the thread count.
 #include <immintrin.h>
+#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -59,6 +60,22 @@ inline __m256 exp2_poly(__m256 x) {
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
 }
 
+// Loads and stores of 8 channels, masked only for the last vector of a row (masked stores are slow on some CPUs).
+template <bool FULL>
+inline __m256 load8(const float* p, __m256i mask) {
+    return FULL ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
+}
+
+template <bool FULL>
+inline void store8(float* p, __m256i mask, __m256 v) {
+    if (FULL) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, mask, v);
+}
+
+inline __m256i tail_mask(int64_t left) {  // lanes [0, left) set
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 struct Args {
     const float *x, *dt, *B, *C, *A2, *Dsk;
     const int64_t *idx, *boff, *coff, *target;
@@ -68,23 +85,23 @@ struct Args {
 
 // One (row s, batch row b, channel vector at d0) over the steps [t0, t1), states [n0, n0 + NH): h (NH x 8 floats,
 // the state in and out), ys (the block's y, set by the first chunk of states, added to by the others).
-template <int NH>
+template <int NH, bool FULL>
 inline void chunk(const Args& a, int64_t s, int64_t b, int64_t d0, __m256i mask, int64_t t0, int64_t t1, int64_t n0,
                   float* h, __m256* ys) {
     __m256 hs[NH], as[NH];
     for (int k = 0; k < NH; ++k) {
         hs[k] = _mm256_loadu_ps(h + 8 * k);
-        as[k] = _mm256_maskload_ps(a.A2 + (s * a.N + n0 + k) * a.D + d0, mask);
+        as[k] = load8<FULL>(a.A2 + (s * a.N + n0 + k) * a.D + d0, mask);
     }
     const float* xb = a.x + b * a.L * a.D + d0;
     const float* db = a.dt + b * a.L * a.D + d0;
     const float* Bb = a.B + (b * a.b_rows + a.boff[s]) * a.N + n0;
     const float* Cb = a.C + (b * a.c_rows + a.coff[s]) * a.N + n0;
-    const __m256 dsk = a.Dsk ? _mm256_maskload_ps(a.Dsk + s * a.D + d0, mask) : _mm256_setzero_ps();
+    const __m256 dsk = a.Dsk ? load8<FULL>(a.Dsk + s * a.D + d0, mask) : _mm256_setzero_ps();
     for (int64_t t = t0; t < t1; ++t) {
         const int64_t tok = a.idx[t * a.S + s];
-        const __m256 d = _mm256_maskload_ps(db + tok * a.D, mask);
-        const __m256 u = _mm256_maskload_ps(xb + tok * a.D, mask);
+        const __m256 d = load8<FULL>(db + tok * a.D, mask);
+        const __m256 u = load8<FULL>(xb + tok * a.D, mask);
         const __m256 du = _mm256_mul_ps(d, u);
         const float* bn = Bb + tok * a.N;
         const float* cn = Cb + tok * a.N;
@@ -100,7 +117,11 @@ inline void chunk(const Args& a, int64_t s, int64_t b, int64_t d0, __m256i mask,
 }
 
 typedef void (*ChunkFn)(const Args&, int64_t, int64_t, int64_t, __m256i, int64_t, int64_t, int64_t, float*, __m256*);
-const ChunkFn CHUNKS[9] = {nullptr, chunk<1>, chunk<2>, chunk<3>, chunk<4>, chunk<5>, chunk<6>, chunk<7>, chunk<8>};
+const ChunkFn CHUNKS[2][9] = {  // [full vector][states in the chunk]
+    {nullptr, chunk<1, false>, chunk<2, false>, chunk<3, false>, chunk<4, false>, chunk<5, false>, chunk<6, false>,
+     chunk<7, false>, chunk<8, false>},
+    {nullptr, chunk<1, true>, chunk<2, true>, chunk<3, true>, chunk<4, true>, chunk<5, true>, chunk<6, true>,
+     chunk<7, true>, chunk<8, true>}};
 
 }  // namespace
 
@@ -126,22 +147,113 @@ extern "C" int glsm_gathered_scan(const float* x, const float* dt, const float* 
             for (int64_t s = 0; s < S; ++s) {
                 for (int64_t it = i0; it < i1; ++it) {
                     const int64_t b = it / vecs, d0 = (it % vecs) * 8;
-                    const int64_t left = D - d0 < 8 ? D - d0 : 8;
-                    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)),
-                                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                    const bool full = D - d0 >= 8;
+                    const __m256i mask = tail_mask(D - d0);
                     for (int64_t c = 0; c < nchunks; ++c) {
                         const int64_t n0 = 8 * c, nh = N - n0 < 8 ? N - n0 : 8;
                         float* h = state + ((s * items + it) * nchunks + c) * 64;
-                        CHUNKS[nh](a, s, b, d0, mask, t0, t1, n0, h, ys);
+                        CHUNKS[full][nh](a, s, b, d0, mask, t0, t1, n0, h, ys);
                     }
                     for (int64_t t = t0; t < t1; ++t) {
                         float* o = out + (target[t * S + s] * Bsz + b) * D + d0;
-                        _mm256_maskstore_ps(o, mask, _mm256_add_ps(_mm256_maskload_ps(o, mask), ys[t - t0]));
+                        if (full) _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), ys[t - t0]));
+                        else _mm256_maskstore_ps(o, mask, _mm256_add_ps(_mm256_maskload_ps(o, mask), ys[t - t0]));
                     }
                 }
             }
         }
     }
     free(state);
+    return 0;
+}
+
+// ------------------------------------------------------------------------------------------ deformable aggregation
+// The no-grad fast path of reference/deformable.py: deformable_aggregate, in its order of operations. Per batch
+// row b, token l = (t, h, w), offset group g, tap p = (dt, dh, dw):
+//
+//     hh = (h + dh) + off_h,  ww = (w + dw) + off_w,  h0 = floor(hh), lh = hh - h0 (w likewise)
+//     corner (ch, cw) in {0, 1}^2 at (h0 + ch, w0 + cw): read row (clamp(t + dt) H + idx(h0 + ch)) W + idx(w0 + cw)
+//       (idx: clamped into the frame, NaN to 0) with coefficient
+//       ((lin_h ok_h) (lin_w ok_w)) (t_ok mask),  lin = 1 - lh or lh,  ok: inside the frame (0 or 1)
+//     out[b, l, g's channels] = sum_p weight[p] * sum_k coef_k x[b, row_k, g's channels]
+//
+// An outside corner reads its clamped row times 0, so a NaN or inf there reaches the output as in the oracle.
+// Threads split the tokens; each token's row of out is written by one thread. out is written, not added to.
+namespace {
+
+inline void axis(float pos, int64_t size, int64_t* idx, float* lin) {
+    const float p0 = floorf(pos), frac = pos - p0;
+    const float pc[2] = {p0, p0 + 1.f}, l[2] = {1.f - frac, frac};
+    for (int k = 0; k < 2; ++k) {
+        const float c = pc[k];
+        idx[k] = c != c ? 0 : static_cast<int64_t>(c < 0.f ? 0.f : (c > size - 1 ? static_cast<float>(size - 1) : c));
+        lin[k] = l[k] * static_cast<float>(c >= 0.f && c <= static_cast<float>(size - 1));
+    }
+}
+
+// One vector of 8 channels (from c0) of one (token, group): sum_p weight[p] * sum_k coef_k x[row_k].
+template <bool FULL>
+inline void sample8(const float* x, const int64_t* rows, const float* coef, const float* weight, int64_t C, int64_t P,
+                    int64_t c0, float* dst, __m256i mk) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t p = 0; p < P; ++p) {
+        __m256 v = _mm256_mul_ps(_mm256_set1_ps(coef[4 * p]), load8<FULL>(x + rows[4 * p] + c0, mk));
+        for (int k = 1; k < 4; ++k)
+            v = _mm256_fmadd_ps(_mm256_set1_ps(coef[4 * p + k]), load8<FULL>(x + rows[4 * p + k] + c0, mk), v);
+        const __m256 wp = load8<FULL>(weight + p * C + c0, mk);
+        acc = p ? _mm256_fmadd_ps(v, wp, acc) : _mm256_mul_ps(v, wp);
+    }
+    store8<FULL>(dst + c0, mk, acc);
+}
+
+}  // namespace
+
+extern "C" int glsm_deformable(const float* x, const float* off, const float* mask, const float* weight,
+                               const int64_t* taps, float* out, int64_t Bsz, int64_t T, int64_t H, int64_t W,
+                               int64_t Goff, int64_t P, int64_t C, int64_t threads) {
+    const int64_t L = T * H * W, cpg = C / Goff, tokens = Bsz * L;
+    if (threads < 1) threads = 1;
+    // each thread's corner rows and coefficients of one (token, group): 4 per tap
+    int64_t* rows_all = static_cast<int64_t*>(malloc(sizeof(int64_t) * 4 * P * threads));
+    float* coef_all = static_cast<float*>(malloc(sizeof(float) * 4 * P * threads));
+    if (!rows_all || !coef_all) {
+        free(rows_all);
+        free(coef_all);
+        return -1;
+    }
+    #pragma omp parallel num_threads(threads)
+    {
+        int64_t* rows = rows_all + 4 * P * omp_get_thread_num();
+        float* coef = coef_all + 4 * P * omp_get_thread_num();
+        #pragma omp for schedule(static)
+        for (int64_t bl = 0; bl < tokens; ++bl) {
+            const int64_t b = bl / L, l = bl % L, t = l / (H * W), h = (l / W) % H, w = l % W;
+            for (int64_t g = 0; g < Goff; ++g) {
+                for (int64_t p = 0; p < P; ++p) {
+                    const int64_t tt = t + taps[3 * p];
+                    const float t_ok = static_cast<float>(tt >= 0 && tt < T);
+                    const int64_t frame = tt < 0 ? 0 : (tt > T - 1 ? T - 1 : tt);
+                    const float* o = off + ((bl * Goff + g) * P + p) * 2;
+                    const float m = t_ok * mask[(bl * Goff + g) * P + p];
+                    int64_t ih[2], iw[2];
+                    float wh[2], wv[2];
+                    axis(static_cast<float>(h + taps[3 * p + 1]) + o[0], H, ih, wh);
+                    axis(static_cast<float>(w + taps[3 * p + 2]) + o[1], W, iw, wv);
+                    for (int ch = 0; ch < 2; ++ch) {
+                        for (int cw = 0; cw < 2; ++cw) {
+                            rows[4 * p + 2 * ch + cw] = ((b * L + (frame * H + ih[ch]) * W + iw[cw]) * C) + g * cpg;
+                            coef[4 * p + 2 * ch + cw] = wh[ch] * wv[cw] * m;
+                        }
+                    }
+                }
+                float* dst = out + bl * C + g * cpg;
+                int64_t c0 = 0;
+                for (; c0 + 8 <= cpg; c0 += 8) sample8<true>(x, rows, coef, weight + g * cpg, C, P, c0, dst, tail_mask(8));
+                if (c0 < cpg) sample8<false>(x, rows, coef, weight + g * cpg, C, P, c0, dst, tail_mask(cpg - c0));
+            }
+        }
+    }
+    free(rows_all);
+    free(coef_all);
     return 0;
 }

@@ -1,8 +1,10 @@
-"""The reference's C++ CPU kernel for the no-grad ordered scan (``reference/_scan_cpu.py``): the same values as the
-oracle, the reference's exponential bit for bit, its switch, and a missing or failing build.
+"""The reference's C++ CPU kernels (``reference/_cpu_kernels.py``): the no-grad ordered scan and deformable
+aggregation equal to their oracles (values, NaN/inf reach), the scan's decays held to the exact 2^x, the switch,
+and a missing or failing build.
 
-NaN / inf reach through the kernel is in tests/test_special_values.py (the ``cpu-kernel`` mode of ``stepper_mode``)
-and the fast-path comparisons of tests/test_reference_fast_paths.py run through it in that mode as well.
+NaN / inf reach through the scan kernel is in tests/test_special_values.py (the ``cpu-kernel`` mode of
+``stepper_mode``), and the scan fast-path comparisons of tests/test_reference_fast_paths.py run through it in that
+mode as well.
 """
 
 from __future__ import annotations
@@ -12,18 +14,25 @@ import math
 import pytest
 import torch
 
-from glsmamba.reference import _scan_cpu, _scan_seq
+from glsmamba.reference import _cpu_kernels, _scan_seq
+from glsmamba.reference.deformable import (
+    SPATIAL_TAPS,
+    TEMPORAL_TAPS,
+    deformable_aggregate,
+    deformable_aggregate_gathers,
+)
 from glsmamba.reference.ordered_scan import ordered_selective_scan, ordered_selective_scan_unfused
 from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
-from tests import test_ordered_scan
-from tests.harness import assert_close, assert_exp2
+from tests import test_deformable, test_ordered_scan
+from tests.harness import assert_close, assert_exp2, assert_same_special_values
 
-REASON = _scan_cpu.unavailable_reason()
+REASON = _cpu_kernels.unavailable_reason()
 needs_kernel = pytest.mark.skipif(REASON is not None, reason=str(REASON))
+CENTRE = torch.zeros(1, 3, dtype=torch.long)  # one tap, as the grouped STMM samples
 
 
 class _Calls:
-    """Wraps ``_scan_cpu.gathered_scan``, counting its calls."""
+    """Wraps ``_cpu_kernels.gathered_scan``, counting its calls."""
 
     def __init__(self, fn):
         self.fn, self.count = fn, 0
@@ -35,8 +44,8 @@ class _Calls:
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    calls = _Calls(_scan_cpu.gathered_scan)
-    monkeypatch.setattr(_scan_cpu, "gathered_scan", calls)
+    calls = _Calls(_cpu_kernels.gathered_scan)
+    monkeypatch.setattr(_cpu_kernels, "gathered_scan", calls)
     return calls
 
 
@@ -167,7 +176,7 @@ def test_kernel_switch(monkeypatch, kernel_calls):
     monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "on")
     with pytest.raises(ValueError, match="GLSMAMBA_CPU_KERNEL must be 'auto', '0' or '1', got 'on'"):
         run()
-    monkeypatch.setattr(_scan_cpu, "_LIB", {"reason": "the reference's CPU scan kernel is unavailable: no g++"})
+    monkeypatch.setattr(_cpu_kernels, "_LIB", {"reason": "the reference's CPU scan kernel is unavailable: no g++"})
     monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "1")
     with pytest.raises(RuntimeError, match="GLSMAMBA_CPU_KERNEL=1: the reference's CPU scan kernel is unavailable"):
         run()
@@ -175,7 +184,7 @@ def test_kernel_switch(monkeypatch, kernel_calls):
     assert_close("out (auto, unavailable)", want, run(), torch.float32)
     assert kernel_calls.count == 0
     monkeypatch.undo()
-    monkeypatch.setattr(_scan_cpu, "gathered_scan", kernel_calls)
+    monkeypatch.setattr(_cpu_kernels, "gathered_scan", kernel_calls)
     monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "auto")
     if REASON is None:
         assert_close("out (auto)", want, run(), torch.float32)
@@ -191,17 +200,17 @@ def test_kernel_switch(monkeypatch, kernel_calls):
 def test_failed_build_says_why(monkeypatch, tmp_path):
     """A compiler that fails (``CXX=false``) or is missing: :func:`unavailable_reason` names it and the build
     command; nothing is left in the cache directory."""
-    monkeypatch.setattr(_scan_cpu, "_cpu_reason", lambda: None)
+    monkeypatch.setattr(_cpu_kernels, "_cpu_reason", lambda: None)
     monkeypatch.setenv("GLSMAMBA_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_scan_cpu, "_LIB", {})
+    monkeypatch.setattr(_cpu_kernels, "_LIB", {})
     monkeypatch.setenv("CXX", "false")
-    reason = _scan_cpu.unavailable_reason()
-    assert reason.startswith("the reference's CPU scan kernel is unavailable: building _scan_cpu.cpp failed (false ")
+    reason = _cpu_kernels.unavailable_reason()
+    assert reason.startswith("the reference's CPU scan kernel is unavailable: building _cpu_kernels.cpp failed (false ")
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(_scan_cpu, "_LIB", {})
+    monkeypatch.setattr(_cpu_kernels, "_LIB", {})
     monkeypatch.delenv("CXX")
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert _scan_cpu.unavailable_reason().endswith("no C++ compiler: g++ is not on PATH and CXX is not set")
+    assert _cpu_kernels.unavailable_reason().endswith("no C++ compiler: g++ is not on PATH and CXX is not set")
 
 
 @needs_kernel
@@ -209,11 +218,88 @@ def test_build_is_cached_by_source_and_flags(monkeypatch, tmp_path):
     """The library is built once into the cache directory, under a name keyed by the source and flags, and loaded
     from there by a later process (here: a fresh module state)."""
     monkeypatch.setenv("GLSMAMBA_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_scan_cpu, "_LIB", {})
-    assert _scan_cpu.unavailable_reason() is None
-    built = list(tmp_path.glob("glsm_scan_cpu_*.so"))
+    monkeypatch.setattr(_cpu_kernels, "_LIB", {})
+    assert _cpu_kernels.unavailable_reason() is None
+    built = list(tmp_path.glob("glsm_cpu_kernels_*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
-    monkeypatch.setattr(_scan_cpu, "_LIB", {})
-    assert _scan_cpu.unavailable_reason() is None
+    monkeypatch.setattr(_cpu_kernels, "_LIB", {})
+    assert _cpu_kernels.unavailable_reason() is None
     assert list(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == stamp
+
+
+# ------------------------------------------------------------------------------------------ deformable aggregation
+
+@pytest.fixture
+def deformable_calls(monkeypatch):
+    calls = _Calls(_cpu_kernels.deformable)
+    monkeypatch.setattr(_cpu_kernels, "deformable", calls)
+    return calls
+
+
+@needs_kernel
+@pytest.mark.parametrize("taps", [SPATIAL_TAPS, TEMPORAL_TAPS, CENTRE], ids=["spatial", "temporal", "centre"])
+@pytest.mark.parametrize("dims", [(2, 12, 2), (1, 37, 1), (3, 40, 4)], ids=["B2C12G2", "B1C37G1", "B3C40G4"])
+def test_deformable_kernel_matches_the_gathers(monkeypatch, deformable_calls, taps, dims):
+    """Without autograd the fast path is one kernel call: equal to the explicit per-tap gathers (the oracle) to the
+    fp32 tolerance, with channels per offset group that leave a masked last vector (6, 37, 10) or not (8, below:
+    C40G4 has 10), offsets crossing the frame border, 1-3 batch rows; bf16 tokens to bf16's tolerance."""
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "1")
+    B, C, G = dims
+    shape = (3, 4, 5)
+    inp = test_deformable.make_inputs(B=B, shape=shape, C=C, G=G, taps=taps)
+    want = deformable_aggregate_gathers(**inp, taps=taps, shape=shape)
+    with torch.no_grad():
+        got = deformable_aggregate(**inp, taps=taps, shape=shape)
+    assert deformable_calls.count == 1
+    assert_close("out", want, got, torch.float32)
+    low = dict(inp, x=inp["x"].to(torch.bfloat16))
+    with torch.no_grad():
+        got = deformable_aggregate(**low, taps=taps, shape=shape)
+    assert got.dtype == torch.bfloat16 and deformable_calls.count == 2
+    assert_close("out (bf16)", deformable_aggregate_gathers(**low, taps=taps, shape=shape), got, torch.bfloat16)
+
+
+@needs_kernel
+@pytest.mark.parametrize("taps", [SPATIAL_TAPS, TEMPORAL_TAPS], ids=["spatial", "temporal"])
+def test_deformable_kernel_nan_inf_reach(monkeypatch, deformable_calls, taps):
+    """NaN / +-inf in x (a corner, the border, inside), in the offsets (NaN: every corner coefficient NaN) and in
+    the mask and the tap weights: the kernel's non-finite outputs are where the oracle's are (the kind compared
+    exactly except for inf in the mask or weights, which the two multiply in another order), finite ones close."""
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "1")
+    shape = (3, 4, 3)
+    where = {"x": [(0, 0, 1), (0, 5, 2), (1, 35, 0)], "offsets": [(0, 7, 0, 1, 0), (1, 3, 1, 2, 1)],
+             "mask": [(0, 4, 1, 0)], "weight": [(1, 3)]}
+    for name, places in where.items():
+        for at in places:
+            for value in (math.nan, math.inf, -math.inf):
+                inp = test_deformable.make_inputs(B=2, shape=shape, C=6, G=2, taps=taps)
+                inp[name][at] = value
+                want = deformable_aggregate_gathers(**inp, taps=taps, shape=shape)
+                with torch.no_grad():
+                    got = deformable_aggregate(**inp, taps=taps, shape=shape)
+                assert not torch.isfinite(want).all()
+                exact = not (math.isinf(value) and name in ("mask", "weight"))
+                assert_same_special_values(f"{name}={value} at {at}", want, got, torch.float32, exact=exact)
+    assert deformable_calls.count == 3 * sum(len(v) for v in where.values())
+
+
+def test_deformable_kernel_switch(monkeypatch, deformable_calls):
+    """The kernel runs only without autograd, in fp32 (float64 inputs keep PyTorch), with GLSMAMBA_CPU_KERNEL not
+    0; under 1 a kernel that cannot run raises."""
+    shape = (2, 3, 4)
+    inp = test_deformable.make_inputs(B=1, shape=shape, C=8, G=1, taps=SPATIAL_TAPS)
+    want = deformable_aggregate_gathers(**inp, taps=SPATIAL_TAPS, shape=shape)
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "0")
+    with torch.no_grad():
+        assert_close("out (0)", want, deformable_aggregate(**inp, taps=SPATIAL_TAPS, shape=shape), torch.float32)
+    leaves = dict(inp, x=inp["x"].detach().requires_grad_())
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "auto")
+    deformable_aggregate(**leaves, taps=SPATIAL_TAPS, shape=shape).sum().backward()
+    with torch.no_grad():
+        deformable_aggregate(**{k: v.double() for k, v in inp.items()}, taps=SPATIAL_TAPS, shape=shape)
+    assert deformable_calls.count == 0
+    monkeypatch.setattr(_cpu_kernels, "_LIB", {"reason": "the reference's CPU kernels are unavailable: no g++"})
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "1")
+    with torch.no_grad(), pytest.raises(RuntimeError, match="GLSMAMBA_CPU_KERNEL=1: the reference's CPU kernels"):
+        deformable_aggregate(**inp, taps=SPATIAL_TAPS, shape=shape)

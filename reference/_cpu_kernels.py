@@ -1,21 +1,24 @@
-"""The no-grad ordered scan's steps by a hand-written C++ kernel on x86-64 CPUs with AVX2 + FMA.
+"""Hand-written C++ kernels of two no-grad reference fast paths, for x86-64 CPUs with AVX2 + FMA.
 
-:func:`glsmamba.reference.ordered_scan.ordered_selective_scan` without autograd, with dt shared by the directions
-(as the model passes it), steps the recurrence through ``_scan_cpu.cpp`` when this module can build it: the same
-formula as :func:`glsmamba.reference.ordered_scan.gathered_steps` (gathers by the scan orders, ``dt u``, the
-decays by the reference's polynomial :func:`glsmamba.reference._scan_seq.exp2`, ``D u``) with the index-add into
-the group sums fused in, over the whole sequence in one call. Its outputs are held to the oracle's in the tests
-(values and NaN/inf reach); only the rounding of the sums differs.
+* :func:`gathered_scan`: :func:`glsmamba.reference.ordered_scan.ordered_selective_scan` without autograd, with dt
+  shared by the directions (as the model passes it), steps the recurrence through it: the same formula as
+  :func:`glsmamba.reference.ordered_scan.gathered_steps` (gathers by the scan orders, ``dt u``, the decays by the
+  reference's polynomial :func:`glsmamba.reference._scan_seq.exp2`, ``D u``) with the index-add into the group sums
+  fused in, over the whole sequence in one call.
+* :func:`deformable`: :func:`glsmamba.reference.deformable.deformable_aggregate` without autograd in fp32: the
+  sample positions, corner rows and bilinear coefficients of every (token, group, tap) computed per token, in the
+  PyTorch fast path's order of operations, and the weighted corner rows summed per channel vector.
 
-Like the compiled fused steps (Inductor's C++ backend) it needs a C++ compiler at run time: the first call builds
-the library with ``$CXX`` or ``g++`` (``-O3 -mavx2 -mfma -fopenmp``) into a cache directory (``$GLSMAMBA_CACHE_DIR``,
-else ``$XDG_CACHE_HOME/glsmamba`` or ``~/.cache/glsmamba``), keyed by a hash of the source and the flags.
+Their outputs are held to the oracles' in the tests (values and NaN/inf reach); only the rounding of the sums
+differs. Like the compiled fused steps (Inductor's C++ backend) they need a C++ compiler at run time: the first
+call builds ``_cpu_kernels.cpp`` with ``$CXX`` or ``g++`` (``-O3 -mavx2 -mfma -fopenmp``) into a cache directory
+(``$GLSMAMBA_CACHE_DIR``, else ``$XDG_CACHE_HOME/glsmamba`` or ``~/.cache/glsmamba``), keyed by a hash of the source
+and the flags. They use as many OpenMP threads as torch has intra-op threads.
 
-``GLSMAMBA_CPU_KERNEL``: ``auto`` (the default: used where it builds; where it does not -- no compiler, no AVX2,
-a failing build -- :func:`unavailable_reason` says why and the compiled or eager PyTorch steps run), ``1`` (always;
-a missing kernel raises :class:`RuntimeError` with the reason), ``0`` (never: the pure-PyTorch steps).
-Measured on 2 cores (AMD EPYC, torch 2.13, the base network's GSM scan, 6 x 16 x 512 state, 15,360 tokens): see
-``bench/bench_cpu_scan_kernel.py`` and the README.
+``GLSMAMBA_CPU_KERNEL``: ``auto`` (the default: used where they build; where they do not -- no compiler, no AVX2,
+a failing build -- :func:`unavailable_reason` says why and the PyTorch paths run), ``1`` (always; a missing kernel
+raises :class:`RuntimeError` with the reason), ``0`` (never: PyTorch only). Measured: ``bench/bench_cpu_scan_kernel.py``
+and the README.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ import torch
 
 from glsmamba.reference._scan_seq import _EXP2_COEFFS
 
-SOURCE = Path(__file__).with_name("_scan_cpu.cpp")
-FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+SOURCE = Path(__file__).with_name("_cpu_kernels.cpp")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 _LIB: dict = {}  # "lib": the loaded library, or "reason": why there is none (built once per process)
 
 
@@ -67,7 +70,7 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("no C++ compiler: g++ is not on PATH and CXX is not set")
     defs = tuple(f"-DCOEF{k}={c!r}f" for k, c in enumerate(_EXP2_COEFFS))
     key = hashlib.sha256("\0".join((SOURCE.read_text(), cxx, *FLAGS, *defs)).encode()).hexdigest()[:16]
-    target = cache_dir() / f"glsm_scan_cpu_{key}.so"
+    target = cache_dir() / f"glsm_cpu_kernels_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)  # built aside, then renamed: concurrent builds
@@ -85,6 +88,9 @@ def _build() -> ctypes.CDLL:
     fn = lib.glsm_gathered_scan
     fn.argtypes = ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
                    + [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 7)
+    fn.restype = ctypes.c_int
+    fn = lib.glsm_deformable
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 8
     fn.restype = ctypes.c_int
     return lib
 
@@ -104,7 +110,7 @@ def unavailable_reason() -> str | None:
 
 
 def use_kernel(dtype: torch.dtype) -> bool:
-    """Whether the no-grad scan of a ``dtype`` computation (float32 only) steps through the kernel, per
+    """Whether a no-grad fast path computing in ``dtype`` (float32 only) runs its kernel, per
     ``GLSMAMBA_CPU_KERNEL``; under ``1`` a kernel that cannot run raises RuntimeError with the reason."""
     m = mode()
     if m == "0" or dtype != torch.float32:
@@ -148,3 +154,21 @@ def gathered_scan(out: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, B: tuple
                                 N, D, torch.get_num_threads())
     if rc:
         raise MemoryError(f"the CPU scan kernel could not allocate its state ({S} x {Bsz} x {N} x {D} floats)")
+
+
+def deformable(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, taps: torch.Tensor,
+               shape: tuple[int, int, int]) -> torch.Tensor:
+    """:func:`glsmamba.reference.deformable.deformable_aggregate`'s value in fp32, ``(Bsz, L, C)`` (the caller
+    checked the arguments and casts the result). The inputs are made fp32 (taps int64) and contiguous here."""
+    lib = _LIB["lib"]
+    Bsz, L, C = x.shape
+    Goff, P = offsets.shape[2], offsets.shape[3]
+    T, H, W = shape
+    xs, off, msk, wgt = (t.to(torch.float32).contiguous() for t in (x, offsets, mask, weight))
+    tp = taps.to(device="cpu", dtype=torch.int64).contiguous()
+    out = torch.empty(Bsz, L, C)
+    rc = lib.glsm_deformable(xs.data_ptr(), off.data_ptr(), msk.data_ptr(), wgt.data_ptr(), tp.data_ptr(),
+                             out.data_ptr(), Bsz, T, H, W, Goff, P, C, torch.get_num_threads())
+    if rc:
+        raise MemoryError(f"the CPU deformable kernel could not allocate its per-thread buffers ({P} taps)")
+    return out
