@@ -16,12 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from glsmamba.reference import _cpu_kernels
 from glsmamba.reference.deformable import SPATIAL_TAPS, TEMPORAL_TAPS
 from glsmamba.reference.selective_scan import _dt as softplus_dt
 from glsmamba.reference.space_time import STS6D, scan_orders, window_orders
 
 from . import ops
-from .backend import current_backend, use_backend
+from .backend import current_backend, resolve, use_backend
 from .config import GLSMambaConfig
 
 Shape = tuple[int, int, int]
@@ -311,16 +312,30 @@ class Modulator(nn.Module):
     def add_to(self, out: torch.Tensor, y: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor,
                shape: Shape, by_frame: bool | None = None) -> torch.Tensor:
         """``out += M(y)`` in place (no autograd), with the offsets and mask :meth:`offsets_and_mask` gave: the
-        same values as ``out + forward(ref, y)``, without a ``(B, L, C)`` result beside ``out``. The grouped form
+        same values as ``out + forward(ref, y)``, without a ``(B, L, C)`` result beside ``out``. The grouped form on
+        the reference backend on a CPU runs the fused C++ kernel where it can (:meth:`_cpu_kernel`); otherwise it
         samples frame by frame (see :meth:`_grouped_acc`) when ``by_frame``; None: on CPU tensors (a GPU would
         launch B x T times as many sampling kernels, not measured here)."""
         if self.group_channels is None:
             return out.add_(ops.deformable_aggregate(y, offsets, mask, self.weight.to(y.dtype), self.taps, shape))
+        if self._cpu_kernel(y, out):
+            return _cpu_kernels.grouped_deformable_add(out, y, offsets, mask, self.weight, self.taps, shape)
         b, l, c = y.shape
         by_frame = y.device.type == "cpu" if by_frame is None else by_frame
         acc = self._grouped_acc(y, offsets, mask, shape, by_frame=by_frame)  # (G, B*L, O)
         out.view(b, l, acc.shape[0], acc.shape[2]).add_(acc.transpose(0, 1).view(b, l, acc.shape[0], acc.shape[2]))
         return out
+
+    @staticmethod
+    def _cpu_kernel(y: torch.Tensor, out: torch.Tensor) -> bool:
+        """Whether :meth:`add_to` runs the reference's fused C++ kernel (sampling and mixing of every tap in one
+        pass per token, ``reference/_cpu_kernels.py``) instead of a registry call per tap: fp32 CPU tensors with
+        contiguous rows, the backend in force resolving to ``reference`` here, ``GLSMAMBA_CPU_KERNEL`` not 0 and the
+        kernel built (under 1 a kernel that cannot run raises)."""
+        c = y.shape[-1]
+        return (y.device.type == "cpu" and y.dtype == out.dtype == torch.float32 and y.shape[0] * y.shape[1] > 0
+                and y.stride()[1:] == (c, 1) and out.stride()[1:] == (c, 1)
+                and resolve(current_backend(), y.device) == "reference" and _cpu_kernels.use_kernel(torch.float32))
 
     def _grouped(self, y: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, shape: Shape) -> torch.Tensor:
         """The grouped form tap by tap (see the class docstring); ``(B, L, C)``."""

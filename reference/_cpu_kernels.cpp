@@ -191,6 +191,14 @@ inline void axis(float pos, int64_t size, int64_t* idx, float* lin) {
     }
 }
 
+// One vector of 8 channels (from c0) of one tap's sample: sum_k coef_k x[row_k] (the four corners in order).
+template <bool FULL>
+inline void unit_sample8(const float* x, const int64_t* rows, const float* coef, int64_t c0, float* dst, __m256i mk) {
+    __m256 v = _mm256_mul_ps(_mm256_set1_ps(coef[0]), load8<FULL>(x + rows[0] + c0, mk));
+    for (int k = 1; k < 4; ++k) v = _mm256_fmadd_ps(_mm256_set1_ps(coef[k]), load8<FULL>(x + rows[k] + c0, mk), v);
+    store8<FULL>(dst + c0, mk, v);
+}
+
 // One vector of 8 channels (from c0) of one (token, group): sum_p weight[p] * sum_k coef_k x[row_k].
 template <bool FULL>
 inline void sample8(const float* x, const int64_t* rows, const float* coef, const float* weight, int64_t C, int64_t P,
@@ -255,5 +263,112 @@ extern "C" int glsm_deformable(const float* x, const float* off, const float* ma
     }
     free(rows_all);
     free(coef_all);
+    return 0;
+}
+
+// ------------------------------------------------------------------------ grouped deformable convolution (no grad)
+// out += sum_p W_p sample_p(y): the grouped form of the STMM modulation (a grouped, modulated deformable convolution,
+// DCNv2-style) in one pass per token. sample_p is deformable_aggregate's sample of tap p with unit weight (the
+// positions, corners and coefficients above); W (P, Gw, I, Opad): tap p's weights of channel group g, input i, output
+// o (Opad = O rounded up to 8, zero padded), I = O = C / Gw. Per token the P samples of all C channels are formed in
+// a thread-local buffer, then each group's outputs are sum_{p, i} sample_p[g I + i] W[p, g, i, :] (the taps in
+// order, the inputs in order), added to out. Threads split the tokens; y and out are (Bsz, L, C) with batch strides
+// ys and os (rows contiguous).
+namespace {
+
+// Accumulators for NB vectors of outputs (8 each) of one group: acc = sum_{p, i} s_p[i] W[p, i, ob*8 : (ob+NB)*8].
+template <int NB>
+inline void mix(const float* s, int64_t C, int64_t P, int64_t cg, const float* w, int64_t wp_stride, int64_t opad,
+                int64_t ob, float* dst, int64_t O) {
+    __m256 acc[NB];
+    for (int j = 0; j < NB; ++j) acc[j] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < P; ++p) {
+        const float* sp = s + p * C;
+        const float* wp = w + p * wp_stride + ob * 8;
+        for (int64_t i = 0; i < cg; ++i) {
+            const __m256 v = _mm256_set1_ps(sp[i]);
+            for (int j = 0; j < NB; ++j) acc[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(wp + i * opad + 8 * j), acc[j]);
+        }
+    }
+    for (int j = 0; j < NB; ++j) {
+        const int64_t o0 = (ob + j) * 8;
+        if (o0 + 8 <= O) {
+            _mm256_storeu_ps(dst + o0, _mm256_add_ps(_mm256_loadu_ps(dst + o0), acc[j]));
+        } else {
+            const __m256i mk = tail_mask(O - o0);
+            _mm256_maskstore_ps(dst + o0, mk, _mm256_add_ps(_mm256_maskload_ps(dst + o0, mk), acc[j]));
+        }
+    }
+}
+
+typedef void (*MixFn)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, float*,
+                      int64_t);
+const MixFn MIXES[9] = {nullptr, mix<1>, mix<2>, mix<3>, mix<4>, mix<5>, mix<6>, mix<7>, mix<8>};
+
+}  // namespace
+
+extern "C" int glsm_grouped_deformable_add(const float* y, int64_t ys, const float* off, const float* mask,
+                                           const float* w, const int64_t* taps, float* out, int64_t os, int64_t Bsz,
+                                           int64_t T, int64_t H, int64_t W, int64_t Goff, int64_t P, int64_t C,
+                                           int64_t Gw, int64_t opad, int64_t threads) {
+    const int64_t L = T * H * W, cpg = C / Goff, cg = C / Gw, tokens = Bsz * L, nvec = opad / 8;
+    if (threads < 1) threads = 1;
+    int64_t* rows_all = static_cast<int64_t*>(malloc(sizeof(int64_t) * 4 * P * threads));
+    float* coef_all = static_cast<float*>(malloc(sizeof(float) * 4 * P * threads));
+    float* samp_all = static_cast<float*>(malloc(sizeof(float) * P * C * threads));
+    if (!rows_all || !coef_all || !samp_all) {
+        free(rows_all);
+        free(coef_all);
+        free(samp_all);
+        return -1;
+    }
+    const __m256i unit_mk = tail_mask(8);
+    #pragma omp parallel num_threads(threads)
+    {
+        int64_t* rows = rows_all + 4 * P * omp_get_thread_num();
+        float* coef = coef_all + 4 * P * omp_get_thread_num();
+        float* samp = samp_all + P * C * omp_get_thread_num();
+        #pragma omp for schedule(static)
+        for (int64_t bl = 0; bl < tokens; ++bl) {
+            const int64_t b = bl / L, l = bl % L, t = l / (H * W), h = (l / W) % H, wc = l % W;
+            for (int64_t g = 0; g < Goff; ++g) {
+                for (int64_t p = 0; p < P; ++p) {
+                    const int64_t tt = t + taps[3 * p];
+                    const float t_ok = static_cast<float>(tt >= 0 && tt < T);
+                    const int64_t frame = tt < 0 ? 0 : (tt > T - 1 ? T - 1 : tt);
+                    const float* o = off + ((bl * Goff + g) * P + p) * 2;
+                    const float m = t_ok * mask[(bl * Goff + g) * P + p];
+                    int64_t ih[2], iw[2];
+                    float wh[2], wv[2];
+                    axis(static_cast<float>(h + taps[3 * p + 1]) + o[0], H, ih, wh);
+                    axis(static_cast<float>(wc + taps[3 * p + 2]) + o[1], W, iw, wv);
+                    for (int ch = 0; ch < 2; ++ch) {
+                        for (int cw = 0; cw < 2; ++cw) {
+                            rows[4 * p + 2 * ch + cw] = b * ys + ((frame * H + ih[ch]) * W + iw[cw]) * C + g * cpg;
+                            coef[4 * p + 2 * ch + cw] = wh[ch] * wv[cw] * m;
+                        }
+                    }
+                }
+                // unit tap weights: the sample of each tap alone (sample8 with P = 1 per tap)
+                for (int64_t p = 0; p < P; ++p) {
+                    float* dst = samp + p * C + g * cpg;
+                    int64_t c0 = 0;
+                    for (; c0 + 8 <= cpg; c0 += 8) unit_sample8<true>(y, rows + 4 * p, coef + 4 * p, c0, dst, unit_mk);
+                    if (c0 < cpg) unit_sample8<false>(y, rows + 4 * p, coef + 4 * p, c0, dst, tail_mask(cpg - c0));
+                }
+            }
+            float* dst = out + b * os + l * C;
+            for (int64_t gw = 0; gw < Gw; ++gw) {
+                const float* wg = w + gw * cg * opad;
+                for (int64_t ob = 0; ob < nvec; ob += 8) {
+                    const int64_t nb = nvec - ob < 8 ? nvec - ob : 8;
+                    MIXES[nb](samp + gw * cg, C, P, cg, wg, Gw * cg * opad, opad, ob, dst + gw * cg, cg);
+                }
+            }
+        }
+    }
+    free(rows_all);
+    free(coef_all);
+    free(samp_all);
     return 0;
 }

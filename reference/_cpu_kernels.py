@@ -8,6 +8,9 @@
 * :func:`deformable`: :func:`glsmamba.reference.deformable.deformable_aggregate` without autograd in fp32: the
   sample positions, corner rows and bilinear coefficients of every (token, group, tap) computed per token, in the
   PyTorch fast path's order of operations, and the weighted corner rows summed per channel vector.
+* :func:`grouped_deformable_add`: the grouped (DCNv2-style) form of that aggregation, each tap's unit-weight
+  sample mixed by a ``(C / Gw) x (C / Gw)`` matrix per channel group and tap, added into an output in one pass per
+  token (the grouped STMM modulation without autograd on the reference backend).
 
 Their outputs are held to the oracles' in the tests (values and NaN/inf reach); only the rounding of the sums
 differs. Like the compiled fused steps (Inductor's C++ backend) they need a C++ compiler at run time: the first
@@ -92,6 +95,9 @@ def _build() -> ctypes.CDLL:
     fn = lib.glsm_deformable
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 8
     fn.restype = ctypes.c_int
+    fn = lib.glsm_grouped_deformable_add
+    fn.argtypes = ([ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 11)
+    fn.restype = ctypes.c_int
     return lib
 
 
@@ -171,4 +177,35 @@ def deformable(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, weigh
                              out.data_ptr(), Bsz, T, H, W, Goff, P, C, torch.get_num_threads())
     if rc:
         raise MemoryError(f"the CPU deformable kernel could not allocate its per-thread buffers ({P} taps)")
+    return out
+
+
+def grouped_deformable_add(out: torch.Tensor, y: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor,
+                           weight: torch.Tensor, taps: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """``out += sum_p W_p sample_p(y)`` in place, fp32, no autograd: a grouped modulated deformable convolution.
+
+    ``sample_p`` is :func:`glsmamba.reference.deformable.deformable_aggregate`'s sample of tap ``taps[p]`` alone
+    with unit weight (offsets ``(Bsz, L, Goff, P, 2)`` and mask ``(Bsz, L, Goff, P)`` as there); ``weight
+    (P, Gw, O, I)`` mixes it inside each of Gw groups of ``C / Gw`` channels: ``out[g, o] += sum_{p, i}
+    weight[p, g, o, i] sample_p[g, i]``. ``y`` and ``out`` are ``(Bsz, L, C)`` fp32 with contiguous rows (any batch
+    stride). The sums run over the taps and inputs in order, per token, in one pass. Returns ``out``.
+    """
+    Bsz, L, C = y.shape
+    P, Gw, cg = weight.shape[0], weight.shape[1], weight.shape[2]
+    Goff = offsets.shape[2]
+    T, H, W = shape
+    for name, t in (("y", y), ("out", out)):
+        if t.dtype != torch.float32 or t.shape != (Bsz, L, C) or t.stride()[1:] != (C, 1):
+            raise ValueError(f"{name} must be fp32 (Bsz, L, C) = {(Bsz, L, C)} with contiguous rows, got "
+                             f"{tuple(t.shape)} {t.dtype} strides {t.stride()}")
+    opad = -(-cg // 8) * 8
+    w = torch.zeros(P, Gw, cg, opad)
+    w[..., :cg] = weight.detach().to(torch.float32).transpose(2, 3)  # (P, Gw, I, O), outputs padded to 8
+    off, msk = (t.to(torch.float32).contiguous() for t in (offsets, mask))
+    tp = taps.to(device="cpu", dtype=torch.int64).contiguous()
+    fn = _LIB["lib"].glsm_grouped_deformable_add
+    rc = fn(y.data_ptr(), y.stride(0), off.data_ptr(), msk.data_ptr(), w.data_ptr(), tp.data_ptr(), out.data_ptr(),
+            out.stride(0), Bsz, T, H, W, Goff, P, C, Gw, opad, torch.get_num_threads())
+    if rc:
+        raise MemoryError(f"the CPU grouped deformable kernel could not allocate its per-thread buffers ({P} x {C})")
     return out

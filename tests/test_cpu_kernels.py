@@ -303,3 +303,67 @@ def test_deformable_kernel_switch(monkeypatch, deformable_calls):
     monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "1")
     with torch.no_grad(), pytest.raises(RuntimeError, match="GLSMAMBA_CPU_KERNEL=1: the reference's CPU kernels"):
         deformable_aggregate(**inp, taps=SPATIAL_TAPS, shape=shape)
+
+
+def _grouped_oracle(out, y, offsets, mask, weight, taps, shape):
+    """``out + sum_p W_p sample_p(y)`` from the explicit gathers: each tap sampled alone with unit weight, mixed by
+    an einsum over its groups (fp64)."""
+    b, l, c = y.shape
+    P, G, O, I = weight.shape
+    acc = out.double().clone()
+    for p in range(P):
+        s = deformable_aggregate_gathers(y.double(), offsets[:, :, :, p:p + 1].double(),
+                                         mask[:, :, :, p:p + 1].double(), torch.ones(1, c, dtype=torch.float64),
+                                         taps[p:p + 1], shape)
+        acc += torch.einsum("blgi,goi->blgo", s.view(b, l, G, I), weight[p].double()).reshape(b, l, c)
+    return acc
+
+
+@needs_kernel
+@pytest.mark.parametrize("taps", [SPATIAL_TAPS, TEMPORAL_TAPS], ids=["spatial", "temporal"])
+@pytest.mark.parametrize("dims", [(1, 64, 16, 1), (2, 48, 12, 2), (2, 72, 72, 1), (1, 40, 8, 4)],
+                         ids=["C64g16", "C48g12-Goff2", "C72g72", "C40g8-Goff4"])
+def test_grouped_deformable_kernel_matches_the_taps(taps, dims):
+    """``grouped_deformable_add``: out + sum_p W_p sample_p(y) equal to the per-tap gathers and an einsum (fp64) to
+    the fp32 tolerance: groups of 16 and 8 channels (whole output vectors), 12 (a padded last vector) and 72 (more
+    than 8 output vectors: two passes), 1-4 offset groups, y and out as views with a batch stride (slices of a
+    larger tensor, as STMM passes them), out not zero."""
+    B, C, cg, Goff = dims
+    shape = (3, 4, 5)
+    inp = test_deformable.make_inputs(B=B, shape=shape, C=C, G=Goff, taps=taps)
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(taps.shape[0], C // cg, cg, cg, generator=g) / cg**0.5
+    big = torch.randn(B, 3, 60, C, generator=g)
+    y, out = big[:, 1], big[:, 0]
+    want = _grouped_oracle(out, y, inp["offsets"], inp["mask"], weight, taps, shape)
+    got = _cpu_kernels.grouped_deformable_add(out, y, inp["offsets"], inp["mask"], weight, taps, shape)
+    assert got is out
+    assert_close("out", want, big[:, 0], torch.float32)
+
+
+@needs_kernel
+def test_grouped_deformable_kernel_nan_inf_reach():
+    """A NaN / inf in y (a sampled corner), an offset or the mask: non-finite exactly where the per-tap oracle's
+    are (its kind not compared: the mixing multiplies the same factors in another order)."""
+    shape, taps = (3, 4, 3), SPATIAL_TAPS
+    g = torch.Generator().manual_seed(4)
+    weight = torch.randn(9, 2, 4, 4, generator=g)
+    for name, at in (("x", (0, 5, 2)), ("x", (1, 35, 0)), ("offsets", (0, 7, 0, 1, 0)), ("mask", (1, 4, 1, 3))):
+        for value in (math.nan, math.inf, -math.inf):
+            inp = test_deformable.make_inputs(B=2, shape=shape, C=8, G=2, taps=taps)
+            inp[name][at] = value
+            out = torch.randn(2, 36, 8, generator=g)
+            want = _grouped_oracle(out, inp["x"], inp["offsets"], inp["mask"], weight, taps, shape)
+            got = _cpu_kernels.grouped_deformable_add(out.clone(), inp["x"], inp["offsets"], inp["mask"], weight,
+                                                      taps, shape)
+            assert not torch.isfinite(want).all()
+            assert_same_special_values(f"{name}={value} at {at}", want, got, torch.float32, exact=False)
+
+
+def test_grouped_deformable_kernel_refuses_what_it_cannot_take():
+    y = torch.randn(1, 6, 8)
+    args = (torch.zeros(1, 6, 1, 1, 2), torch.ones(1, 6, 1, 1), torch.randn(1, 2, 4, 4), CENTRE, (1, 2, 3))
+    with pytest.raises(ValueError, match=r"out must be fp32 \(Bsz, L, C\) = \(1, 6, 8\) with contiguous rows"):
+        _cpu_kernels.grouped_deformable_add(torch.zeros(1, 8, 6).transpose(1, 2), y, *args)
+    with pytest.raises(ValueError, match="y must be fp32"):
+        _cpu_kernels.grouped_deformable_add(torch.zeros(1, 6, 8), y.double(), *args)

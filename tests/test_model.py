@@ -15,9 +15,16 @@ from glsmamba import model
 from glsmamba.model import GLSMamba, get_config
 from glsmamba.model.backend import call_counts, current_backend, reset_call_counts
 from glsmamba.model.blocks import GSMBlock, LRMBlock
-from tests.harness import assert_close
+from tests.harness import assert_close, assert_same_special_values
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
+
+
+def _fused_here(device: torch.device) -> bool:
+    """Whether a no-grad reference forward on ``device`` runs the grouped modulators' fused C++ kernel."""
+    from glsmamba.reference import _cpu_kernels
+
+    return device.type == "cpu" and _cpu_kernels.mode() != "0" and _cpu_kernels.unavailable_reason() is None
 
 
 def _frames(b, t, h, w, seed=0):
@@ -472,6 +479,41 @@ def test_stmm_in_place_matches_the_summed_form(form):
         stmm(ys.clone(), shape, inplace=True)
 
 
+@pytest.mark.skipif(not _fused_here(torch.device("cpu")), reason="the reference's C++ kernels cannot run here")
+def test_stmm_fused_kernel_matches_the_per_tap_form(monkeypatch):
+    """fp32 on CPU, reference backend: the grouped modulators' in-place merge as one fused kernel call each
+    (``_cpu_kernels.grouped_deformable_add``) equals the tap-by-tap registry form (``GLSMAMBA_CPU_KERNEL=0``) to the
+    fp32 tolerance, 2 clips (y_u a strided view), 2 offset groups, groups of 4 and 12 channels; a NaN / inf in y_s
+    or y_t is non-finite at the same outputs; no ``deformable_aggregate`` call is made."""
+    from glsmamba.model.blocks import STMM
+    from glsmamba.reference import _cpu_kernels
+
+    calls = []
+    kernel = _cpu_kernels.grouped_deformable_add
+    monkeypatch.setattr(_cpu_kernels, "grouped_deformable_add", lambda *a: calls.append(1) or kernel(*a))
+    gen = torch.Generator().manual_seed(5)
+    shape, c = (3, 4, 5), 24
+    stmm = STMM(c, 6, offset_groups=2, group_channels=(4, 12))
+    with torch.no_grad():
+        for prm in stmm.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=gen) * 0.5)
+    ys = torch.randn(2, 3, 60, c, generator=gen)
+    for special in (None, math.nan, math.inf):
+        y = ys.clone()
+        if special is not None:
+            y[0, 2, 3, 1] = special
+            y[1, 1, 59, 5] = -special
+        out = {}
+        for mode in ("0", "1"):
+            monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", mode)
+            reset_call_counts()
+            with torch.no_grad(), model.use_backend("reference"):
+                out[mode] = stmm(y.clone(), shape, inplace=True)
+            assert ("deformable_aggregate" in _op_calls("reference")) == (mode == "0")
+        assert_same_special_values(f"stmm fused, {special}", out["0"], out["1"], torch.float32, exact=False)
+    assert len(calls) == 2 * 3  # two modulators, three runs with the kernel
+
+
 def test_no_grad_forward_releases_what_it_no_longer_needs():
     """Memory of the no-grad forward: the encoder's features are gone once the blocks run, and a block's scan input
     is gone when its merge runs (the merge is the forward's peak)."""
@@ -536,14 +578,18 @@ def _op_calls(backend: str) -> dict[str, int]:
     return {op: n for (op, b), n in call_counts().items() if b == backend}
 
 
-def _expected_calls(num_gsm: int, num_lrm: int, frames: int = 1) -> dict[str, int]:
+def _expected_calls(num_gsm: int, num_lrm: int, frames: int = 1, fused: bool = False) -> dict[str, int]:
     """Registry calls of one forward of a grouped-STMM network (6 directions), derived from its structure: every
     block (GSM or LRM) runs one ``ordered_selective_scan`` over all its directions; only a GSM block merges with
     STMM, whose spatial modulator samples its 9 taps (3x3, ``SPATIAL_TAPS``) and temporal modulator its 3 taps
     (dt = -1, 0, 1, ``TEMPORAL_TAPS``) one ``deformable_aggregate`` call per tap (the grouped form tap by tap): 12
     calls per GSM block, none per LRM block (2 directions, no merge). ``frames``: clips x frames of a no-grad
-    forward on CPU tensors, where each tap is sampled one frame at a time."""
-    return {"ordered_selective_scan": num_gsm + num_lrm, "deformable_aggregate": num_gsm * (9 + 3) * frames}
+    forward on CPU tensors, where each tap is sampled one frame at a time. ``fused``: a no-grad forward on the
+    reference backend on a CPU with its C++ kernels, where each modulator is one fused kernel call, no registry
+    call."""
+    return {"ordered_selective_scan": num_gsm + num_lrm,
+            **({} if fused else {"deformable_aggregate": num_gsm * (9 + 3) * frames})}
+
 
 
 def test_backend_switch_changes_what_a_built_model_runs(device):
@@ -551,30 +597,33 @@ def test_backend_switch_changes_what_a_built_model_runs(device):
     net = GLSMamba("tiny", num_frames=3, dim=8).eval().to(device)
     frames = _frames(1, 3, 8, 8).to(device)
     # 3 scans, 24 deformable calls (x 3 frames on CPU: the no-grad merge samples frame by frame)
-    expected = _expected_calls(num_gsm=2, num_lrm=1, frames=3 if frames.device.type == "cpu" else 1)
+    # (on CPU with the reference's C++ kernels the reference backend's modulators make no registry call)
+    per_frame = 3 if frames.device.type == "cpu" else 1
+    expected = {"triton": _expected_calls(num_gsm=2, num_lrm=1, frames=per_frame),
+                "reference": _expected_calls(num_gsm=2, num_lrm=1, frames=per_frame, fused=_fused_here(frames.device))}
     try:
         for name in ("reference", "triton"):
             model.set_backend(name)
             reset_call_counts()
             with torch.no_grad():
                 net(frames)
-            assert _op_calls(name) == expected
+            assert _op_calls(name) == expected[name]
             assert _op_calls({"reference": "triton", "triton": "reference"}[name]) == {}
         model.set_backend("triton")
         reset_call_counts()
         with model.use_backend("reference"), torch.no_grad():  # the context wins over the process default
             net(frames)
-        assert _op_calls("reference") == expected and _op_calls("triton") == {}
+        assert _op_calls("reference") == expected["reference"] and _op_calls("triton") == {}
         net.backend = "triton"  # a pinned model wins over the context
         reset_call_counts()
         with model.use_backend("reference"), torch.no_grad():
             net(frames)
-        assert _op_calls("triton") == expected and _op_calls("reference") == {}
+        assert _op_calls("triton") == expected["triton"] and _op_calls("reference") == {}
         assert net.pin_backend("auto") is net and net.backend == "auto"  # unpinned: the context wins again
         reset_call_counts()
         with model.use_backend("reference"), torch.no_grad():
             net(frames)
-        assert _op_calls("reference") == expected and _op_calls("triton") == {}
+        assert _op_calls("reference") == expected["reference"] and _op_calls("triton") == {}
         assert not hasattr(net, "set_backend")  # one name per scope: model.set_backend is process-wide
     finally:
         model.set_backend(None)
@@ -585,7 +634,9 @@ def test_auto_backend_on_cpu_runs_reference():
     reset_call_counts()
     with model.use_backend("auto"), torch.no_grad():
         net(_frames(1, 5, 16, 12))
-    assert _op_calls("reference") == _expected_calls(num_gsm=2, num_lrm=1, frames=5)  # tiny: 2 GSM + 1 LRM, T = 5
+    # tiny: 2 GSM + 1 LRM, T = 5
+    assert _op_calls("reference") == _expected_calls(num_gsm=2, num_lrm=1, frames=5,
+                                                     fused=_fused_here(torch.device("cpu")))
     with pytest.raises(ValueError, match="backend"):
         net.backend = "cuda"
 
