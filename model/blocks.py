@@ -330,11 +330,12 @@ class Modulator(nn.Module):
     def _cpu_kernel(y: torch.Tensor, out: torch.Tensor) -> bool:
         """Whether :meth:`add_to` runs the reference's fused C++ kernel (sampling and mixing of every tap in one
         pass per token, ``reference/_cpu_kernels.py``) instead of a registry call per tap: fp32 CPU tensors with
-        contiguous rows, the backend in force resolving to ``reference`` here, ``GLSMAMBA_CPU_KERNEL`` not 0 and the
-        kernel built (under 1 a kernel that cannot run raises)."""
+        contiguous rows, not traced (compile, export), the backend in force resolving to ``reference`` here,
+        ``GLSMAMBA_CPU_KERNEL`` not 0 and the kernel built (under 1 a kernel that cannot run raises)."""
         c = y.shape[-1]
         return (y.device.type == "cpu" and y.dtype == out.dtype == torch.float32 and y.shape[0] * y.shape[1] > 0
                 and y.stride()[1:] == (c, 1) and out.stride()[1:] == (c, 1)
+                and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
                 and resolve(current_backend(), y.device) == "reference" and _cpu_kernels.use_kernel(torch.float32))
 
     def _grouped(self, y: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, shape: Shape) -> torch.Tensor:

@@ -61,7 +61,7 @@ def cache_dir() -> Path:
 def _cpu_reason() -> str | None:
     cap = torch.backends.cpu.get_cpu_capability()
     if cap not in ("AVX2", "AVX512"):
-        return f"the CPU kernel needs AVX2 and FMA; torch reports the CPU capability {cap!r}"
+        return f"they need AVX2 and FMA; torch reports the CPU capability {cap!r}"
     return None
 
 
@@ -102,7 +102,7 @@ def _build() -> ctypes.CDLL:
 
 
 def unavailable_reason() -> str | None:
-    """None when the kernel can run here (building it on the first call), else a sentence saying why not."""
+    """None when the kernels can run here (building them on the first call), else a sentence saying why not."""
     if "lib" not in _LIB and "reason" not in _LIB:
         reason = _cpu_reason()
         if reason is None:
@@ -111,7 +111,7 @@ def unavailable_reason() -> str | None:
             except (RuntimeError, OSError) as e:
                 reason = str(e)
         if reason is not None:
-            _LIB["reason"] = f"the reference's CPU scan kernel is unavailable: {reason}"
+            _LIB["reason"] = f"the reference's CPU kernels are unavailable: {reason}"
     return _LIB.get("reason")
 
 

@@ -102,7 +102,8 @@ def deformable_aggregate(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Ten
     acc = torch.float64 if torch.float64 in (x.dtype, offsets.dtype, mask.dtype, weight.dtype) else torch.float32
     dev = x.device
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, offsets, mask, weight))
-    if dev.type == "cpu" and not grad and Bsz * L > 0 and _cpu_kernels.use_kernel(acc):
+    traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()  # traced: the PyTorch ops below
+    if dev.type == "cpu" and not grad and not traced and Bsz * L > 0 and _cpu_kernels.use_kernel(acc):
         return _cpu_kernels.deformable(x, offsets, mask, weight, taps, (T, H, W)).to(x.dtype)
     off, msk = offsets.to(acc), mask.to(acc)
     wgt = weight.to(acc).reshape(P, Goff, cpg)

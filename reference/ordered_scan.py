@@ -358,7 +358,7 @@ def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_so
                 y = torch.addcmul(y, D_rows, u)
             out = out.index_add(0, target.reshape(-1), y.reshape(n * S, Bsz, Cch))
             continue
-        if dt_shared is not None and _cpu_kernels.use_kernel(ct):  # the hand-written steps, index-add fused in
+        if dt_shared is not None and not torch.compiler.is_compiling() and _cpu_kernels.use_kernel(ct):
             with torch.no_grad():
                 A2 = A.to(ct)[dirs].transpose(1, 2) * _LOG2E
                 _cpu_kernels.gathered_scan(out, x, dt_shared, br, cr, idx, dirs, A2, D_rows, target)

@@ -27,6 +27,6 @@ def test_bench_script_writes_its_record(tmp_path, capsys, monkeypatch):
 
 
 def test_bench_script_says_why_without_the_kernel(monkeypatch):
-    monkeypatch.setattr(_cpu_kernels, "_LIB", {"reason": "the reference's CPU scan kernel is unavailable: no g++"})
+    monkeypatch.setattr(_cpu_kernels, "_LIB", {"reason": "the reference's CPU kernels are unavailable: no g++"})
     with pytest.raises(SystemExit, match="no g\\+\\+"):
         bench.main(["--frames", "1", "--height", "2", "--width", "2", "--reps", "1"])

@@ -176,9 +176,9 @@ def test_kernel_switch(monkeypatch, kernel_calls):
     monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "on")
     with pytest.raises(ValueError, match="GLSMAMBA_CPU_KERNEL must be 'auto', '0' or '1', got 'on'"):
         run()
-    monkeypatch.setattr(_cpu_kernels, "_LIB", {"reason": "the reference's CPU scan kernel is unavailable: no g++"})
+    monkeypatch.setattr(_cpu_kernels, "_LIB", {"reason": "the reference's CPU kernels are unavailable: no g++"})
     monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "1")
-    with pytest.raises(RuntimeError, match="GLSMAMBA_CPU_KERNEL=1: the reference's CPU scan kernel is unavailable"):
+    with pytest.raises(RuntimeError, match="GLSMAMBA_CPU_KERNEL=1: the reference's CPU kernels are unavailable"):
         run()
     monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "auto")
     assert_close("out (auto, unavailable)", want, run(), torch.float32)
@@ -205,7 +205,7 @@ def test_failed_build_says_why(monkeypatch, tmp_path):
     monkeypatch.setattr(_cpu_kernels, "_LIB", {})
     monkeypatch.setenv("CXX", "false")
     reason = _cpu_kernels.unavailable_reason()
-    assert reason.startswith("the reference's CPU scan kernel is unavailable: building _cpu_kernels.cpp failed (false ")
+    assert reason.startswith("the reference's CPU kernels are unavailable: building _cpu_kernels.cpp failed (false ")
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(_cpu_kernels, "_LIB", {})
     monkeypatch.delenv("CXX")
