@@ -214,6 +214,30 @@ inline void sample8(const float* x, const int64_t* rows, const float* coef, cons
     store8<FULL>(dst + c0, mk, acc);
 }
 
+// The four corners of every tap of token bl = (b; t, h, w) in offset group g: rows[4p + k] the offset in x (batch
+// stride xs) of corner k's first channel of the group, coef[4p + k] its coefficient (k = 2 ch + cw).
+inline void corners(const float* off, const float* mask, const int64_t* taps, int64_t bl, int64_t b, int64_t t,
+                    int64_t h, int64_t w, int64_t g, int64_t Goff, int64_t P, int64_t T, int64_t H, int64_t W,
+                    int64_t C, int64_t xs, int64_t cpg, int64_t* rows, float* coef) {
+    for (int64_t p = 0; p < P; ++p) {
+        const int64_t tt = t + taps[3 * p];
+        const float t_ok = static_cast<float>(tt >= 0 && tt < T);
+        const int64_t frame = tt < 0 ? 0 : (tt > T - 1 ? T - 1 : tt);
+        const float* o = off + ((bl * Goff + g) * P + p) * 2;
+        const float m = t_ok * mask[(bl * Goff + g) * P + p];
+        int64_t ih[2], iw[2];
+        float wh[2], wv[2];
+        axis(static_cast<float>(h + taps[3 * p + 1]) + o[0], H, ih, wh);
+        axis(static_cast<float>(w + taps[3 * p + 2]) + o[1], W, iw, wv);
+        for (int ch = 0; ch < 2; ++ch) {
+            for (int cw = 0; cw < 2; ++cw) {
+                rows[4 * p + 2 * ch + cw] = b * xs + ((frame * H + ih[ch]) * W + iw[cw]) * C + g * cpg;
+                coef[4 * p + 2 * ch + cw] = wh[ch] * wv[cw] * m;
+            }
+        }
+    }
+}
+
 }  // namespace
 
 extern "C" int glsm_deformable(const float* x, const float* off, const float* mask, const float* weight,
@@ -237,23 +261,7 @@ extern "C" int glsm_deformable(const float* x, const float* off, const float* ma
         for (int64_t bl = 0; bl < tokens; ++bl) {
             const int64_t b = bl / L, l = bl % L, t = l / (H * W), h = (l / W) % H, w = l % W;
             for (int64_t g = 0; g < Goff; ++g) {
-                for (int64_t p = 0; p < P; ++p) {
-                    const int64_t tt = t + taps[3 * p];
-                    const float t_ok = static_cast<float>(tt >= 0 && tt < T);
-                    const int64_t frame = tt < 0 ? 0 : (tt > T - 1 ? T - 1 : tt);
-                    const float* o = off + ((bl * Goff + g) * P + p) * 2;
-                    const float m = t_ok * mask[(bl * Goff + g) * P + p];
-                    int64_t ih[2], iw[2];
-                    float wh[2], wv[2];
-                    axis(static_cast<float>(h + taps[3 * p + 1]) + o[0], H, ih, wh);
-                    axis(static_cast<float>(w + taps[3 * p + 2]) + o[1], W, iw, wv);
-                    for (int ch = 0; ch < 2; ++ch) {
-                        for (int cw = 0; cw < 2; ++cw) {
-                            rows[4 * p + 2 * ch + cw] = ((b * L + (frame * H + ih[ch]) * W + iw[cw]) * C) + g * cpg;
-                            coef[4 * p + 2 * ch + cw] = wh[ch] * wv[cw] * m;
-                        }
-                    }
-                }
+                corners(off, mask, taps, bl, b, t, h, w, g, Goff, P, T, H, W, C, L * C, cpg, rows, coef);
                 float* dst = out + bl * C + g * cpg;
                 int64_t c0 = 0;
                 for (; c0 + 8 <= cpg; c0 += 8) sample8<true>(x, rows, coef, weight + g * cpg, C, P, c0, dst, tail_mask(8));
@@ -332,23 +340,7 @@ extern "C" int glsm_grouped_deformable_add(const float* y, int64_t ys, const flo
         for (int64_t bl = 0; bl < tokens; ++bl) {
             const int64_t b = bl / L, l = bl % L, t = l / (H * W), h = (l / W) % H, wc = l % W;
             for (int64_t g = 0; g < Goff; ++g) {
-                for (int64_t p = 0; p < P; ++p) {
-                    const int64_t tt = t + taps[3 * p];
-                    const float t_ok = static_cast<float>(tt >= 0 && tt < T);
-                    const int64_t frame = tt < 0 ? 0 : (tt > T - 1 ? T - 1 : tt);
-                    const float* o = off + ((bl * Goff + g) * P + p) * 2;
-                    const float m = t_ok * mask[(bl * Goff + g) * P + p];
-                    int64_t ih[2], iw[2];
-                    float wh[2], wv[2];
-                    axis(static_cast<float>(h + taps[3 * p + 1]) + o[0], H, ih, wh);
-                    axis(static_cast<float>(wc + taps[3 * p + 2]) + o[1], W, iw, wv);
-                    for (int ch = 0; ch < 2; ++ch) {
-                        for (int cw = 0; cw < 2; ++cw) {
-                            rows[4 * p + 2 * ch + cw] = b * ys + ((frame * H + ih[ch]) * W + iw[cw]) * C + g * cpg;
-                            coef[4 * p + 2 * ch + cw] = wh[ch] * wv[cw] * m;
-                        }
-                    }
-                }
+                corners(off, mask, taps, bl, b, t, h, wc, g, Goff, P, T, H, W, C, ys, cpg, rows, coef);
                 // unit tap weights: the sample of each tap alone (sample8 with P = 1 per tap)
                 for (int64_t p = 0; p < P; ++p) {
                     float* dst = samp + p * C + g * cpg;
