@@ -61,6 +61,21 @@ def test_info_command_reports_backends(capsys):
     out = capsys.readouterr().out
     assert '"reference": "available"' in out
     assert '"triton"' in out
+    assert '"reference_cpu_kernels": "' in out
+
+
+def test_info_says_whether_the_reference_cpu_kernels_run(monkeypatch):
+    from glsmamba.commands import info
+    from glsmamba.reference import _cpu_kernels
+
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "0")
+    assert info.collect()["reference_cpu_kernels"] == "off (GLSMAMBA_CPU_KERNEL=0): PyTorch only"
+    monkeypatch.setenv("GLSMAMBA_CPU_KERNEL", "auto")
+    monkeypatch.setattr(_cpu_kernels, "_LIB", {"reason": "the reference's CPU kernels are unavailable: no g++"})
+    assert info.collect()["reference_cpu_kernels"] == (
+        "unavailable, PyTorch paths run: the reference's CPU kernels are unavailable: no g++")
+    monkeypatch.setattr(_cpu_kernels, "_LIB", {"lib": object()})
+    assert info.collect()["reference_cpu_kernels"].startswith("available (GLSMAMBA_CPU_KERNEL=auto; cache ")
 
 
 def test_dispatch_under_torch_compile_does_not_recompile(monkeypatch):

@@ -39,7 +39,24 @@ def collect() -> dict:
         "triton_interpreter": backend.interpreter_enabled(),
         "default_backend": backend.current_backend(),
         "backends": {name: ("available" if why is None else f"unavailable: {why}") for name, why in status.items()},
+        "reference_cpu_kernels": _cpu_kernels_status(),
     }
+
+
+def _cpu_kernels_status() -> str:
+    """Whether the reference's no-grad CPU paths run their C++ kernels here (building them on first use)."""
+    from glsmamba.reference import _cpu_kernels
+
+    try:
+        mode = _cpu_kernels.mode()
+    except ValueError as e:
+        return f"off: {e}"
+    if mode == "0":
+        return "off (GLSMAMBA_CPU_KERNEL=0): PyTorch only"
+    why = _cpu_kernels.unavailable_reason()
+    if why is not None:
+        return f"unavailable, PyTorch paths run: {why}"
+    return f"available (GLSMAMBA_CPU_KERNEL={mode}; cache {_cpu_kernels.cache_dir()})"
 
 
 def run(args: argparse.Namespace) -> int:
