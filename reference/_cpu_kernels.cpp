@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <type_traits>
+
 namespace {
 
 constexpr int64_t TB = 64;  // steps per block
@@ -74,6 +76,24 @@ inline void store8(float* p, __m256i mask, __m256 v) {
 
 inline __m256i tail_mask(int64_t left) {  // lanes [0, left) set
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// p[0 : min(left, 8)] += v (masked only when fewer than 8 channels are left).
+inline void add8(float* p, int64_t left, __m256 v) {
+    if (left >= 8) {
+        _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), v));
+    } else {
+        const __m256i mk = tail_mask(left);
+        _mm256_maskstore_ps(p, mk, _mm256_add_ps(_mm256_maskload_ps(p, mk), v));
+    }
+}
+
+// f(full, c0, mask) for the vectors of n channels: whole ones (full: std::true_type), then the masked last one.
+template <class F>
+inline void over_vectors(int64_t n, F f) {
+    int64_t c0 = 0;
+    for (; c0 + 8 <= n; c0 += 8) f(std::true_type{}, c0, tail_mask(8));
+    if (c0 < n) f(std::false_type{}, c0, tail_mask(n - c0));
 }
 
 struct Args {
@@ -154,11 +174,7 @@ extern "C" int glsm_gathered_scan(const float* x, const float* dt, const float* 
                         float* h = state + ((s * items + it) * nchunks + c) * 64;
                         CHUNKS[full][nh](a, s, b, d0, mask, t0, t1, n0, h, ys);
                     }
-                    for (int64_t t = t0; t < t1; ++t) {
-                        float* o = out + (target[t * S + s] * Bsz + b) * D + d0;
-                        if (full) _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), ys[t - t0]));
-                        else _mm256_maskstore_ps(o, mask, _mm256_add_ps(_mm256_maskload_ps(o, mask), ys[t - t0]));
-                    }
+                    for (int64_t t = t0; t < t1; ++t) add8(out + (target[t * S + s] * Bsz + b) * D + d0, D - d0, ys[t - t0]);
                 }
             }
         }
@@ -193,10 +209,10 @@ inline void axis(float pos, int64_t size, int64_t* idx, float* lin) {
 
 // One vector of 8 channels (from c0) of one tap's sample: sum_k coef_k x[row_k] (the four corners in order).
 template <bool FULL>
-inline void unit_sample8(const float* x, const int64_t* rows, const float* coef, int64_t c0, float* dst, __m256i mk) {
+inline __m256 corner_sum(const float* x, const int64_t* rows, const float* coef, int64_t c0, __m256i mk) {
     __m256 v = _mm256_mul_ps(_mm256_set1_ps(coef[0]), load8<FULL>(x + rows[0] + c0, mk));
     for (int k = 1; k < 4; ++k) v = _mm256_fmadd_ps(_mm256_set1_ps(coef[k]), load8<FULL>(x + rows[k] + c0, mk), v);
-    store8<FULL>(dst + c0, mk, v);
+    return v;
 }
 
 // One vector of 8 channels (from c0) of one (token, group): sum_p weight[p] * sum_k coef_k x[row_k].
@@ -205,9 +221,7 @@ inline void sample8(const float* x, const int64_t* rows, const float* coef, cons
                     int64_t c0, float* dst, __m256i mk) {
     __m256 acc = _mm256_setzero_ps();
     for (int64_t p = 0; p < P; ++p) {
-        __m256 v = _mm256_mul_ps(_mm256_set1_ps(coef[4 * p]), load8<FULL>(x + rows[4 * p] + c0, mk));
-        for (int k = 1; k < 4; ++k)
-            v = _mm256_fmadd_ps(_mm256_set1_ps(coef[4 * p + k]), load8<FULL>(x + rows[4 * p + k] + c0, mk), v);
+        const __m256 v = corner_sum<FULL>(x, rows + 4 * p, coef + 4 * p, c0, mk);
         const __m256 wp = load8<FULL>(weight + p * C + c0, mk);
         acc = p ? _mm256_fmadd_ps(v, wp, acc) : _mm256_mul_ps(v, wp);
     }
@@ -238,40 +252,55 @@ inline void corners(const float* off, const float* mask, const int64_t* taps, in
     }
 }
 
-}  // namespace
-
-extern "C" int glsm_deformable(const float* x, const float* off, const float* mask, const float* weight,
-                               const int64_t* taps, float* out, int64_t Bsz, int64_t T, int64_t H, int64_t W,
-                               int64_t Goff, int64_t P, int64_t C, int64_t threads) {
-    const int64_t L = T * H * W, cpg = C / Goff, tokens = Bsz * L;
+// body(bl, b, l, t, h, w, rows, coef, scratch) for every token bl = (b; l = (t, h, w)) of a (Bsz, T, H, W) clip,
+// the tokens split over the threads; each thread has its own rows and coef (4 per tap, for corners()) and `extra`
+// floats of scratch. Returns 0, or -1 when those could not be allocated (nothing run then).
+template <class Body>
+int over_tokens(int64_t Bsz, int64_t T, int64_t H, int64_t W, int64_t P, int64_t extra, int64_t threads, Body body) {
+    const int64_t L = T * H * W, tokens = Bsz * L;
     if (threads < 1) threads = 1;
-    // each thread's corner rows and coefficients of one (token, group): 4 per tap
     int64_t* rows_all = static_cast<int64_t*>(malloc(sizeof(int64_t) * 4 * P * threads));
     float* coef_all = static_cast<float*>(malloc(sizeof(float) * 4 * P * threads));
-    if (!rows_all || !coef_all) {
-        free(rows_all);
-        free(coef_all);
-        return -1;
-    }
-    #pragma omp parallel num_threads(threads)
-    {
-        int64_t* rows = rows_all + 4 * P * omp_get_thread_num();
-        float* coef = coef_all + 4 * P * omp_get_thread_num();
-        #pragma omp for schedule(static)
-        for (int64_t bl = 0; bl < tokens; ++bl) {
-            const int64_t b = bl / L, l = bl % L, t = l / (H * W), h = (l / W) % H, w = l % W;
-            for (int64_t g = 0; g < Goff; ++g) {
-                corners(off, mask, taps, bl, b, t, h, w, g, Goff, P, T, H, W, C, L * C, cpg, rows, coef);
-                float* dst = out + bl * C + g * cpg;
-                int64_t c0 = 0;
-                for (; c0 + 8 <= cpg; c0 += 8) sample8<true>(x, rows, coef, weight + g * cpg, C, P, c0, dst, tail_mask(8));
-                if (c0 < cpg) sample8<false>(x, rows, coef, weight + g * cpg, C, P, c0, dst, tail_mask(cpg - c0));
+    float* extra_all = static_cast<float*>(malloc(sizeof(float) * (extra > 0 ? extra : 1) * threads));
+    int rc = -1;
+    if (rows_all && coef_all && extra_all) {
+        rc = 0;
+        #pragma omp parallel num_threads(threads)
+        {
+            const int64_t me = omp_get_thread_num();
+            int64_t* rows = rows_all + 4 * P * me;
+            float* coef = coef_all + 4 * P * me;
+            float* scratch = extra_all + extra * me;
+            #pragma omp for schedule(static)
+            for (int64_t bl = 0; bl < tokens; ++bl) {
+                const int64_t b = bl / L, l = bl % L;
+                body(bl, b, l, l / (H * W), (l / W) % H, l % W, rows, coef, scratch);
             }
         }
     }
     free(rows_all);
     free(coef_all);
-    return 0;
+    free(extra_all);
+    return rc;
+}
+
+}  // namespace
+
+extern "C" int glsm_deformable(const float* x, const float* off, const float* mask, const float* weight,
+                               const int64_t* taps, float* out, int64_t Bsz, int64_t T, int64_t H, int64_t W,
+                               int64_t Goff, int64_t P, int64_t C, int64_t threads) {
+    const int64_t L = T * H * W, cpg = C / Goff;
+    return over_tokens(Bsz, T, H, W, P, 0, threads,
+                       [&](int64_t bl, int64_t b, int64_t, int64_t t, int64_t h, int64_t w, int64_t* rows, float* coef,
+                           float*) {
+        for (int64_t g = 0; g < Goff; ++g) {
+            corners(off, mask, taps, bl, b, t, h, w, g, Goff, P, T, H, W, C, L * C, cpg, rows, coef);
+            float* dst = out + bl * C + g * cpg;
+            over_vectors(cpg, [&](auto full, int64_t c0, __m256i mk) {
+                sample8<decltype(full)::value>(x, rows, coef, weight + g * cpg, C, P, c0, dst, mk);
+            });
+        }
+    });
 }
 
 // ------------------------------------------------------------------------ grouped deformable convolution (no grad)
@@ -298,15 +327,7 @@ inline void mix(const float* s, int64_t C, int64_t P, int64_t cg, const float* w
             for (int j = 0; j < NB; ++j) acc[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(wp + i * opad + 8 * j), acc[j]);
         }
     }
-    for (int j = 0; j < NB; ++j) {
-        const int64_t o0 = (ob + j) * 8;
-        if (o0 + 8 <= O) {
-            _mm256_storeu_ps(dst + o0, _mm256_add_ps(_mm256_loadu_ps(dst + o0), acc[j]));
-        } else {
-            const __m256i mk = tail_mask(O - o0);
-            _mm256_maskstore_ps(dst + o0, mk, _mm256_add_ps(_mm256_maskload_ps(dst + o0, mk), acc[j]));
-        }
-    }
+    for (int j = 0; j < NB; ++j) add8(dst + (ob + j) * 8, O - (ob + j) * 8, acc[j]);
 }
 
 typedef void (*MixFn)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, float*,
@@ -319,48 +340,27 @@ extern "C" int glsm_grouped_deformable_add(const float* y, int64_t ys, const flo
                                            const float* w, const int64_t* taps, float* out, int64_t os, int64_t Bsz,
                                            int64_t T, int64_t H, int64_t W, int64_t Goff, int64_t P, int64_t C,
                                            int64_t Gw, int64_t opad, int64_t threads) {
-    const int64_t L = T * H * W, cpg = C / Goff, cg = C / Gw, tokens = Bsz * L, nvec = opad / 8;
-    if (threads < 1) threads = 1;
-    int64_t* rows_all = static_cast<int64_t*>(malloc(sizeof(int64_t) * 4 * P * threads));
-    float* coef_all = static_cast<float*>(malloc(sizeof(float) * 4 * P * threads));
-    float* samp_all = static_cast<float*>(malloc(sizeof(float) * P * C * threads));
-    if (!rows_all || !coef_all || !samp_all) {
-        free(rows_all);
-        free(coef_all);
-        free(samp_all);
-        return -1;
-    }
-    const __m256i unit_mk = tail_mask(8);
-    #pragma omp parallel num_threads(threads)
-    {
-        int64_t* rows = rows_all + 4 * P * omp_get_thread_num();
-        float* coef = coef_all + 4 * P * omp_get_thread_num();
-        float* samp = samp_all + P * C * omp_get_thread_num();
-        #pragma omp for schedule(static)
-        for (int64_t bl = 0; bl < tokens; ++bl) {
-            const int64_t b = bl / L, l = bl % L, t = l / (H * W), h = (l / W) % H, wc = l % W;
-            for (int64_t g = 0; g < Goff; ++g) {
-                corners(off, mask, taps, bl, b, t, h, wc, g, Goff, P, T, H, W, C, ys, cpg, rows, coef);
-                // unit tap weights: the sample of each tap alone (sample8 with P = 1 per tap)
-                for (int64_t p = 0; p < P; ++p) {
-                    float* dst = samp + p * C + g * cpg;
-                    int64_t c0 = 0;
-                    for (; c0 + 8 <= cpg; c0 += 8) unit_sample8<true>(y, rows + 4 * p, coef + 4 * p, c0, dst, unit_mk);
-                    if (c0 < cpg) unit_sample8<false>(y, rows + 4 * p, coef + 4 * p, c0, dst, tail_mask(cpg - c0));
-                }
-            }
-            float* dst = out + b * os + l * C;
-            for (int64_t gw = 0; gw < Gw; ++gw) {
-                const float* wg = w + gw * cg * opad;
-                for (int64_t ob = 0; ob < nvec; ob += 8) {
-                    const int64_t nb = nvec - ob < 8 ? nvec - ob : 8;
-                    MIXES[nb](samp + gw * cg, C, P, cg, wg, Gw * cg * opad, opad, ob, dst + gw * cg, cg);
-                }
+    const int64_t cpg = C / Goff, cg = C / Gw, nvec = opad / 8;
+    return over_tokens(Bsz, T, H, W, P, P * C, threads,
+                       [&](int64_t bl, int64_t b, int64_t l, int64_t t, int64_t h, int64_t wc, int64_t* rows,
+                           float* coef, float* samp) {
+        for (int64_t g = 0; g < Goff; ++g) {
+            corners(off, mask, taps, bl, b, t, h, wc, g, Goff, P, T, H, W, C, ys, cpg, rows, coef);
+            for (int64_t p = 0; p < P; ++p) {  // each tap's sample alone (unit tap weights)
+                float* dst = samp + p * C + g * cpg;
+                over_vectors(cpg, [&](auto full, int64_t c0, __m256i mk) {
+                    constexpr bool F = decltype(full)::value;
+                    store8<F>(dst + c0, mk, corner_sum<F>(y, rows + 4 * p, coef + 4 * p, c0, mk));
+                });
             }
         }
-    }
-    free(rows_all);
-    free(coef_all);
-    free(samp_all);
-    return 0;
+        float* dst = out + b * os + l * C;
+        for (int64_t gw = 0; gw < Gw; ++gw) {
+            const float* wg = w + gw * cg * opad;
+            for (int64_t ob = 0; ob < nvec; ob += 8) {
+                const int64_t nb = nvec - ob < 8 ? nvec - ob : 8;
+                MIXES[nb](samp + gw * cg, C, P, cg, wg, Gw * cg * opad, opad, ob, dst + gw * cg, cg);
+            }
+        }
+    });
 }
