@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from glsmamba.reference import _cpu_kernels
 
-    kernel = _cpu_kernels.mode() != "0" and _cpu_kernels.unavailable_reason() is None
+    kernel = _cpu_kernels.enabled()
     net = build(args.preset, args.height, args.width)
     cfg = net.config
     if args.frames != cfg.num_frames:

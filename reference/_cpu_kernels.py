@@ -115,6 +115,12 @@ def unavailable_reason() -> str | None:
     return _LIB.get("reason")
 
 
+def enabled() -> bool:
+    """Whether the kernels run here under ``GLSMAMBA_CPU_KERNEL`` (not ``0``, and built; never raises for a missing
+    kernel: the bench scripts, ``glsmamba info`` and the tests ask it)."""
+    return mode() != "0" and unavailable_reason() is None
+
+
 def use_kernel(dtype: torch.dtype) -> bool:
     """Whether a no-grad fast path computing in ``dtype`` (float32 only) runs its kernel, per
     ``GLSMAMBA_CPU_KERNEL``; under ``1`` a kernel that cannot run raises RuntimeError with the reason."""
@@ -127,6 +133,14 @@ def use_kernel(dtype: torch.dtype) -> bool:
     return reason is None
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32).contiguous()
+
+
+def _i64(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.int64).contiguous()
+
+
 def gathered_scan(out: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, B: tuple[torch.Tensor, bool],
                   C: tuple[torch.Tensor, bool], idx: torch.Tensor, dirs: torch.Tensor, A2: torch.Tensor,
                   D_rows: torch.Tensor | None, target: torch.Tensor) -> None:
@@ -137,27 +151,19 @@ def gathered_scan(out: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, B: tuple
     A2 ``(S, N, D)`` (A log2(e) per row); D_rows ``(S, D)`` or None; ``target (n, S)`` the row of ``out`` each step
     adds to. Every tensor is made fp32 (int64 for indices) and contiguous here; the caller checked the shapes.
     """
-    lib = _LIB["lib"]
     Bsz, L, D = x.shape
     n, S = idx.shape
     N = B[0].shape[-1]
     if not (out.is_contiguous() and out.dtype == torch.float32 and out.shape == (out.shape[0], Bsz, D)):
         raise ValueError(f"out must be contiguous fp32 (G*L, {Bsz}, {D}), got {tuple(out.shape)} {out.dtype}")
-
-    def f32(t: torch.Tensor) -> torch.Tensor:
-        return t.to(torch.float32).contiguous()
-
-    def i64(t: torch.Tensor) -> torch.Tensor:
-        return t.to(torch.int64).contiguous()
-
-    xs, dts, Bs, Cs, A2s = f32(x), f32(dt), f32(B[0]), f32(C[0]), f32(A2)
-    Ds = None if D_rows is None else f32(D_rows.reshape(S, D))
-    boff, coff = (i64(dirs * L if per_dir else torch.zeros_like(dirs)) for per_dir in (B[1], C[1]))
-    ix, tg = i64(idx), i64(target)
-    rc = lib.glsm_gathered_scan(xs.data_ptr(), dts.data_ptr(), Bs.data_ptr(), Bs.shape[1], Cs.data_ptr(),
-                                Cs.shape[1], ix.data_ptr(), boff.data_ptr(), coff.data_ptr(), A2s.data_ptr(),
-                                None if Ds is None else Ds.data_ptr(), tg.data_ptr(), out.data_ptr(), Bsz, L, S, n,
-                                N, D, torch.get_num_threads())
+    xs, dts, Bs, Cs, A2s = _f32(x), _f32(dt), _f32(B[0]), _f32(C[0]), _f32(A2)
+    Ds = None if D_rows is None else _f32(D_rows.reshape(S, D))
+    boff, coff = (_i64(dirs * L if per_dir else torch.zeros_like(dirs)) for per_dir in (B[1], C[1]))
+    ix, tg = _i64(idx), _i64(target)
+    rc = _LIB["lib"].glsm_gathered_scan(xs.data_ptr(), dts.data_ptr(), Bs.data_ptr(), Bs.shape[1], Cs.data_ptr(),
+                                         Cs.shape[1], ix.data_ptr(), boff.data_ptr(), coff.data_ptr(), A2s.data_ptr(),
+                                         None if Ds is None else Ds.data_ptr(), tg.data_ptr(), out.data_ptr(), Bsz, L,
+                                         S, n, N, D, torch.get_num_threads())
     if rc:
         raise MemoryError(f"the CPU scan kernel could not allocate its state ({S} x {Bsz} x {N} x {D} floats)")
 
@@ -166,15 +172,13 @@ def deformable(x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, weigh
                shape: tuple[int, int, int]) -> torch.Tensor:
     """:func:`glsmamba.reference.deformable.deformable_aggregate`'s value in fp32, ``(Bsz, L, C)`` (the caller
     checked the arguments and casts the result). The inputs are made fp32 (taps int64) and contiguous here."""
-    lib = _LIB["lib"]
     Bsz, L, C = x.shape
     Goff, P = offsets.shape[2], offsets.shape[3]
     T, H, W = shape
-    xs, off, msk, wgt = (t.to(torch.float32).contiguous() for t in (x, offsets, mask, weight))
-    tp = taps.to(device="cpu", dtype=torch.int64).contiguous()
+    xs, off, msk, wgt, tp = _f32(x), _f32(offsets), _f32(mask), _f32(weight), _i64(taps.cpu())
     out = torch.empty(Bsz, L, C)
-    rc = lib.glsm_deformable(xs.data_ptr(), off.data_ptr(), msk.data_ptr(), wgt.data_ptr(), tp.data_ptr(),
-                             out.data_ptr(), Bsz, T, H, W, Goff, P, C, torch.get_num_threads())
+    rc = _LIB["lib"].glsm_deformable(xs.data_ptr(), off.data_ptr(), msk.data_ptr(), wgt.data_ptr(), tp.data_ptr(),
+                                     out.data_ptr(), Bsz, T, H, W, Goff, P, C, torch.get_num_threads())
     if rc:
         raise MemoryError(f"the CPU deformable kernel could not allocate its per-thread buffers ({P} taps)")
     return out
@@ -201,8 +205,7 @@ def grouped_deformable_add(out: torch.Tensor, y: torch.Tensor, offsets: torch.Te
     opad = -(-cg // 8) * 8
     w = torch.zeros(P, Gw, cg, opad)
     w[..., :cg] = weight.detach().to(torch.float32).transpose(2, 3)  # (P, Gw, I, O), outputs padded to 8
-    off, msk = (t.to(torch.float32).contiguous() for t in (offsets, mask))
-    tp = taps.to(device="cpu", dtype=torch.int64).contiguous()
+    off, msk, tp = _f32(offsets), _f32(mask), _i64(taps.cpu())
     fn = _LIB["lib"].glsm_grouped_deformable_add
     rc = fn(y.data_ptr(), y.stride(0), off.data_ptr(), msk.data_ptr(), w.data_ptr(), tp.data_ptr(), out.data_ptr(),
             out.stride(0), Bsz, T, H, W, Goff, P, C, Gw, opad, torch.get_num_threads())

@@ -336,7 +336,8 @@ def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_so
     for idx, dirs in _row_tables(orders, reset, L):
         S = dirs.numel()
         R = S * Bsz
-        A_rows = A.to(ct)[dirs].transpose(1, 2)[:, None].expand(S, Bsz, N, Cch).reshape(R, N, Cch)
+        A_dirs = A.to(ct)[dirs].transpose(1, 2)  # (S, N, C)
+        A_rows = A_dirs[:, None].expand(S, Bsz, N, Cch).reshape(R, N, Cch)
         bias = None if delta_bias is None else delta_bias.to(ct)[dirs][:, None]  # (S, 1, C)
         D_rows = None if D is None else D.to(ct)[dirs][:, None]
         target = idx + grp[dirs] * L  # (n, S): row of the group sum each step adds to
@@ -360,8 +361,7 @@ def _fast_path(x, delta, A, B, C, D, orders, groups, reset, delta_bias, delta_so
             continue
         if dt_shared is not None and not torch.compiler.is_compiling() and _cpu_kernels.use_kernel(ct):
             with torch.no_grad():
-                A2 = A.to(ct)[dirs].transpose(1, 2) * _LOG2E
-                _cpu_kernels.gathered_scan(out, x, dt_shared, br, cr, idx, dirs, A2, D_rows, target)
+                _cpu_kernels.gathered_scan(out, x, dt_shared, br, cr, idx, dirs, A_dirs * _LOG2E, D_rows, target)
             continue
         A2 = A_rows.contiguous() * _LOG2E
         stepper = Stepper(R, N, Cch, ct, x.device)

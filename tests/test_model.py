@@ -24,7 +24,7 @@ def _fused_here(device: torch.device) -> bool:
     """Whether a no-grad reference forward on ``device`` runs the grouped modulators' fused C++ kernel."""
     from glsmamba.reference import _cpu_kernels
 
-    return device.type == "cpu" and _cpu_kernels.mode() != "0" and _cpu_kernels.unavailable_reason() is None
+    return device.type == "cpu" and _cpu_kernels.enabled()
 
 
 def _frames(b, t, h, w, seed=0):
